@@ -1,0 +1,10 @@
+"""porevox: tomograms of porous materials to numbers people can trust, at any scale."""
+
+from ._version import __version__
+from .engine import cluster, histogram, ingest, open_volume
+from .errors import InvalidVolumeError, PorevoxError, StageError, VolumeNotFoundError
+
+__all__ = [
+    "InvalidVolumeError", "PorevoxError", "StageError", "VolumeNotFoundError", "__version__",
+    "cluster", "histogram", "ingest", "open_volume",
+]

@@ -1,0 +1,232 @@
+"""Running kernels over chunked volumes, and writing their results as stages.
+
+Two runners, one contract — ``kernel(block, **kwargs) -> block`` with a halo of
+`depth` voxels per axis, the outer faces of the volume left to the kernel:
+
+* :func:`map_kernel` builds a lazy Dask array with ``map_overlap`` (light kernels);
+* :func:`run_by_block` runs heavy kernels by block index, each task reading core +
+  halo straight from Zarr and writing its own output chunk.
+
+:func:`store` and :func:`run_by_block` write into a volume as a resumable stage:
+under a temporary name, published when complete, then recorded in provenance.
+Output storage chunks equal compute chunks, so no chunk is written by two tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from ..errors import InvalidVolumeError
+from . import provenance
+from .cluster import compute
+from .storage import (
+    discard,
+    Volume, choose_chunks, open_volume, publish_array, remove_stale_tmp, tmp_array,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage did: its output name, whether it was skipped, its record."""
+
+    name: str
+    skipped: bool
+    record: dict
+
+
+# --------------------------------------------------------------------------- inputs
+def as_dask(image: Any, chunks: Sequence[int] | None = None) -> da.Array:
+    """A NumPy, CuPy, Zarr or Dask array, or a volume path, as a 3-D Dask array."""
+    if isinstance(image, (str, os.PathLike)):
+        image = open_volume(image, mode="r").to_dask()
+    elif isinstance(image, zarr.Array):
+        image = da.from_zarr(image, chunks=chunks or image.chunks)
+    elif not isinstance(image, da.Array):
+        if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+            raise TypeError(f"image must be an array or a volume path; got {type(image).__name__}")
+        image = da.from_array(image, chunks=chunks or choose_chunks(image.shape, image.dtype),
+                              asarray=False)
+    if image.ndim != 3:
+        raise InvalidVolumeError(
+            f"image must be 3-D (z, y, x); got {image.ndim}-D of shape {image.shape}"
+        )
+    if chunks is not None:
+        image = image.rechunk(chunks)
+    return image
+
+
+def normalize_depth(depth: int | Sequence[int]) -> tuple[int, int, int]:
+    values = (int(depth),) * 3 if np.isscalar(depth) else tuple(int(d) for d in depth)
+    if len(values) != 3 or min(values) < 0:
+        raise ValueError(f"depth must be a non-negative int or 3 of them; got {depth!r}")
+    return values
+
+
+def regular_chunks(image: da.Array) -> da.Array:
+    """`image` with regular chunks (all equal but a smaller last one), as Zarr needs."""
+    target = tuple(c[0] for c in image.chunks)
+    if all(all(b == c[0] for b in c[:-1]) and c[-1] <= c[0] for c in image.chunks):
+        return image
+    logger.info("rechunking %s to regular chunks %s to align with storage", image.chunksize, target)
+    return image.rechunk(target)
+
+
+def fit_chunks_to_depth(image: da.Array, depth: Sequence[int]) -> tuple[da.Array, tuple[int, int, int]]:
+    """Make every chunk at least `depth` deep (rechunking explicitly, logged).
+
+    An axis held in one chunk needs no halo; its depth becomes 0. Chunks stay
+    regular so they remain aligned with storage chunks.
+    """
+    image = regular_chunks(image)
+    new_chunks, new_depth = [], []
+    for n, c, d in zip(image.shape, image.chunks, depth):
+        if len(c) == 1:
+            new_chunks.append(c[0])
+            new_depth.append(0)
+            continue
+        size = c[0]
+        if min(c) < d:
+            size = max(size, d)
+            while 0 < n % size < d:
+                size += 1
+            size = min(size, n)
+        new_chunks.append(size)
+        new_depth.append(0 if size >= n else d)
+    new_chunks = tuple(new_chunks)
+    if new_chunks != tuple(c[0] for c in image.chunks):
+        logger.info("rechunking %s -> %s: chunks must be at least the halo %s deep",
+                    image.chunksize, new_chunks, tuple(depth))
+        image = image.rechunk(new_chunks)
+    return image, tuple(new_depth)
+
+
+# --------------------------------------------------------------------------- runners
+def map_kernel(kernel: Callable, image: Any, depth: int | Sequence[int], dtype: Any,
+               **kwargs: Any) -> da.Array:
+    """Lazy ``kernel`` over `image` with a `depth`-voxel halo (``map_overlap``).
+
+    The outer faces get no padding (``boundary="none"``): the kernel treats them.
+    The result has the (possibly rechunked, regular) chunks of the input.
+    """
+    image = as_dask(image)
+    image, depth = fit_chunks_to_depth(image, normalize_depth(depth))
+    dtype = np.dtype(dtype)
+    return image.map_overlap(kernel, depth=depth, boundary="none", trim=True, dtype=dtype,
+                             meta=image._meta.astype(dtype), **kwargs)
+
+
+def store(volume: Volume | str | os.PathLike, name: str, image: da.Array, *, stage: str | None = None,
+          params: Mapping[str, Any] | None = None, inputs: Mapping[str, str] | None = None,
+          force: bool = False) -> StageResult:
+    """Write `image` into `volume` as array `name`, as a resumable stage.
+
+    Skipped (and said so) when `stage` already finished with the same `params` and
+    `inputs` and its output is present, unless `force`.
+    """
+    volume = open_volume(volume)
+    image = regular_chunks(image)
+
+    def write(out: zarr.Array) -> None:
+        compute(da.store(image, out, lock=False, compute=False))
+
+    return run_stage(volume, name, write, shape=image.shape, dtype=image.dtype,
+                     chunks=tuple(c[0] for c in image.chunks), stage=stage, params=params,
+                     inputs=inputs, force=force)
+
+
+def run_stage(volume: Volume, name: str, write: Callable[[zarr.Array], None], *, shape, dtype,
+              chunks, stage: str | None = None, params: Mapping[str, Any] | None = None,
+              inputs: Mapping[str, str] | None = None, force: bool = False) -> StageResult:
+    """The resumable-stage protocol for one output array.
+
+    Skip if `stage` finished with the same `params` and `inputs` (unless `force`);
+    else create a temporary array, let `write` fill it, publish it as `name`, and
+    only then record the stage as done.
+    """
+    stage = stage or name
+    params, inputs = dict(params or {}), dict(inputs or {})
+    done = None if force else provenance.completed(volume, stage, params, inputs)
+    if done:
+        logger.info("stage %s already done with the same inputs and parameters; nothing to do", stage)
+        return StageResult(name, True, done)
+    started = time.time()
+    remove_stale_tmp(volume, name)
+    out, tmp = tmp_array(volume, name, shape, dtype, chunks)
+    try:
+        write(out)
+        publish_array(volume, tmp, name)
+    except BaseException:
+        discard(volume.path / tmp)
+        raise
+    record = provenance.write_record(volume, stage, params, inputs, [name], started)
+    return StageResult(name, False, record)
+
+
+def write_blockwise(volume: Volume | str | os.PathLike, kernel: Callable, src: str, name: str, *,
+                    depth: int | Sequence[int], dtype: Any, stage: str | None = None,
+                    force: bool = False, **kwargs: Any) -> StageResult:
+    """:func:`map_kernel` over array `src` of `volume`, stored as array `name`."""
+    volume = open_volume(volume)
+    image = map_kernel(kernel, volume.to_dask(src), depth, dtype, **kwargs)
+    return store(volume, name, image, stage=stage,
+                 params=_params(kernel, depth, dtype, kwargs),
+                 inputs={src: provenance.fingerprint_array(volume, src)}, force=force)
+
+
+def block_slices(shape: Sequence[int], chunks: Sequence[int]):
+    """The core box of every chunk, as tuples of slices, in C order."""
+    ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
+    for corner in itertools.product(*ranges):
+        yield tuple(slice(o, min(o + c, n)) for o, c, n in zip(corner, chunks, shape))
+
+
+def _run_block(kernel, src: zarr.Array, out: zarr.Array, core: tuple[slice, ...],
+               depth: tuple[int, ...], kwargs: dict) -> None:
+    outer = tuple(slice(max(s.start - d, 0), min(s.stop + d, n))
+                  for s, d, n in zip(core, depth, src.shape))
+    result = kernel(src[outer], **kwargs)
+    inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(core, outer))
+    out[core] = np.asarray(result[inner], dtype=out.dtype)
+
+
+def run_by_block(volume: Volume | str | os.PathLike, kernel: Callable, src: str, name: str, *,
+                 depth: int | Sequence[int], dtype: Any, chunks: Sequence[int] | None = None,
+                 stage: str | None = None, force: bool = False, **kwargs: Any) -> StageResult:
+    """Heavy `kernel` by block index: each task reads core + halo of `src` from Zarr,
+    runs the kernel and writes its own chunk of `name`. Resumable like :func:`store`.
+    """
+    volume = open_volume(volume)
+    depth = normalize_depth(depth)
+    src_arr = volume.array(src)
+    chunks = tuple(chunks or src_arr.chunks)
+    params = _params(kernel, depth, dtype, kwargs) | {"chunks": list(chunks)}
+    inputs = {src: provenance.fingerprint_array(volume, src)}
+
+    def write(out: zarr.Array) -> None:
+        src_d, out_d = dask.delayed(src_arr), dask.delayed(out)
+        run = dask.delayed(_run_block, pure=True)
+        tasks = [run(kernel, src_d, out_d, core, depth, kwargs)
+                 for core in block_slices(src_arr.shape, chunks)]
+        logger.info("running %s on %d blocks of %s", kernel.__name__, len(tasks), chunks)
+        compute(*tasks)
+
+    return run_stage(volume, name, write, shape=src_arr.shape, dtype=dtype, chunks=chunks,
+                     stage=stage, params=params, inputs=inputs, force=force)
+
+
+def _params(kernel: Callable, depth, dtype, kwargs: Mapping[str, Any]) -> dict:
+    return {"kernel": f"{kernel.__module__}.{kernel.__qualname__}",
+            "depth": list(normalize_depth(depth)), "dtype": np.dtype(dtype).name, **kwargs}

@@ -1,0 +1,161 @@
+"""The Dask cluster: an embedded LocalCluster on 127.0.0.1, or an existing scheduler.
+
+    with cluster(n_workers=2, memory_limit="512MB") as client:
+        ...   # dask computations now run on the cluster
+
+Each worker limits numba, BLAS/OpenMP, torch and zarr's codec threads to its own
+thread count, so workers never oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import psutil
+
+from ..errors import PorevoxError
+
+logger = logging.getLogger(__name__)
+
+# NUMBA_NUM_THREADS is not among them: numba fixes its pool size at import and refuses
+# a changed value later, and numba.set_num_threads holds for the calling thread only.
+# LocalCluster workers get it before they start (see `cluster`); for workers started
+# elsewhere, set NUMBA_NUM_THREADS in their environment.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def apply_thread_limits(n: int) -> None:
+    """Limit every threaded library in this process to `n` threads."""
+    n = max(1, int(n))
+    for var in THREAD_ENV:
+        os.environ[var] = str(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+    if "torch" in sys.modules:  # importing torch only to limit it would cost memory
+        sys.modules["torch"].set_num_threads(n)
+    import zarr
+
+    zarr.config.set({"threading.max_workers": n})
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # pragma: no cover
+    WorkerPlugin = object
+
+
+class ThreadLimits(WorkerPlugin):
+    """Worker plugin applying :func:`apply_thread_limits` with the worker's nthreads."""
+
+    name = "porevox-thread-limits"
+
+    def setup(self, worker):
+        apply_thread_limits(getattr(worker.state, "nthreads", None) or worker.nthreads)
+
+
+def default_layout() -> dict:
+    """Workers, threads and memory for this machine: one process per two cores at
+    most four processes, and 80 % of memory shared among them."""
+    cores = os.cpu_count() or 1
+    n_workers = max(1, min(cores, 4))
+    threads = max(1, cores // n_workers)
+    memory = int(psutil.virtual_memory().total * 0.8 / n_workers)
+    return {"n_workers": n_workers, "threads_per_worker": threads, "memory_limit": memory}
+
+
+@contextlib.contextmanager
+def cluster(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    dashboard_address: str = "127.0.0.1:8787",
+    processes: bool = True,
+    timeout: str = "20s",
+) -> Iterator:
+    """A Dask client on an embedded LocalCluster, or on `scheduler` if given.
+
+    `scheduler` falls back to ``DASK_SCHEDULER_ADDRESS``; with neither, a
+    LocalCluster on 127.0.0.1 is started with the given (or machine-sized) workers,
+    threads per worker and memory limit, and closed on exit. The dashboard link is
+    logged either way.
+    """
+    import dask
+    from dask.utils import format_bytes
+    from distributed import Client, LocalCluster
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address:
+        try:
+            client = Client(address, timeout=timeout)
+        except (OSError, TimeoutError) as err:
+            raise PorevoxError(
+                f"cannot reach the Dask scheduler at {address} ({err}); start it or drop "
+                "--scheduler / DASK_SCHEDULER_ADDRESS to use a local cluster"
+            ) from err
+        local = None
+        logger.info("attached to Dask scheduler %s", address)
+    else:
+        layout = default_layout()
+        n_workers = n_workers or layout["n_workers"]
+        threads = threads_per_worker or layout["threads_per_worker"]
+        memory = memory_limit if memory_limit is not None else layout["memory_limit"]
+        # Worker processes get the limits in their environment before they start, so
+        # BLAS, OpenMP and numba size their pools from them; the plugin covers the rest.
+        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+        environ.update({var: str(threads) for var in (*THREAD_ENV, "NUMBA_NUM_THREADS")})
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            local = LocalCluster(
+                host="127.0.0.1",
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                memory_limit=memory,
+                processes=processes,
+                dashboard_address=dashboard_address,
+            )
+        client = Client(local)
+        logger.info("started LocalCluster: %d workers x %d threads, %s memory each",
+                    n_workers, threads,
+                    format_bytes(memory) if isinstance(memory, int) else memory)
+    try:
+        client.register_plugin(ThreadLimits())
+        logger.info("Dask dashboard: %s", client.dashboard_link)
+        yield client
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
+
+
+def compute(*collections):
+    """``dask.compute``, with a progress bar on stderr where the caller (the CLI)
+    asked for one with ``dask.config.set({"porevox.progress": True})`` and a
+    distributed client is active."""
+    import dask
+
+    if not dask.config.get("porevox.progress", False):
+        return dask.compute(*collections)
+    from distributed import default_client, progress
+
+    try:
+        client = default_client()
+    except ValueError:
+        return dask.compute(*collections)
+    futures = client.compute(list(collections))
+    with contextlib.redirect_stdout(sys.stderr):
+        progress(futures, notebook=False)
+        sys.stdout.write("\n")
+    return tuple(client.gather(futures))

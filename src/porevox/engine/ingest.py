@@ -1,0 +1,160 @@
+"""Ingest: a user's stack (TIFF, folder of TIFFs, npy, raw, Zarr) into a volume.
+
+The stack is read block by block by the workers (:class:`~.sources.Source` is a
+lazy, picklable reader), each task writing exactly one storage chunk, so nothing
+ever holds the whole stack. The new volume is built under a hidden temporary name
+beside `out` and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..errors import InvalidVolumeError
+from . import provenance
+from .cluster import compute
+from .sources import Source, open_source
+from .storage import (
+    discard,
+    Volume, check_chunks, check_unit, check_voxel_size, choose_chunks, create_volume, open_volume,
+)
+
+logger = logging.getLogger(__name__)
+
+STAGE = "ingest"
+
+
+def source_to_dask(source: Source, chunks: Sequence[int] | None = None) -> da.Array:
+    """A lazy Dask array over `source`: each block reads only its own box."""
+    chunks = check_chunks(chunks, source.shape) if chunks else choose_chunks(source.shape, source.dtype)
+    return da.from_array(
+        source, chunks=chunks, lock=False, fancy=False, asarray=True,
+        meta=np.empty((0, 0, 0), source.dtype),
+        name=f"read-{provenance.fingerprint_files(source.fingerprint_paths())}-{chunks}",
+    )
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """A validated ingest: what to read, where to write, and whether it is done."""
+
+    source: Source
+    out: Path
+    voxel_size: tuple[float, float, float]
+    unit: str
+    sample: dict
+    chunks: tuple[int, int, int]
+    params: dict
+    inputs: dict
+    done: bool
+
+
+def plan_ingest(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    voxel_size: Sequence[float],
+    *,
+    unit: str = "micrometer",
+    sample: Mapping[str, Any] | None = None,
+    chunks: Sequence[int] | None = None,
+    kind: str | None = None,
+    shape: Sequence[int] | None = None,
+    dtype: Any = None,
+    offset: int = 0,
+    byte_order: str = "little",
+    overwrite: bool = False,
+) -> IngestPlan:
+    """Check everything about an ingest before any work: the source, the voxel size,
+    the chunks and the output path. Raises a one-line error naming the fix."""
+    out = Path(out)
+    source = open_source(src, kind=kind, shape=shape, dtype=dtype, offset=offset,
+                         byte_order=byte_order)
+    voxel_size = check_voxel_size(voxel_size)
+    unit = check_unit(unit)
+    chunks = (check_chunks(chunks, source.shape) if chunks is not None
+              else choose_chunks(source.shape, source.dtype))
+    sample = dict(sample or {})
+    params = {"kind": source.kind, "voxel_size": voxel_size, "unit": unit, "chunks": chunks,
+              "sample": sample, "offset": source.offset, "byte_order": source.byte_order}
+    inputs = {"source": provenance.fingerprint_files(source.fingerprint_paths())}
+    done = False
+    if out.exists():
+        try:
+            existing = open_volume(out, mode="r")
+        except InvalidVolumeError:
+            existing = None
+        done = existing is not None and bool(provenance.completed(existing, STAGE, params, inputs))
+        if not done and not overwrite:
+            raise InvalidVolumeError(
+                f"{out} already exists and holds other data; pass --overwrite to replace "
+                "it or choose another output path"
+            )
+    return IngestPlan(source, out, voxel_size, unit, sample, chunks, params, inputs, done)
+
+
+def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
+    """Carry out a planned ingest. Returns the volume and whether work was done
+    (False when `out` already held this very ingest: same source, same parameters)."""
+    source, out = plan.source, plan.out
+    if plan.done:
+        logger.info("ingest of %s into %s already done with these parameters; nothing to do",
+                    source.path, out)
+        return open_volume(out), False
+    _remove_stale(out)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    started = time.time()
+    logger.info("ingesting %s (%s, %s %s, %.1f MB) into %s, chunks %s", source.path, source.kind,
+                source.shape, np.dtype(source.dtype).name, source.nbytes / 1e6, out, plan.chunks)
+    try:
+        volume = create_volume(tmp, source.shape, source.dtype, plan.voxel_size, unit=plan.unit,
+                               sample=plan.sample, chunks=plan.chunks,
+                               name=out.name.removesuffix(".zarr"))
+        compute(da.store(source_to_dask(source, plan.chunks), volume.image, lock=False,
+                         compute=False))
+        provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
+                                source=str(Path(source.path).absolute()))
+        _replace(tmp, out)
+    except BaseException:
+        discard(tmp)
+        raise
+    return open_volume(out), True
+
+
+def ingest(src: str | os.PathLike, out: str | os.PathLike, voxel_size: Sequence[float],
+           **options: Any) -> tuple[Volume, bool]:
+    """Write the stack at `src` as a new porevox volume at `out`.
+
+    `options` are those of :func:`plan_ingest` (unit, sample, chunks, kind, shape,
+    dtype, offset, byte_order, overwrite). Returns the volume and whether work was
+    done (False when the same ingest had been done before).
+    """
+    return run_ingest(plan_ingest(src, out, voxel_size, **options))
+
+
+def _remove_stale(out: Path) -> None:
+    """Delete temporary volumes left by killed ingests of `out`."""
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        logger.info("removing unfinished ingest %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""Provenance and resume.
+
+Every stage that writes into a volume leaves a record under
+``attrs["porevox"]["provenance"][stage]``::
+
+    {"stage", "params", "inputs": {name: fingerprint}, "outputs": [...],
+     "fingerprint", "porevox_version", "started", "finished", "seconds"}
+
+A record is written only *after* the stage's outputs are completely written and
+published, so a killed stage is never marked done. ``fingerprint`` hashes the
+stage, its parameters and its inputs' fingerprints; a later stage that reads an
+output uses it as that input's fingerprint, so a change anywhere upstream makes
+everything downstream run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from .storage import Volume
+
+logger = logging.getLogger(__name__)
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def jsonable(params: Mapping[str, Any]) -> dict:
+    """Parameters as plain JSON values (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(dict(params), default=str))
+
+
+def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:
+    """Fingerprint of source files: their names, sizes and modification times."""
+    entries = []
+    for p in paths:
+        st = Path(p).stat()
+        entries.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+    return _digest(entries)
+
+
+def fingerprint_array(volume: Volume, name: str) -> str:
+    """Fingerprint of an array in `volume`: that of the stage that wrote it.
+
+    An array no porevox stage wrote (added by hand) is fingerprinted by its
+    metadata and the time its metadata was last written.
+    """
+    for record in volume.provenance.values():
+        if name in record.get("outputs", ()):
+            return record["fingerprint"]
+    arr = volume.array(name)
+    meta_file = volume.path / name / "zarr.json"
+    mtime = meta_file.stat().st_mtime_ns if meta_file.exists() else 0
+    return _digest([name, list(arr.shape), str(arr.dtype), list(arr.chunks), mtime])
+
+
+def stage_fingerprint(stage: str, params: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
+    return _digest([stage, jsonable(params), dict(inputs)])
+
+
+def completed(volume: Volume, stage: str, params: Mapping[str, Any], inputs: Mapping[str, str]) -> dict | None:
+    """The record of `stage` if it finished with these params and inputs and its
+    outputs are all still present; else None."""
+    record = volume.provenance.get(stage)
+    if not record or record.get("fingerprint") != stage_fingerprint(stage, params, inputs):
+        return None
+    for out in record.get("outputs", ()):
+        if not (volume.path / out / "zarr.json").exists():
+            return None
+    return record
+
+
+def write_record(
+    volume: Volume,
+    stage: str,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    outputs: Iterable[str],
+    started: float,
+    **extra: Any,
+) -> dict:
+    """Mark `stage` done. Call only after every output is published."""
+    finished = time.time()
+    record = {
+        "stage": stage,
+        "params": jsonable(params),
+        "inputs": dict(inputs),
+        "outputs": list(outputs),
+        "fingerprint": stage_fingerprint(stage, params, inputs),
+        "porevox_version": __version__,
+        "started": _iso(started),
+        "finished": _iso(finished),
+        "seconds": round(finished - started, 3),
+        **jsonable(extra),
+    }
+    provenance = volume.provenance
+    provenance[stage] = record
+    volume.update_meta(provenance=provenance)
+    return record
+
+
+def forget(volume: Volume, stage: str) -> None:
+    """Drop the record of `stage` (before it is run again with other inputs)."""
+    provenance = volume.provenance
+    if provenance.pop(stage, None) is not None:
+        volume.update_meta(provenance=provenance)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,365 @@
+"""Volumes on disk: one Zarr v3 group per tomogram, OME-Zarr 0.5 metadata.
+
+Layout (DESIGN.md)::
+
+    sample.zarr/        attrs: "ome" (OME-Zarr 0.5 multiscales over ``image``) and
+                        "porevox" (voxel_size, unit, sample, provenance)
+      image             raw gray values, uint8 / uint16 / float
+      labels/<name>     uint8 label images
+
+Arrays are published atomically: they are written under a hidden temporary name
+inside the group and renamed into place only once complete (:func:`publish_array`),
+so a reader never sees a half-written array under its final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .._version import __version__
+from ..errors import InvalidVolumeError, VolumeNotFoundError
+
+logger = logging.getLogger(__name__)
+
+AXES = ("z", "y", "x")
+SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"), np.dtype("float64"))
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+LABELS = "labels"
+TMP_PREFIX = ".tmp-"
+UNITS = {"micrometer", "nanometer", "millimeter", "meter", "angstrom"}
+
+
+# --------------------------------------------------------------------------- checks
+def check_voxel_size(voxel_size: Any) -> tuple[float, float, float]:
+    """Return `voxel_size` as three positive floats (z, y, x) or raise."""
+    try:
+        values = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError) as err:
+        raise InvalidVolumeError(
+            f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}"
+        ) from err
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InvalidVolumeError(
+            f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}"
+        )
+    return values
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """Return `dtype` if porevox stores it, else raise with the fix."""
+    dt = np.dtype(dtype)
+    if dt not in SUPPORTED_DTYPES:
+        raise InvalidVolumeError(
+            f"unsupported dtype {dt}: porevox stores uint8, uint16, float32 or float64 "
+            "images; rescale or cast the data to one of those first"
+        )
+    return dt
+
+
+def check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise InvalidVolumeError(
+            f"a volume must be 3-D (z, y, x); got {len(shape)}-D data of shape {shape}. "
+            "Stack 2-D slices into a folder or multi-page TIFF"
+        )
+    if min(shape) < 1:
+        raise InvalidVolumeError(f"a volume must not be empty; got shape {shape}")
+    return shape
+
+
+def check_unit(unit: str) -> str:
+    if unit not in UNITS:
+        raise InvalidVolumeError(
+            f"unit must be one of {sorted(UNITS)} (OME-Zarr space units); got {unit!r}"
+        )
+    return unit
+
+
+# --------------------------------------------------------------------------- chunks
+def choose_chunks(
+    shape: Sequence[int], dtype: Any, target_bytes: int = DEFAULT_CHUNK_BYTES
+) -> tuple[int, int, int]:
+    """Chunk shape for storage *and* compute: about `target_bytes` per chunk.
+
+    Starts from the whole volume and halves the longest axis until a chunk fits, so
+    chunks stay close to cubes (small halo overhead for 3-D kernels) and large (tens
+    of MB) for throughput.
+    """
+    shape = check_shape(shape)
+    itemsize = np.dtype(dtype).itemsize
+    chunks = list(shape)
+    while math.prod(chunks) * itemsize > target_bytes and max(chunks) > 1:
+        axis = int(np.argmax(chunks))
+        chunks[axis] = -(-chunks[axis] // 2)
+    return tuple(chunks)
+
+
+def check_chunks(chunks: Any, shape: Sequence[int]) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(c) for c in chunks)
+    except (TypeError, ValueError) as err:
+        raise InvalidVolumeError(f"chunks must be 3 positive integers; got {chunks!r}") from err
+    if len(values) != 3 or min(values) < 1:
+        raise InvalidVolumeError(f"chunks must be 3 positive integers; got {chunks!r}")
+    return tuple(min(c, s) for c, s in zip(values, shape))
+
+
+# --------------------------------------------------------------------------- metadata
+def ome_metadata(voxel_size: Sequence[float], unit: str, name: str) -> dict:
+    """The OME-Zarr 0.5 ``ome`` attribute block for the root group."""
+    return {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [{"name": a, "type": "space", "unit": unit} for a in AXES],
+                "datasets": [
+                    {
+                        "path": "image",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(v) for v in voxel_size]}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+class Volume:
+    """An opened porevox volume (a Zarr v3 group on the local file system)."""
+
+    def __init__(self, path: str | os.PathLike, group: zarr.Group):
+        self.path = Path(path)
+        self.group = group
+
+    # -- metadata ------------------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        return dict(self.group.attrs["porevox"])
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.meta["voxel_size"])
+
+    @property
+    def unit(self) -> str:
+        return self.meta["unit"]
+
+    @property
+    def sample(self) -> dict:
+        return dict(self.meta.get("sample", {}))
+
+    @property
+    def provenance(self) -> dict:
+        return dict(self.meta.get("provenance", {}))
+
+    def update_meta(self, **changes: Any) -> None:
+        """Replace keys of the ``porevox`` attribute block (written atomically)."""
+        meta = self.meta
+        meta.update(changes)
+        self.group.attrs["porevox"] = meta
+
+    # -- arrays --------------------------------------------------------------------
+    @property
+    def image(self) -> zarr.Array:
+        return self.group["image"]
+
+    @property
+    def labels(self) -> list[str]:
+        """Names of the published label images."""
+        if LABELS not in self.group:
+            return []
+        return sorted(
+            k for k in self.group[LABELS].array_keys() if not k.startswith(TMP_PREFIX)
+        )
+
+    def array(self, name: str) -> zarr.Array:
+        """An array by its path in the group: ``"image"`` or ``"labels/otsu"``."""
+        try:
+            node = self.group[name]
+        except KeyError:
+            raise InvalidVolumeError(
+                f"{self.path} has no array {name!r}; it has "
+                f"{['image'] + [f'{LABELS}/{n}' for n in self.labels]}"
+            ) from None
+        if not isinstance(node, zarr.Array):
+            raise InvalidVolumeError(f"{self.path}/{name} is a group, not an array")
+        return node
+
+    def to_dask(self, name: str = "image"):
+        """The array as a Dask array whose chunks are the storage chunks."""
+        import dask.array as da
+
+        arr = self.array(name)
+        return da.from_zarr(arr, chunks=arr.chunks, name=f"{self.path.name}/{name}-{uuid.uuid4().hex[:8]}")
+
+    def summary(self) -> dict:
+        img = self.image
+        return {
+            "path": str(self.path),
+            "shape": list(img.shape),
+            "dtype": str(img.dtype),
+            "chunks": list(img.chunks),
+            "nbytes": int(img.nbytes),
+            "voxel_size": list(self.voxel_size),
+            "unit": self.unit,
+            "sample": self.sample,
+            "labels": {
+                n: {"dtype": str(a.dtype), "chunks": list(a.chunks)}
+                for n in self.labels
+                for a in [self.group[f"{LABELS}/{n}"]]
+            },
+            "provenance": self.provenance,
+            "porevox_version": self.meta.get("version"),
+        }
+
+    def __repr__(self) -> str:
+        img = self.image
+        return (
+            f"Volume({str(self.path)!r}, shape={img.shape}, dtype={img.dtype}, "
+            f"voxel_size={self.voxel_size}, labels={self.labels})"
+        )
+
+
+# --------------------------------------------------------------------------- create/open
+def create_volume(
+    path: str | os.PathLike,
+    shape: Sequence[int],
+    dtype: Any,
+    voxel_size: Sequence[float],
+    *,
+    unit: str = "micrometer",
+    sample: Mapping[str, Any] | None = None,
+    chunks: Sequence[int] | None = None,
+    name: str | None = None,
+) -> Volume:
+    """Create an empty volume (the ``image`` array unwritten) at a new `path`."""
+    path = Path(path)
+    shape = check_shape(shape)
+    dtype = check_dtype(dtype)
+    voxel_size = check_voxel_size(voxel_size)
+    unit = check_unit(unit)
+    chunks = choose_chunks(shape, dtype) if chunks is None else check_chunks(chunks, shape)
+    if path.exists():
+        raise InvalidVolumeError(f"{path} already exists; remove it or choose another output path")
+    name = name or path.name.removesuffix(".zarr")
+    group = zarr.open_group(
+        str(path),
+        mode="w-",
+        zarr_format=3,
+        attributes={
+            "ome": ome_metadata(voxel_size, unit, name),
+            "porevox": {
+                "version": __version__,
+                "voxel_size": list(voxel_size),
+                "unit": unit,
+                "sample": dict(sample or {}),
+                "provenance": {},
+            },
+        },
+    )
+    group.create_array(
+        "image", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, dimension_names=AXES
+    )
+    group.require_group(LABELS)
+    return Volume(path, group)
+
+
+def open_volume(path: str | os.PathLike | Volume, mode: str = "r+") -> Volume:
+    """Open a porevox volume; raise a one-line error naming the fix if it is not one."""
+    if isinstance(path, Volume):
+        return path
+    path = Path(path)
+    if not path.exists():
+        raise VolumeNotFoundError(
+            f"no volume at {path}; create one with `porevox ingest SRC {path} --voxel-size Z Y X`"
+        )
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+    except Exception as err:  # zarr raises several types for a non-group path
+        raise InvalidVolumeError(
+            f"{path} is not a Zarr group ({type(err).__name__}); "
+            "create a volume with `porevox ingest`"
+        ) from err
+    meta = group.attrs.get("porevox")
+    if not isinstance(meta, Mapping) or "voxel_size" not in meta or "image" not in group:
+        raise InvalidVolumeError(
+            f"{path} is a Zarr group but not a porevox volume (no 'porevox' attributes or "
+            "no 'image' array); ingest the data with `porevox ingest`"
+        )
+    return Volume(path, group)
+
+
+# --------------------------------------------------------------------------- publishing
+def tmp_array(
+    volume: Volume, name: str, shape: Sequence[int], dtype: Any, chunks: Sequence[int]
+) -> tuple[zarr.Array, str]:
+    """Create a fresh array under a hidden temporary name beside `name`.
+
+    Returns the array and its temporary path; :func:`publish_array` renames it to
+    `name` once it is completely written.
+    """
+    parent, _, leaf = name.rpartition("/")
+    tmp_name = f"{parent + '/' if parent else ''}{TMP_PREFIX}{leaf}-{uuid.uuid4().hex[:12]}"
+    if parent:
+        volume.group.require_group(parent)
+    arr = volume.group.create_array(
+        tmp_name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks),
+        fill_value=0, dimension_names=AXES,
+    )
+    return arr, tmp_name
+
+
+def publish_array(volume: Volume, tmp_name: str, name: str) -> zarr.Array:
+    """Atomically move a completely written temporary array to its final name."""
+    src = volume.path / tmp_name
+    dst = volume.path / name
+    if dst.exists():
+        # Move the old one aside first so the rename below is a single atomic step.
+        trash = dst.with_name(f"{TMP_PREFIX}old-{dst.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(dst, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(src, dst)
+    return volume.group[name]
+
+
+def discard(path: str | os.PathLike, settle: float = 0.25, tries: int = 20) -> None:
+    """Remove an unfinished output after a failed stage.
+
+    When one task fails, Dask raises at once while sibling tasks may still be
+    writing their chunks (and re-creating folders); remove until the path stays
+    gone for one `settle` interval. Anything that still outlives this keeps its
+    hidden temporary name and is removed by the next run of the stage.
+    """
+    path = Path(path)
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(settle)
+        if not path.exists():
+            return
+
+
+def remove_stale_tmp(volume: Volume, name: str) -> list[str]:
+    """Delete temporary copies of array `name` left by killed stages; return them."""
+    parent, _, leaf = name.rpartition("/")
+    folder = volume.path / parent
+    removed = []
+    for stale in folder.glob(f"{TMP_PREFIX}{leaf}-" + "?" * 12):  # tmp_array's names
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale.name)
+    if removed:
+        logger.info("removed unfinished outputs of killed stages: %s", ", ".join(removed))
+    return removed

@@ -1,0 +1,17 @@
+"""Exception types. Every error caused by bad input names the problem and the fix."""
+
+
+class PorevoxError(Exception):
+    """Base class of porevox's own errors."""
+
+
+class InvalidVolumeError(PorevoxError, ValueError):
+    """A volume, a source stack or a parameter describing it is not usable."""
+
+
+class VolumeNotFoundError(PorevoxError, FileNotFoundError):
+    """A path that should hold a volume or a source stack does not exist."""
+
+
+class StageError(PorevoxError, RuntimeError):
+    """A pipeline stage could not complete (not caused by bad input)."""

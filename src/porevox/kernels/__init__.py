@@ -1,0 +1,10 @@
+"""Pure per-block numerics: an array in, an array out; no Dask, no I/O.
+
+Each kernel that looks at neighbours has a ``<kernel>_depth(...)`` function giving
+the halo it needs from its own parameters.
+"""
+
+from .filters import gaussian, gaussian_depth
+from .histogram import bincount
+
+__all__ = ["bincount", "gaussian", "gaussian_depth"]

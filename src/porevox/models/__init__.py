@@ -1,0 +1,1 @@
+"""Torch networks and estimators (U-Net, DDPM, cGAN, regression) — later issues."""

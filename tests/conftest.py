@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A real LocalCluster (2 worker processes, 1 thread each) for the session."""
+    from distributed import LocalCluster
+
+    with LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1,
+                      memory_limit="2GB", dashboard_address=":0") as lc:
+        yield lc
+
+
+@pytest.fixture
+def client(local_cluster):
+    """A client attached (porevox's attach path) to the session's cluster; Dask
+    computations in the test run there, and only in that test."""
+    from porevox.engine import cluster
+
+    with cluster(local_cluster.scheduler_address) as c:
+        yield c
+
+
+def porous(shape, rng, porosity=0.4, sigma=2.0):
+    """A smooth random solid/pore structure (bool, True = solid)."""
+    from scipy import ndimage as ndi
+
+    field = ndi.gaussian_filter(rng.standard_normal(shape), sigma)
+    return field > np.quantile(field, porosity)
+
+
+@pytest.fixture(scope="session")
+def external_scheduler(tmp_path_factory):
+    """A real external Dask cluster: `dask scheduler` and `dask worker` processes on
+    127.0.0.1, as a user would start them (or dask-jobqueue would)."""
+    import json
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("external")
+    sched_file = folder / "scheduler.json"
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    common = ["--no-dashboard"]
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--scheduler-file", str(sched_file), *common],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen(
+            [dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "1",
+             "--memory-limit", "2GB", "--host", "127.0.0.1", "--name", "external-0", *common],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

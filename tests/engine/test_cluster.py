@@ -1,0 +1,68 @@
+"""The cluster: an embedded LocalCluster, or attaching to a real external scheduler."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from porevox import PorevoxError, ingest
+from porevox.engine import cluster
+
+
+def thread_state_fn():
+    """A function for workers, which cannot import this test module: a nested
+    function is shipped by value."""
+
+    def thread_state():
+        import numba
+        from threadpoolctl import threadpool_info
+
+        return {"numba": numba.get_num_threads(),
+                "blas": sorted({p["num_threads"] for p in threadpool_info()})}
+
+    return thread_state
+
+
+def test_local_cluster_limits_threads_and_logs_dashboard(caplog):
+    with caplog.at_level(logging.INFO, logger="porevox"):
+        with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB",
+                     dashboard_address=":0") as c:
+            info = c.scheduler_info()["workers"]
+            assert len(info) == 2
+            assert all(w["nthreads"] == 1 for w in info.values())
+            assert all(w["memory_limit"] == 10**9 for w in info.values())
+            assert all(w["host"] == "127.0.0.1" for w in info.values())
+            # where tasks run: the workers' executor threads
+            states = [c.submit(thread_state_fn(), workers=[w], pure=False).result() for w in info]
+            assert all(s == {"numba": 1, "blas": [1]} for s in states), states
+            link = c.dashboard_link
+    assert f"Dask dashboard: {link}" in caplog.text
+
+
+def test_attach_to_external_scheduler(external_scheduler, tmp_path, rng):
+    data = rng.integers(0, 65535, (20, 30, 40), dtype=np.uint16)
+    np.save(tmp_path / "s.npy", data)
+    with cluster(external_scheduler) as c:
+        assert c.cluster is None                      # nothing local was started
+        workers = c.scheduler_info()["workers"]
+        assert [w["name"] for w in workers.values()] == ["external-0"]
+        state = c.submit(thread_state_fn(), pure=False).result()
+        assert state["blas"] == [1]                   # limited by the plugin on attach
+        vol, did = ingest(tmp_path / "s.npy", tmp_path / "o.zarr", (1, 1, 1), chunks=(7, 30, 40))
+        ran = c.run(lambda dask_worker: sorted({str(k[0]) for k in dask_worker.data}
+                                                | {str(e[0]) for e in dask_worker.state.log}))
+    assert did
+    assert any("store" in key for key in ran["tcp://" + next(iter(workers))[6:]])  # the external worker wrote
+    np.testing.assert_array_equal(vol.image[:], data)
+
+
+def test_scheduler_from_environment(external_scheduler, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", external_scheduler)
+    with cluster() as c:
+        assert c.scheduler.address == external_scheduler
+
+
+def test_unreachable_scheduler_names_the_fix():
+    with pytest.raises(PorevoxError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        with cluster("tcp://127.0.0.1:9", timeout="2s"):
+            pass

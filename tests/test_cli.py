@@ -1,0 +1,91 @@
+"""The command line, run as a user runs it (a real `porevox` process)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+PV = [str(Path(sys.executable).parent / "porevox")]
+FAST = ["--workers", "1", "--threads-per-worker", "1", "--memory-limit", "1GB"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*PV, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    data = np.random.default_rng(5).integers(0, 65535, (12, 30, 40), dtype=np.uint16)
+    tifffile.imwrite(folder / "s.tif", data)
+    return folder, data
+
+
+def test_ingest_json_and_info(stack):
+    folder, data = stack
+    out = folder / "v.zarr"
+    r = run(*FAST, "ingest", folder / "s.tif", out, "--voxel-size", "0.025", "0.0186", "0.0186",
+            "--meta", "material=copper", "--meta", "temperature_c=175", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)                 # exactly one JSON object on stdout
+    assert result["ingested"] is True and result["shape"] == [12, 30, 40]
+    assert result["sample"] == {"material": "copper", "temperature_c": 175}
+    assert result["voxel_size"] == [0.025, 0.0186, 0.0186] and result["dtype"] == "uint16"
+    info = run("info", out, "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["provenance"]["ingest"]["outputs"] == ["image"]
+    human = run("info", out)
+    assert "voxel size (0.025, 0.0186, 0.0186) micrometer" in human.stdout
+    again = run(*FAST, "ingest", folder / "s.tif", out, "--voxel-size", "0.025", "0.0186", "0.0186",
+                "--meta", "material=copper", "--meta", "temperature_c=175", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["ingested"] is False
+    assert "nothing to do" in again.stderr
+
+
+def test_ingest_on_external_scheduler(stack, external_scheduler):
+    folder, data = stack
+    r = run("--scheduler", external_scheduler, "ingest", folder / "s.tif", folder / "ext.zarr",
+            "--voxel-size", "1", "1", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert f"attached to Dask scheduler {external_scheduler}" in " ".join(r.stderr.split())
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_array(str(folder / "ext.zarr" / "image"))[:], data)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ingest", "{f}/missing.tif", "{f}/o.zarr", "--voxel-size", "1", "1", "1"], "no such file"),
+        (["ingest", "{f}/s.tif", "{f}/o.zarr", "--voxel-size", "0", "1", "1"], "voxel_size must be 3 positive"),
+        (["ingest", "{f}/s.tif", "{f}/o.zarr", "--voxel-size", "1", "1", "1", "--meta", "oops"], "--meta takes key=value"),
+        (["info", "{f}/s.tif"], "not a Zarr group"),
+        (["info", "{f}/nothing.zarr"], "no volume at"),
+    ],
+)
+def test_bad_input_exit_2_one_line(stack, args, message):
+    folder, _ = stack
+    r = run(*[a.format(f=folder) for a in args])
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("porevox: error:") and message in lines[0], r.stderr
+    assert not (folder / "o.zarr").exists()
+
+
+def test_usage_error_exit_2(stack):
+    r = run("ingest", "only-one-arg")
+    assert r.returncode == 2
+
+
+def test_demo(tmp_path):
+    r = run(*FAST, "demo", "--out", tmp_path / "d", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["volume"]["shape"] == [96, 160, 160]
+    assert result["dashboard"].startswith("http://127.0.0.1:")
+    assert (tmp_path / "d" / "sample.zarr" / "image" / "zarr.json").exists()
