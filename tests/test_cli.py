@@ -60,9 +60,12 @@ def test_ingest_on_external_scheduler(stack, external_scheduler):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["ingest", "{f}/missing.tif", "{f}/o.zarr", "--voxel-size", "1", "1", "1"], "no such file"),
-        (["ingest", "{f}/s.tif", "{f}/o.zarr", "--voxel-size", "0", "1", "1"], "voxel_size must be 3 positive"),
-        (["ingest", "{f}/s.tif", "{f}/o.zarr", "--voxel-size", "1", "1", "1", "--meta", "oops"], "--meta takes key=value"),
+        (["ingest", "{f}/missing.tif", "{f}/o.zarr", "--voxel-size", "1", "1", "1"],
+         "no such file"),
+        (["ingest", "{f}/s.tif", "{f}/o.zarr", "--voxel-size", "0", "1", "1"],
+         "voxel_size must be 3 positive"),
+        (["ingest", "{f}/s.tif", "{f}/o.zarr", "--voxel-size", "1", "1", "1", "--meta", "oops"],
+         "--meta takes key=value"),
         (["info", "{f}/s.tif"], "not a Zarr group"),
         (["info", "{f}/nothing.zarr"], "no volume at"),
     ],

@@ -12,7 +12,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -104,14 +103,14 @@ def _print_summary(s: dict) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    scheduler: Optional[str] = typer.Option(
+    scheduler: str | None = typer.Option(
         None, "--scheduler", envvar="DASK_SCHEDULER_ADDRESS",
         help="Address of an existing Dask scheduler (default: start a LocalCluster)."),
-    workers: Optional[int] = typer.Option(
+    workers: int | None = typer.Option(
         None, "--workers", min=1, help="LocalCluster worker processes (default: sized to the machine)."),
-    threads_per_worker: Optional[int] = typer.Option(
+    threads_per_worker: int | None = typer.Option(
         None, "--threads-per-worker", min=1, help="Threads per LocalCluster worker."),
-    memory_limit: Optional[str] = typer.Option(
+    memory_limit: str | None = typer.Option(
         None, "--memory-limit", help="Memory limit per LocalCluster worker, e.g. 4GB."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv for Dask's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
@@ -134,17 +133,19 @@ def main_options(
 @_guard
 def ingest(
     ctx: typer.Context,
-    src: Path = typer.Argument(..., help="Multi-page TIFF, folder of TIFF slices, .npy, raw file or Zarr array."),
+    src: Path = typer.Argument(
+        ..., help="Multi-page TIFF, folder of TIFF slices, .npy, raw file or Zarr array."),
     out: Path = typer.Argument(..., help="The volume to write (a new .zarr folder)."),
     voxel_size: tuple[float, float, float] = typer.Option(
         ..., "--voxel-size", help="Voxel size along z y x (the slice pitch first)."),
     unit: str = typer.Option("micrometer", "--unit", help="Unit of the voxel size."),
     meta: list[str] = typer.Option([], "--meta", help="Sample metadata key=value (repeatable)."),
-    chunks: Optional[tuple[int, int, int]] = typer.Option(
+    chunks: tuple[int, int, int] | None = typer.Option(
         None, "--chunks", help="Chunk shape z y x (default: ~64 MB chunks from shape and dtype)."),
-    kind: Optional[str] = typer.Option(None, "--kind", help="tiff, tiff-folder, npy, raw or zarr (default: from the path)."),
-    shape: Optional[tuple[int, int, int]] = typer.Option(None, "--shape", help="Raw files: shape z y x."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Raw files: uint8, uint16 or float32."),
+    kind: str | None = typer.Option(
+        None, "--kind", help="tiff, tiff-folder, npy, raw or zarr (default: from the path)."),
+    shape: tuple[int, int, int] | None = typer.Option(None, "--shape", help="Raw files: shape z y x."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Raw files: uint8, uint16 or float32."),
     offset: int = typer.Option(0, "--offset", help="Raw files: header bytes to skip."),
     byte_order: str = typer.Option("little", "--byte-order", help="Raw files: little or big."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing volume at OUT."),
@@ -199,7 +200,8 @@ def demo(
 @app.command()
 @_guard
 def bench(
-    suites: list[str] = typer.Argument(None, help="Suites to run: io, histogram, gaussian, ingest_large, or all."),
+    suites: list[str] = typer.Argument(
+        None, help="Suites to run: io, histogram, gaussian, ingest_large, or all."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Folder for results.json and results.md."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes, for a smoke run."),
 ) -> None:

@@ -34,3 +34,18 @@ def test_gaussian_on_cupy_blocks_equals_numpy(rng):
     gpu = map_kernel(gaussian, to_backend(darr, "cupy"), gaussian_depth(1.5), np.float32, sigma=1.5)
     assert isinstance(gpu._meta, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(gpu.compute()), ref, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+def test_run_by_block_on_gpu_equals_cpu(rng, tmp_path):
+    from porevox.engine import run_by_block
+    from porevox.engine.storage import create_volume
+
+    vol = create_volume(tmp_path / "v.zarr", (30, 40, 50), "uint16", (1, 1, 1), chunks=(13, 17, 50))
+    vol.image[:] = rng.integers(0, 65535, (30, 40, 50), dtype=np.uint16)
+    for name, backend in (("labels/cpu", "numpy"), ("labels/gpu", "cupy")):
+        run_by_block(vol, gaussian, "image", name, depth=gaussian_depth(1.5), dtype=np.float32,
+                     backend=backend, sigma=1.5)
+    np.testing.assert_allclose(vol.array("labels/gpu")[:], vol.array("labels/cpu")[:],
+                               rtol=1e-5, atol=1e-2)

@@ -7,7 +7,12 @@ import zarr
 
 from porevox import InvalidVolumeError, VolumeNotFoundError, open_volume
 from porevox.engine.storage import (
-    check_voxel_size, choose_chunks, create_volume, publish_array, remove_stale_tmp, tmp_array,
+    check_voxel_size,
+    choose_chunks,
+    create_volume,
+    publish_array,
+    remove_stale_tmp,
+    tmp_array,
 )
 
 

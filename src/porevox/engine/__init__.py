@@ -1,9 +1,16 @@
 """The engine: Zarr volumes, ingest, the Dask cluster, blockwise execution,
 reductions, backend choice, provenance and resume."""
 
-from .backend import gpu_available, resolve as resolve_backend, to_backend
+from .backend import gpu_available, to_backend
+from .backend import resolve as resolve_backend
 from .blockwise import (
-    StageResult, as_dask, map_kernel, run_by_block, run_stage, store, write_blockwise,
+    StageResult,
+    as_dask,
+    map_kernel,
+    run_by_block,
+    run_stage,
+    store,
+    write_blockwise,
 )
 from .cluster import apply_thread_limits, cluster
 from .ingest import IngestPlan, ingest, plan_ingest, run_ingest, source_to_dask
@@ -12,8 +19,9 @@ from .sources import Source, open_source
 from .storage import Volume, choose_chunks, create_volume, open_volume
 
 __all__ = [
-    "IngestPlan", "Source", "StageResult", "Volume", "apply_thread_limits", "as_dask", "choose_chunks",
-    "cluster", "count_equal", "create_volume", "gpu_available", "histogram", "ingest",
-    "map_kernel", "open_source", "open_volume", "plan_ingest", "resolve_backend", "run_by_block", "run_ingest",
-    "run_stage", "source_to_dask", "store", "summary_stats", "to_backend", "write_blockwise",
+    "IngestPlan", "Source", "StageResult", "Volume", "apply_thread_limits", "as_dask",
+    "choose_chunks", "cluster", "count_equal", "create_volume", "gpu_available", "histogram",
+    "ingest", "map_kernel", "open_source", "open_volume", "plan_ingest", "resolve_backend",
+    "run_by_block", "run_ingest", "run_stage", "source_to_dask", "store", "summary_stats",
+    "to_backend", "write_blockwise",
 ]

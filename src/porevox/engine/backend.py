@@ -71,6 +71,15 @@ def to_backend(darr, backend: str = "auto"):
     return darr.map_blocks(to_numpy, dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype))
 
 
+def to_device(x, backend: str):
+    """`x` as an array of `backend` (``"numpy"`` or ``"cupy"``, as from :func:`resolve`)."""
+    if backend == "cupy":
+        import cupy
+
+        return cupy.asarray(x)
+    return to_numpy(x)
+
+
 def to_numpy(x) -> np.ndarray:
     """A host copy of `x` (no-op for NumPy)."""
-    return x.get() if hasattr(x, "get") and get_array_module(x) is not np else np.asarray(x)
+    return np.asarray(x) if get_array_module(x) is np else x.get()

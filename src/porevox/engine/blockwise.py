@@ -29,10 +29,17 @@ import zarr
 
 from ..errors import InvalidVolumeError
 from . import provenance
+from .backend import get_array_module, to_device, to_numpy
+from .backend import resolve as resolve_backend
 from .cluster import compute
 from .storage import (
+    Volume,
+    choose_chunks,
     discard,
-    Volume, choose_chunks, open_volume, publish_array, remove_stale_tmp, tmp_array,
+    open_volume,
+    publish_array,
+    remove_stale_tmp,
+    tmp_array,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,6 +145,8 @@ def store(volume: Volume | str | os.PathLike, name: str, image: da.Array, *, sta
     """
     volume = open_volume(volume)
     image = regular_chunks(image)
+    if get_array_module(image._meta) is not np:  # Zarr stores host memory
+        image = image.map_blocks(to_numpy, dtype=image.dtype, meta=np.empty((0,) * image.ndim, image.dtype))
 
     def write(out: zarr.Array) -> None:
         compute(da.store(image, out, lock=False, compute=False))
@@ -194,20 +203,23 @@ def block_slices(shape: Sequence[int], chunks: Sequence[int]):
 
 
 def _run_block(kernel, src: zarr.Array, out: zarr.Array, core: tuple[slice, ...],
-               depth: tuple[int, ...], kwargs: dict) -> None:
+               depth: tuple[int, ...], backend: str, kwargs: dict) -> None:
     outer = tuple(slice(max(s.start - d, 0), min(s.stop + d, n))
                   for s, d, n in zip(core, depth, src.shape))
-    result = kernel(src[outer], **kwargs)
+    result = kernel(to_device(src[outer], backend), **kwargs)
     inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(core, outer))
-    out[core] = np.asarray(result[inner], dtype=out.dtype)
+    out[core] = to_numpy(result[inner]).astype(out.dtype, copy=False)
 
 
 def run_by_block(volume: Volume | str | os.PathLike, kernel: Callable, src: str, name: str, *,
                  depth: int | Sequence[int], dtype: Any, chunks: Sequence[int] | None = None,
-                 stage: str | None = None, force: bool = False, **kwargs: Any) -> StageResult:
+                 stage: str | None = None, force: bool = False, backend: str = "auto",
+                 **kwargs: Any) -> StageResult:
     """Heavy `kernel` by block index: each task reads core + halo of `src` from Zarr,
-    runs the kernel and writes its own chunk of `name`. Resumable like :func:`store`.
+    runs the kernel (on the GPU where `backend` resolves to ``"cupy"``) and writes
+    its own chunk of `name`. Resumable like :func:`store`.
     """
+    backend = resolve_backend(backend)
     volume = open_volume(volume)
     depth = normalize_depth(depth)
     src_arr = volume.array(src)
@@ -218,7 +230,7 @@ def run_by_block(volume: Volume | str | os.PathLike, kernel: Callable, src: str,
     def write(out: zarr.Array) -> None:
         src_d, out_d = dask.delayed(src_arr), dask.delayed(out)
         run = dask.delayed(_run_block, pure=True)
-        tasks = [run(kernel, src_d, out_d, core, depth, kwargs)
+        tasks = [run(kernel, src_d, out_d, core, depth, backend, kwargs)
                  for core in block_slices(src_arr.shape, chunks)]
         logger.info("running %s on %d blocks of %s", kernel.__name__, len(tasks), chunks)
         compute(*tasks)

@@ -26,8 +26,14 @@ from . import provenance
 from .cluster import compute
 from .sources import Source, open_source
 from .storage import (
+    Volume,
+    check_chunks,
+    check_unit,
+    check_voxel_size,
+    choose_chunks,
+    create_volume,
     discard,
-    Volume, check_chunks, check_unit, check_voxel_size, choose_chunks, create_volume, open_volume,
+    open_volume,
 )
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,8 @@ def stage_fingerprint(stage: str, params: Mapping[str, Any], inputs: Mapping[str
     return _digest([stage, jsonable(params), dict(inputs)])
 
 
-def completed(volume: Volume, stage: str, params: Mapping[str, Any], inputs: Mapping[str, str]) -> dict | None:
+def completed(volume: Volume, stage: str, params: Mapping[str, Any],
+              inputs: Mapping[str, str]) -> dict | None:
     """The record of `stage` if it finished with these params and inputs and its
     outputs are all still present; else None."""
     record = volume.provenance.get(stage)
@@ -118,4 +119,4 @@ def forget(volume: Volume, stage: str) -> None:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="seconds")
