@@ -51,7 +51,7 @@ def test_multipage_tiff_compressed_pages(tmp_path, rng):
     with tifffile.TiffWriter(tmp_path / "s.tif") as tif:
         for plane in data:
             tif.write(plane, compression="zlib")
-    assert not open_source(tmp_path / "s.tif").memmap
+    assert not open_source(tmp_path / "s.tif").contiguous
     check_roundtrip(tmp_path, tmp_path / "s.tif", data, chunks=(4, 7, 9))
 
 
@@ -71,6 +71,13 @@ def test_npy(tmp_path, rng, dtype):
     data = make((10, 11, 12), dtype, rng)
     np.save(tmp_path / "s.npy", data)
     check_roundtrip(tmp_path, tmp_path / "s.npy", data)
+
+
+def test_npy_fortran_order(tmp_path, rng):
+    data = make((6, 7, 8), "uint16", rng)
+    np.save(tmp_path / "s.npy", np.asfortranarray(data))
+    assert not open_source(tmp_path / "s.npy").contiguous
+    check_roundtrip(tmp_path, tmp_path / "s.npy", data, chunks=(4, 5, 6))
 
 
 def test_npy_big_endian(tmp_path, rng):
@@ -98,6 +105,7 @@ def test_source_reads_only_its_box(tmp_path, rng):
     data = make((10, 20, 30), "uint16", rng)
     tifffile.imwrite(tmp_path / "s.tif", data)
     src = open_source(tmp_path / "s.tif")
+    assert src.contiguous                      # uncompressed: plain reads of the rows needed
     np.testing.assert_array_equal(src.read(3, 7, slice(5, 9), slice(10, 30)), data[3:7, 5:9, 10:30])
     lazy = source_to_dask(src, (4, 8, 16))
     assert lazy.chunksize == (4, 8, 16)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import psutil
 
 from ..errors import PorevoxError
+from .storage import DEFAULT_CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +31,15 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 
 def apply_thread_limits(n: int) -> None:
-    """Limit every threaded library in this process to `n` threads."""
+    """Limit this process's thread pools to `n` threads: BLAS/OpenMP loaded now
+    (threadpoolctl) or later (environment), torch and zarr's codec pool. numba's
+    pool is sized by NUMBA_NUM_THREADS at import (see THREAD_ENV)."""
     n = max(1, int(n))
     for var in THREAD_ENV:
         os.environ[var] = str(n)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
     if "torch" in sys.modules:  # importing torch only to limit it would cost memory
         sys.modules["torch"].set_num_threads(n)
     import zarr
@@ -50,10 +47,7 @@ def apply_thread_limits(n: int) -> None:
     zarr.config.set({"threading.max_workers": n})
 
 
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin
-except ImportError:  # pragma: no cover
-    WorkerPlugin = object
+from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 
 
 class ThreadLimits(WorkerPlugin):
@@ -65,9 +59,37 @@ class ThreadLimits(WorkerPlugin):
         apply_thread_limits(getattr(worker.state, "nthreads", None) or worker.nthreads)
 
 
+def worker_memory_limit() -> int | None:
+    """The smallest memory limit (bytes) among the active client's workers, or None
+    without a distributed client or limits."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+    limits = [m for m in limits if m > 0]
+    return min(limits) if limits else None
+
+
+def chunk_bytes_budget(default: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Chunk size (bytes) the active cluster's workers process comfortably.
+
+    A task holds its chunk, a read buffer and Zarr's encode copies — about 4.5 times
+    the chunk, measured in ``benchmarks/`` — on top of some 150 MiB of interpreter and
+    libraries, and should stay well under Dask's pause threshold (80 % of the limit).
+    """
+    limit = worker_memory_limit()
+    if limit is None:
+        return default
+    budget = (0.6 * limit - 150 * 2**20) / 4.5
+    return int(min(default, max(4 * 2**20, budget)))
+
+
 def default_layout() -> dict:
-    """Workers, threads and memory for this machine: one process per two cores at
-    most four processes, and 80 % of memory shared among them."""
+    """Workers, threads and memory for this machine: one worker process per core, at
+    most four (more cores become threads), and 80 % of memory shared among them."""
     cores = os.cpu_count() or 1
     n_workers = max(1, min(cores, 4))
     threads = max(1, cores // n_workers)

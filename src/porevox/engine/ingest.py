@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InvalidVolumeError
 from . import provenance
-from .cluster import compute
+from .cluster import chunk_bytes_budget, compute
 from .sources import Source, open_source
 from .storage import (
     Volume,
@@ -42,8 +42,10 @@ STAGE = "ingest"
 
 
 def source_to_dask(source: Source, chunks: Sequence[int] | None = None) -> da.Array:
-    """A lazy Dask array over `source`: each block reads only its own box."""
-    chunks = check_chunks(chunks, source.shape) if chunks else choose_chunks(source.shape, source.dtype)
+    """A lazy Dask array over `source`: each block reads only its own box. Default
+    chunks are sized for the active cluster's workers."""
+    chunks = (check_chunks(chunks, source.shape) if chunks
+              else choose_chunks(source.shape, source.dtype, chunk_bytes_budget()))
     return da.from_array(
         source, chunks=chunks, lock=False, fancy=False, asarray=True,
         meta=np.empty((0, 0, 0), source.dtype),
@@ -60,7 +62,7 @@ class IngestPlan:
     voxel_size: tuple[float, float, float]
     unit: str
     sample: dict
-    chunks: tuple[int, int, int]
+    chunks: tuple[int, int, int] | None   # None: sized for the cluster when it runs
     params: dict
     inputs: dict
     done: bool
@@ -88,10 +90,10 @@ def plan_ingest(
                          byte_order=byte_order)
     voxel_size = check_voxel_size(voxel_size)
     unit = check_unit(unit)
-    chunks = (check_chunks(chunks, source.shape) if chunks is not None
-              else choose_chunks(source.shape, source.dtype))
+    chunks = check_chunks(chunks, source.shape) if chunks is not None else None
     sample = dict(sample or {})
-    params = {"kind": source.kind, "voxel_size": voxel_size, "unit": unit, "chunks": chunks,
+    params = {"kind": source.kind, "voxel_size": voxel_size, "unit": unit,
+              "chunks": list(chunks) if chunks else "auto",
               "sample": sample, "offset": source.offset, "byte_order": source.byte_order}
     inputs = {"source": provenance.fingerprint_files(source.fingerprint_paths())}
     done = False
@@ -118,18 +120,18 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
                     source.path, out)
         return open_volume(out), False
     _remove_stale(out)
+    chunks = plan.chunks or choose_chunks(source.shape, source.dtype, chunk_bytes_budget())
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     started = time.time()
     logger.info("ingesting %s (%s, %s %s, %.1f MB) into %s, chunks %s", source.path, source.kind,
-                source.shape, np.dtype(source.dtype).name, source.nbytes / 1e6, out, plan.chunks)
+                source.shape, np.dtype(source.dtype).name, source.nbytes / 1e6, out, chunks)
     try:
         volume = create_volume(tmp, source.shape, source.dtype, plan.voxel_size, unit=plan.unit,
-                               sample=plan.sample, chunks=plan.chunks,
+                               sample=plan.sample, chunks=chunks,
                                name=out.name.removesuffix(".zarr"))
-        compute(da.store(source_to_dask(source, plan.chunks), volume.image, lock=False,
-                         compute=False))
+        compute(da.store(source_to_dask(source, chunks), volume.image, lock=False, compute=False))
         provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
-                                source=str(Path(source.path).absolute()))
+                                source=str(Path(source.path).absolute()), chunks=list(chunks))
         _replace(tmp, out)
     except BaseException:
         discard(tmp)

@@ -37,9 +37,9 @@ class Source:
     shape: tuple[int, int, int]
     dtype: str
     files: tuple[str, ...] = ()          # tiff-folder: the slices in order
-    memmap: bool = False                 # tiff: one contiguous uncompressed series
-    offset: int = 0                      # raw: header bytes to skip
-    byte_order: str = "<"                # raw: "<" little, ">" big
+    contiguous: bool = False             # raw, npy, uncompressed TIFF: C-order data ...
+    offset: int = 0                      # ... starting at this byte
+    byte_order: str = "<"                # ... in this byte order ("<" little, ">" big)
 
     @property
     def nbytes(self) -> int:
@@ -58,23 +58,38 @@ class Source:
         return list(self.files) if self.files else [self.path]
 
     # ------------------------------------------------------------------ reading
+    def _read_contiguous(self, z0: int, z1: int, ys: slice, xs: slice) -> np.ndarray:
+        """One ``readinto`` per plane of just the rows needed.
+
+        Plain reads, not a memory map: mapped file pages count in a worker's resident
+        memory (and so against its Dask memory limit), buffered reads don't.
+        """
+        dt = np.dtype(self.dtype).newbyteorder(self.byte_order)
+        _, ny, nx = self.shape
+        (y0, y1, _), (x0, x1, _) = ys.indices(ny), xs.indices(nx)
+        out = np.empty((z1 - z0, y1 - y0, x1 - x0), dt)
+        rows = out[0] if (x0, x1) == (0, nx) else np.empty((y1 - y0, nx), dt)
+        with open(self.path, "rb", buffering=0) as f:
+            for i, z in enumerate(range(z0, z1)):
+                target = out[i] if (x0, x1) == (0, nx) else rows
+                f.seek(self.offset + ((z * ny + y0) * nx) * dt.itemsize)
+                if f.readinto(target) != target.nbytes:
+                    raise OSError(f"{self.path} ended early while reading plane {z}")
+                if target is rows:
+                    out[i] = rows[:, x0:x1]
+        return out
+
     def read(self, z0: int, z1: int, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
         """Read planes ``z0:z1`` cropped to ``(ys, xs)`` as a native-endian array."""
         dtype = np.dtype(self.dtype)
-        if self.kind == "npy":
+        if self.contiguous:
+            data = self._read_contiguous(z0, z1, ys, xs)
+        elif self.kind == "npy":  # Fortran-ordered
             data = np.load(self.path, mmap_mode="r")[z0:z1, ys, xs]
-        elif self.kind == "raw":
-            mm = np.memmap(self.path, dtype=dtype.newbyteorder(self.byte_order), mode="r",
-                           offset=self.offset, shape=self.shape)
-            data = mm[z0:z1, ys, xs]
         elif self.kind == "zarr":
             import zarr
 
             data = zarr.open_array(self.path, mode="r")[z0:z1, ys, xs]
-        elif self.kind == "tiff" and self.memmap:
-            import tifffile
-
-            data = tifffile.memmap(self.path, mode="r").reshape(self.shape)[z0:z1, ys, xs]
         elif self.kind == "tiff":
             import tifffile
 
@@ -161,8 +176,8 @@ def _check_tiff_complete(tif, pages, path: Path) -> None:
 
 
 def _open_tiff(path: Path) -> Source:
-    """A multi-page TIFF: one shaped 3-D series (memory-mapped where its data are
-    contiguous and uncompressed), or else every page as one plane."""
+    """A multi-page TIFF: one shaped 3-D series (read directly from the file where
+    its data are contiguous and uncompressed), or else every page as one plane."""
     import tifffile
 
     try:
@@ -182,7 +197,8 @@ def _open_tiff(path: Path) -> Source:
                         f"TIFF {path} is truncated: its image data run past the end of "
                         "the file; copy or export the stack again"
                     )
-                return Source("tiff", str(path), shape, _native(dtype), memmap=True)
+                return Source("tiff", str(path), shape, _native(dtype), contiguous=True,
+                              offset=int(series.dataoffset), byte_order=tif.byteorder)
             pages = tif.pages
             first = pages[0]
             if len(pages) < 2 and len(series.shape) == 2:
@@ -257,7 +273,9 @@ def _open_npy(path: Path) -> Source:
         ) from err
     if arr.ndim != 3:
         _bad_ndim(path, arr.shape)
-    return Source("npy", str(path), tuple(arr.shape), _native(arr.dtype))
+    return Source("npy", str(path), tuple(arr.shape), _native(arr.dtype),
+                  contiguous=bool(arr.flags.c_contiguous), offset=int(arr.offset),
+                  byte_order=">" if arr.dtype.byteorder == ">" else "<")
 
 
 def _native(dtype) -> str:
@@ -312,5 +330,5 @@ def _open_raw(path: Path, shape, dtype, offset: int, byte_order: str) -> Source:
             f"{dt.name} after a {offset}-byte header needs {expected}; check --shape, "
             "--dtype and --offset"
         )
-    return Source("raw", str(path), shape, _native(dt), offset=offset,
+    return Source("raw", str(path), shape, _native(dt), contiguous=True, offset=offset,
                   byte_order=orders[byte_order])

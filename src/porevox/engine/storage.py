@@ -204,10 +204,14 @@ class Volume:
         import dask.array as da
 
         arr = self.array(name)
-        return da.from_zarr(arr, chunks=arr.chunks, name=f"{self.path.name}/{name}-{uuid.uuid4().hex[:8]}")
+        return da.from_zarr(arr, chunks=arr.chunks)
 
     def summary(self) -> dict:
         img = self.image
+        labels = {}
+        for name in self.labels:
+            arr = self.group[f"{LABELS}/{name}"]
+            labels[name] = {"dtype": str(arr.dtype), "chunks": list(arr.chunks)}
         return {
             "path": str(self.path),
             "shape": list(img.shape),
@@ -217,11 +221,7 @@ class Volume:
             "voxel_size": list(self.voxel_size),
             "unit": self.unit,
             "sample": self.sample,
-            "labels": {
-                n: {"dtype": str(a.dtype), "chunks": list(a.chunks)}
-                for n in self.labels
-                for a in [self.group[f"{LABELS}/{n}"]]
-            },
+            "labels": labels,
             "provenance": self.provenance,
             "porevox_version": self.meta.get("version"),
         }

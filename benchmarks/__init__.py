@@ -1,0 +1,40 @@
+"""porevox benchmarks: each case measures porevox against the plain reference code in
+the same run (ratio = reference time / porevox time, > 1: porevox faster), with
+voxels/s, peak memory per process and, for Dask cases, graph construction apart from
+compute.
+
+    python -m benchmarks all --out bench-out [--quick]
+    python -m benchmarks ingest_large --out bench-large [--large-mib 2048]
+
+``SUITES`` maps a suite name to ``callable(cfg) -> list[dict]``; :func:`run` runs
+suites and writes ``results.json`` and ``results.md``. Only this package's own
+modules are imported here; the heavy libraries are imported in the measuring
+processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import gaussian_suite, histogram_suite, ingest_large_suite, io_suite
+from .harness import Config, run_suites
+
+SUITES = {
+    "io": io_suite.run,
+    "histogram": histogram_suite.run,
+    "gaussian": gaussian_suite.run,
+    "ingest_large": ingest_large_suite.run,
+}
+
+#: Suites that "all" leaves out; they run only when named.
+EXPLICIT_ONLY = ("ingest_large",)
+
+
+def run(suites: list[str], out: Path, quick: bool = False) -> list[dict]:
+    """Run the named suites ("all": every suite except ``ingest_large``), write
+    ``out/results.json`` and ``out/results.md``, print the Markdown table and
+    return the results. An unknown name raises ValueError naming the valid ones."""
+    return run_suites(SUITES, suites, Path(out), quick=quick, explicit_only=EXPLICIT_ONLY)
+
+
+__all__ = ["EXPLICIT_ONLY", "SUITES", "Config", "run"]
