@@ -68,14 +68,15 @@ class Source:
         _, ny, nx = self.shape
         (y0, y1, _), (x0, x1, _) = ys.indices(ny), xs.indices(nx)
         out = np.empty((z1 - z0, y1 - y0, x1 - x0), dt)
-        rows = out[0] if (x0, x1) == (0, nx) else np.empty((y1 - y0, nx), dt)
+        full_width = (x0, x1) == (0, nx)
+        rows = None if full_width else np.empty((y1 - y0, nx), dt)
         with open(self.path, "rb", buffering=0) as f:
             for i, z in enumerate(range(z0, z1)):
-                target = out[i] if (x0, x1) == (0, nx) else rows
+                target = out[i] if full_width else rows
                 f.seek(self.offset + ((z * ny + y0) * nx) * dt.itemsize)
                 if f.readinto(target) != target.nbytes:
                     raise OSError(f"{self.path} ended early while reading plane {z}")
-                if target is rows:
+                if not full_width:
                     out[i] = rows[:, x0:x1]
         return out
 
