@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import gaussian_suite, histogram_suite, ingest_large_suite, io_suite
+from . import (
+    conductivity_suite,
+    gaussian_suite,
+    histogram_suite,
+    ingest_large_suite,
+    io_suite,
+    synthesis_suite,
+)
 from .harness import Config, run_suites
 
 SUITES = {
@@ -24,6 +31,8 @@ SUITES = {
     "histogram": histogram_suite.run,
     "gaussian": gaussian_suite.run,
     "ingest_large": ingest_large_suite.run,
+    "conductivity": conductivity_suite.run,
+    "synthesis": synthesis_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.

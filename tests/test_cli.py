@@ -89,6 +89,23 @@ def test_demo(tmp_path):
     r = run(*FAST, "demo", "--out", tmp_path / "d", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert result["volume"]["shape"] == [96, 160, 160]
+    assert len(result["study"]["samples"]) == 18
+    assert (tmp_path / "d" / "study" / "study.yaml").exists()
+    assert (tmp_path / "d" / "study" / "contact_sheet.png").exists()
+    assert result["ingested"]["shape"] == [48, 128, 128]
     assert result["dashboard"].startswith("http://127.0.0.1:")
-    assert (tmp_path / "d" / "sample.zarr" / "image" / "zarr.json").exists()
+    first = result["study"]["samples"][0]
+    q = run(*FAST, "quantify", tmp_path / "d" / "study" / first["path"], "--labels", "truth",
+            "--axis", "y", "--conductivity", "--json")
+    assert q.returncode == 0, q.stderr
+    feats = json.loads(q.stdout)
+    assert feats["relative_density"] == pytest.approx(first["relative_density"], abs=1e-6)
+    assert feats["relative_conductivity"] == pytest.approx(first["relative_conductivity"], rel=1e-4)
+
+
+def test_synth_and_quantify(tmp_path):
+    """A single-sample check of the two twin commands (the demo covers the study)."""
+    r = run(*FAST, "quantify", tmp_path / "nothing.zarr", "--conductivity")
+    assert r.returncode == 2 and "no volume at" in r.stderr
+    r = run("synth", tmp_path / "s", "--preset", "huge")
+    assert r.returncode == 2 and "--preset must be demo or paper" in r.stderr

@@ -3,8 +3,9 @@
 from ._version import __version__
 from .engine import cluster, histogram, ingest, open_volume
 from .errors import InvalidVolumeError, PorevoxError, StageError, VolumeNotFoundError
+from .pipelines import conductivity, synthesize_study
 
 __all__ = [
     "InvalidVolumeError", "PorevoxError", "StageError", "VolumeNotFoundError", "__version__",
-    "cluster", "histogram", "ingest", "open_volume",
+    "cluster", "conductivity", "histogram", "ingest", "open_volume", "synthesize_study",
 ]

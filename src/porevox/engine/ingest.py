@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +25,12 @@ from .cluster import chunk_bytes_budget, compute
 from .sources import Source, open_source
 from .storage import (
     Volume,
+    building,
     check_chunks,
     check_unit,
     check_voxel_size,
     choose_chunks,
     create_volume,
-    discard,
     open_volume,
 )
 
@@ -119,23 +117,17 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
         logger.info("ingest of %s into %s already done with these parameters; nothing to do",
                     source.path, out)
         return open_volume(out), False
-    _remove_stale(out)
     chunks = plan.chunks or choose_chunks(source.shape, source.dtype, chunk_bytes_budget())
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     started = time.time()
     logger.info("ingesting %s (%s, %s %s, %.1f MB) into %s, chunks %s", source.path, source.kind,
                 source.shape, np.dtype(source.dtype).name, source.nbytes / 1e6, out, chunks)
-    try:
+    with building(out) as tmp:
         volume = create_volume(tmp, source.shape, source.dtype, plan.voxel_size, unit=plan.unit,
                                sample=plan.sample, chunks=chunks,
                                name=out.name.removesuffix(".zarr"))
         compute(da.store(source_to_dask(source, chunks), volume.image, lock=False, compute=False))
         provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
                                 source=str(Path(source.path).absolute()), chunks=list(chunks))
-        _replace(tmp, out)
-    except BaseException:
-        discard(tmp)
-        raise
     return open_volume(out), True
 
 
@@ -148,21 +140,3 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, voxel_size: Sequence[
     done (False when the same ingest had been done before).
     """
     return run_ingest(plan_ingest(src, out, voxel_size, **options))
-
-
-def _remove_stale(out: Path) -> None:
-    """Delete temporary volumes left by killed ingests of `out`."""
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        logger.info("removing unfinished ingest %s", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an existing `out` is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

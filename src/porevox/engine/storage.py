@@ -14,6 +14,7 @@ so a reader never sees a half-written array under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -334,6 +335,31 @@ def publish_array(volume: Volume, tmp_name: str, name: str) -> zarr.Array:
         shutil.rmtree(trash, ignore_errors=True)
     os.rename(src, dst)
     return volume.group[name]
+
+
+@contextlib.contextmanager
+def building(out: str | os.PathLike):
+    """Build a new volume under a hidden temporary name beside `out`; on success
+    rename it into place (an existing `out` is moved aside first, then removed), on
+    failure remove it. Yields the temporary path. Leftovers of killed builds of
+    `out` are removed first."""
+    out = Path(out)
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        logger.info("removing unfinished build %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        discard(tmp)
+        raise
 
 
 def discard(path: str | os.PathLike, settle: float = 0.25, tries: int = 20) -> None:

@@ -4,7 +4,14 @@ Each kernel that looks at neighbours has a ``<kernel>_depth(...)`` function givi
 the halo it needs from its own parameters.
 """
 
+from .conductivity import (
+    ConductivityResult,
+    NoPathWarning,
+    NotConvergedWarning,
+    effective_conductivity,
+)
 from .filters import gaussian, gaussian_depth
 from .histogram import bincount
 
-__all__ = ["bincount", "gaussian", "gaussian_depth"]
+__all__ = ["ConductivityResult", "NoPathWarning", "NotConvergedWarning", "bincount",
+           "effective_conductivity", "gaussian", "gaussian_depth"]

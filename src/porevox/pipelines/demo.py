@@ -1,8 +1,10 @@
 """`porevox demo`: the study end to end, as far as porevox goes so far.
 
-Now: write a test tomogram (a porous gray-value stack as a multi-page TIFF), ingest
-it into a volume on the active cluster, take its histogram and summary. Each later
-stage (twin, segmentation, features, models) extends this.
+Now: synthesise the digital-twin demo study (18 samples: three pastes at six
+temperatures, with truth and a "measured" conductivity from the conductivity
+solver) with its contact sheet; then take one sample's image out as a multi-page
+TIFF, as a microscope would deliver it, and ingest it like a user's stack. Each
+later stage (segmentation, features, models) extends this.
 """
 
 from __future__ import annotations
@@ -11,51 +13,41 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-from scipy import ndimage as ndi
-
+from ..engine import open_volume
+from .synth import synthesize_study
 from .volumes import ingest_volume, plan_ingest, volume_histogram
 
 logger = logging.getLogger(__name__)
 
-DEMO_SHAPE = (96, 160, 160)
-DEMO_VOXEL_SIZE = (0.025, 0.0186, 0.0186)
 
-
-def write_test_stack(path: str | os.PathLike, shape=DEMO_SHAPE, rng=0) -> Path:
-    """A porous test stack as a multi-page uint8 TIFF, written slice by slice.
-
-    A smoothed random field thresholded at 40 % porosity gives solid and pore;
-    solid is bright, pore dark, with blur and noise.
-    """
+def export_tiff(volume: str | os.PathLike, path: str | os.PathLike, name: str = "image") -> Path:
+    """Write an array of a volume as a multi-page TIFF, one plane at a time."""
     import tifffile
 
-    rng = np.random.default_rng(rng)
-    field = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 3.0)
-    solid = field > np.quantile(field, 0.40)
-    gray = np.where(solid, 170.0, 60.0).astype(np.float32)
-    gray = ndi.gaussian_filter(gray, 0.8) + rng.normal(0, 12, shape)
-    stack = np.clip(gray, 0, 255).astype(np.uint8)
+    arr = open_volume(volume, mode="r").array(name)
     path = Path(path)
     with tifffile.TiffWriter(path) as tif:
-        for plane in stack:
-            tif.write(plane, contiguous=True)
+        for z in range(arr.shape[0]):
+            tif.write(arr[z], contiguous=True)
     return path
 
 
-def run_demo(out: str | os.PathLike = "demo-out", *, rng=0) -> dict:
-    """Write a test stack under `out`, ingest it, and summarise the volume."""
+def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0) -> dict:
+    """The twin study under `out/study`, and one of its images ingested from TIFF."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stack = out / "test-stack.tif"
+    manifest = synthesize_study(out / "study", preset="demo", seed=seed, preview=True)
+    first = manifest["samples"][0]
+    stack = out / f"{first['id']}.tif"
     if not stack.exists():
-        write_test_stack(stack, rng=rng)
-        logger.info("wrote test stack %s", stack)
-    summary = ingest_volume(plan_ingest(stack, out / "sample.zarr", DEMO_VOXEL_SIZE,
-                                        sample={"material": "test stack",
-                                                "source": "porevox demo"}))
-    hist = volume_histogram(out / "sample.zarr")
-    result = {"volume": summary, "histogram_percentiles": hist["percentiles"]}
+        export_tiff(out / "study" / first["path"], stack)
+        logger.info("exported %s as a TIFF stack %s", first["id"], stack)
+    vol = open_volume(out / "study" / first["path"], mode="r")
+    summary = ingest_volume(plan_ingest(stack, out / "ingested.zarr", vol.voxel_size,
+                                        sample=vol.sample))
+    hist = volume_histogram(out / "ingested.zarr")
+    result = {"study": manifest, "ingested": summary,
+              "histogram_percentiles": hist["percentiles"]}
     try:
         from distributed import default_client
 
