@@ -188,14 +188,13 @@ def _manifest(out_dir: Path, specs: list[SampleSpec], model: FibSemModel, preset
     for spec in specs:
         path = out_dir / f"{spec.id}.zarr"
         vol = open_volume(path, mode="r")
-        record = vol.provenance[STAGE]
-        cond = record.get("conductivity")
-        if cond is None:   # computed once per sample, kept with the sample
-            cond = conductivity(path, labels="truth", axis=1)
+        cond = vol.provenance[STAGE].get("conductivity")
+        if cond is None:   # solved once per sample (along y), kept in its synth record
+            cond = conductivity(path, labels="truth", axis=1)   # a plain JSON-able dict
             vol = open_volume(path)
-            provenance_record = vol.provenance
-            provenance_record[STAGE]["conductivity"] = _plain(cond)
-            vol.update_meta(provenance=provenance_record)
+            records = vol.provenance
+            records[STAGE]["conductivity"] = cond
+            vol.update_meta(provenance=records)
         rng = np.random.default_rng([*spec.rng_key, 99])
         rel = float(cond["relative_conductivity"])
         measured = max(SIGMA_SCALE * rel * (1 + MEASUREMENT_NOISE * rng.standard_normal()), 0.0)
@@ -212,10 +211,6 @@ def _manifest(out_dir: Path, specs: list[SampleSpec], model: FibSemModel, preset
             "conductivity_unit": "uS/cm", "conductivity_axis": "y",
             "sigma_scale": SIGMA_SCALE, "measurement_noise": MEASUREMENT_NOISE,
             "fibsem": model.as_dict(), "samples": samples}
-
-
-def _plain(d: dict) -> dict:
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
 
 
 def contact_sheet(out_dir: str | os.PathLike, manifest: dict | None = None) -> Path:
