@@ -272,7 +272,7 @@ def quantify(
 @_guard
 def bench(
     suites: list[str] = typer.Argument(
-        None, help="Suites to run: io, histogram, gaussian, ingest_large, or all."),
+        None, help="Suites: io, histogram, gaussian, conductivity, synthesis, ingest_large, or all."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Folder for results.json and results.md."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes, for a smoke run."),
 ) -> None:
