@@ -59,14 +59,22 @@ class ThreadLimits(WorkerPlugin):
         apply_thread_limits(getattr(worker.state, "nthreads", None) or worker.nthreads)
 
 
-def worker_memory_limit() -> int | None:
-    """The smallest memory limit (bytes) among the active client's workers, or None
-    without a distributed client or limits."""
+def active_client():
+    """The active distributed client, or None (computations then use Dask's local
+    scheduler)."""
     try:
         from distributed import default_client
 
-        client = default_client()
+        return default_client()
     except (ImportError, ValueError):
+        return None
+
+
+def worker_memory_limit() -> int | None:
+    """The smallest memory limit (bytes) among the active client's workers, or None
+    without a distributed client or limits."""
+    client = active_client()
+    if client is None:
         return None
     limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
     limits = [m for m in limits if m > 0]
@@ -170,11 +178,10 @@ def compute(*collections):
 
     if not dask.config.get("porevox.progress", False):
         return dask.compute(*collections)
-    from distributed import default_client, progress
+    from distributed import progress
 
-    try:
-        client = default_client()
-    except ValueError:
+    client = active_client()
+    if client is None:
         return dask.compute(*collections)
     futures = client.compute(list(collections))
     with contextlib.redirect_stdout(sys.stderr):

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..engine import open_volume
+from ..engine.cluster import active_client
 from .synth import synthesize_study
 from .volumes import ingest_volume, plan_ingest, volume_histogram
 
@@ -48,10 +49,6 @@ def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0) -> dict:
     hist = volume_histogram(out / "ingested.zarr")
     result = {"study": manifest, "ingested": summary,
               "histogram_percentiles": hist["percentiles"]}
-    try:
-        from distributed import default_client
-
-        result["dashboard"] = default_client().dashboard_link
-    except ValueError:
-        result["dashboard"] = None
+    client = active_client()
+    result["dashboard"] = client.dashboard_link if client is not None else None
     return result

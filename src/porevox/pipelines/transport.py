@@ -29,9 +29,10 @@ import warnings
 from typing import Any
 
 import numpy as np
+from dask.utils import format_bytes
 
 from ..engine import as_dask, open_volume
-from ..engine.cluster import compute, worker_memory_limit
+from ..engine.cluster import active_client, compute, worker_memory_limit
 from ..engine.storage import LABELS, Volume, check_voxel_size
 from ..errors import InvalidVolumeError, StageError
 from ..kernels.conductivity import check_axis, effective_conductivity, memory_estimate
@@ -84,7 +85,7 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_opt
         need = memory_estimate(shape) + voxels  # the kernel rejects the method with a fix
     where = _where(need)
     logger.info("conductivity: per-tomogram solve of %.3gM voxels along %s, ~%s, %s",
-                voxels / 1e6, "zyx"[axis], _fmt_bytes(need),
+                voxels / 1e6, "zyx"[axis], format_bytes(need),
                 "as one task on a Dask worker" if where == "worker" else "in this process")
     options = {"voxel_size": voxel_size, "axis": axis, **solver_options}
     if where == "worker":
@@ -130,38 +131,29 @@ def _materialize(source) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- where
-def _client():
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
 def _where(need: int) -> str:
     """"driver" or "worker" (see the module docstring); raise if neither has room."""
     import psutil
 
-    client = _client()
+    client = active_client()
     if client is not None and getattr(client, "cluster", None) is None:
         limit = worker_memory_limit()
         if limit is None or need <= WORKER_FRACTION * limit:
             return "worker"
         logger.info("conductivity: needs ~%s, more than %.0f%% of the workers' %s memory "
-                    "limit; solving in this process", _fmt_bytes(need), 100 * WORKER_FRACTION,
-                    _fmt_bytes(limit))
+                    "limit; solving in this process", format_bytes(need), 100 * WORKER_FRACTION,
+                    format_bytes(limit))
     free = psutil.virtual_memory().available
     if need > free:
         raise StageError(
-            f"the conductivity solve needs ~{_fmt_bytes(need)} but only {_fmt_bytes(free)} is "
+            f"the conductivity solve needs ~{format_bytes(need)} but only {format_bytes(free)} is "
             "free here; crop the volume (a representative sub-volume) or run on a machine "
             "(or a --scheduler worker) with more memory")
     return "driver"
 
 
 def _on_worker(source, options: dict) -> tuple[dict, list]:
-    client = _client()
+    client = active_client()
     if isinstance(source, np.ndarray):
         data = client.scatter(source)
     else:
@@ -180,13 +172,6 @@ def _solve_task(arr, options: dict) -> tuple[dict, list]:
         warnings.simplefilter("always")
         result = effective_conductivity(np.asarray(arr), **options).to_dict()
     return result, [(w.category, str(w.message)) for w in caught]
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 __all__ = ["conductivity"]
