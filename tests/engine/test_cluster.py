@@ -18,7 +18,10 @@ def thread_state_fn():
         from threadpoolctl import threadpool_info
 
         return {"numba": numba.get_num_threads(),
-                "blas": sorted({p["num_threads"] for p in threadpool_info()})}
+                "blas": sorted({p["num_threads"] for p in threadpool_info()
+                                if p["user_api"] == "blas"}),
+                "openmp": sorted({p["num_threads"] for p in threadpool_info()
+                                  if p["user_api"] == "openmp"})}
 
     return thread_state
 
@@ -34,7 +37,8 @@ def test_local_cluster_limits_threads_and_logs_dashboard(caplog):
             assert all(w["host"] == "127.0.0.1" for w in info.values())
             # where tasks run: the workers' executor threads
             states = [c.submit(thread_state_fn(), workers=[w], pure=False).result() for w in info]
-            assert all(s == {"numba": 1, "blas": [1]} for s in states), states
+            assert all(s["numba"] == 1 and s["blas"] == [1] and s["openmp"] in ([], [1])
+                       for s in states), states
             link = c.dashboard_link
     assert f"Dask dashboard: {link}" in caplog.text
 
@@ -47,7 +51,9 @@ def test_attach_to_external_scheduler(external_scheduler, tmp_path, rng):
         workers = c.scheduler_info()["workers"]
         assert [w["name"] for w in workers.values()] == ["external-0"]
         state = c.submit(thread_state_fn(), pure=False).result()
-        assert state["blas"] == [1]                   # limited by the plugin on attach
+        # BLAS is limited by the plugin on attach; numba's OpenMP pool of a worker
+        # started elsewhere follows its NUMBA_NUM_THREADS (README), so it is not checked
+        assert state["blas"] == [1]
         vol, did = ingest(tmp_path / "s.npy", tmp_path / "o.zarr", (1, 1, 1), chunks=(7, 30, 40))
         ran = c.run(lambda dask_worker: sorted({str(k[0]) for k in dask_worker.data}
                                                 | {str(e[0]) for e in dask_worker.state.log}))
