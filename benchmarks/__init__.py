@@ -22,6 +22,8 @@ from . import (
     histogram_suite,
     ingest_large_suite,
     io_suite,
+    segmentation_suite,
+    slic_suite,
     synthesis_suite,
 )
 from .harness import Config, run_suites
@@ -33,6 +35,8 @@ SUITES = {
     "ingest_large": ingest_large_suite.run,
     "conductivity": conductivity_suite.run,
     "synthesis": synthesis_suite.run,
+    "slic": slic_suite.run,
+    "segmentation": segmentation_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.

@@ -74,3 +74,32 @@ def external_scheduler(tmp_path_factory):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="session")
+def twin_arrays():
+    """A small digital-twin sample (HPA 250 °C, demo voxel size): image, truth and
+    truth annotation as NumPy arrays, shape (16, 64, 80)."""
+    from porevox.pipelines.synth import SampleSpec, prepare
+    from porevox.synthetic.fibsem import FibSemModel, render_box
+
+    spec = SampleSpec("HPA", 250, 0, "demo", 0)
+    model = FibSemModel()
+    ms, threshold = prepare(spec, model, shape=(16, 64, 80))
+    box = tuple(slice(0, n) for n in ms.shape)
+    truth, annotation, image = render_box(ms, model, 0, box, threshold, "uint8")
+    return {"image": image, "truth": truth, "annotation": annotation, "voxel_size": ms.voxel_size}
+
+
+def twin_volume(path, arrays, chunks):
+    """A porevox volume at `path` holding `arrays` (see `twin_arrays`) in `chunks`."""
+    from porevox.engine import create_volume
+    from porevox.engine.storage import AXES, LABELS
+
+    vol = create_volume(path, arrays["image"].shape, "uint8", arrays["voxel_size"], chunks=chunks)
+    vol.image[:] = arrays["image"]
+    for name in ("truth", "truth_annotation"):
+        arr = vol.group.create_array(f"{LABELS}/{name}", shape=arrays["image"].shape, dtype="uint8",
+                                     chunks=chunks, fill_value=0, dimension_names=AXES)
+        arr[:] = arrays["truth" if name == "truth" else "annotation"]
+    return vol

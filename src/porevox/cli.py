@@ -73,6 +73,13 @@ def _session(ctx: typer.Context):
                    memory_limit=opts.get("memory_limit"))
 
 
+def _progress() -> bool:
+    """Whether progress bars were asked for (--progress, quiet off, stderr a TTY)."""
+    import dask
+
+    return bool(dask.config.get("porevox.progress", False))
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
@@ -204,16 +211,19 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """The study end to end on the cluster (so far: the twin study, its conductivities and
-    a test stack ingested as a user's TIFF)."""
+    """The study end to end on the cluster (so far: the twin study, its conductivities,
+    the Table-1 analog of its segmentations, and a stack ingested as a user's TIFF)."""
     from .pipelines import run_demo
+    from .pipelines.segmentation_study import markdown
 
     with _session(ctx):
-        result = run_demo(out)
+        result = run_demo(out, progress=_progress() and not as_json)
 
     def human(r):
         _print_study(r["study"])
         typer.echo(f"  contact sheet: {r['study']['preview']}")
+        typer.echo("segmentation against the twin's truth (the paper's Table 1):")
+        typer.echo(markdown(r["table1"]["table"], len(r["table1"]["samples"])))
         typer.echo("a twin image exported as TIFF and ingested like a user's stack:")
         _print_summary(r["ingested"])
         typer.echo(f"  gray value percentiles (1, 50, 99 %): {r['histogram_percentiles']}")
@@ -266,6 +276,110 @@ def quantify(
         result = quantify_volume(volume, labels=labels, axis=axis,
                                  with_conductivity=with_conductivity)
     _emit(result, as_json, lambda r: [typer.echo(f"{k:<24} {v}") for k, v in r.items()])
+
+
+@app.command()
+@_guard
+def preprocess(
+    ctx: typer.Context,
+    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    destripe: bool = typer.Option(True, "--destripe/--no-destripe", help="FFT curtaining filter."),
+    shading: bool = typer.Option(True, "--shading/--no-shading",
+                                 help="Shading correction by histogram shifting."),
+    force: bool = typer.Option(False, "--force", help="Redo even if done with the same inputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Destripe and shading-correct the image into the volume's `preprocessed` array."""
+    from .pipelines import preprocess_volume
+
+    with _session(ctx):
+        r = preprocess_volume(volume, destripe=destripe, shading=shading, force=force)
+    result = {"volume": str(volume), "written": r.name, "skipped": r.skipped}
+    _emit(result, as_json, lambda r: typer.echo(
+        f"{r['written']}: {'already done (nothing to do)' if r['skipped'] else 'written'}"))
+
+
+@app.command()
+@_guard
+def segment(
+    ctx: typer.Context,
+    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    method: str = typer.Option("otsu", "--method", help="otsu (CTA), hybrid (SLIC annotation) or unet."),
+    model: Path | None = typer.Option(None, "--model", help="unet: a model.pt (train-unet) or model.keras."),
+    name: str | None = typer.Option(None, "--name", help="Output labels/<NAME> (default: the method)."),
+    src: str | None = typer.Option(None, "--image",
+                                   help="Array to segment (default: preprocessed, else image)."),
+    probabilities: bool = typer.Option(False, "--probabilities",
+                                       help="unet: also store class probabilities."),
+    force: bool = typer.Option(False, "--force", help="Redo even if done with the same inputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Segment a volume: labels/<method> with 1 = copper, 0 = pore."""
+    from .pipelines import segment_volume
+
+    with _session(ctx):
+        result = segment_volume(volume, method, name=name, src=src, model=model,
+                                probabilities=probabilities, force=force)
+    _emit(result, as_json, lambda r: [typer.echo(f"{k:<12} {v}") for k, v in r.items()])
+
+
+@app.command("train-unet")
+@_guard
+def train_unet(
+    ctx: typer.Context,
+    volumes: list[Path] = typer.Argument(..., help="Volumes whose annotations to train on."),
+    out: Path = typer.Option(..., "--out", help="The model file to write (.pt; a .json and .png beside)."),
+    labels: str = typer.Option("hybrid_annotation", "--labels", help="Annotation or segmentation to learn."),
+    every: int = typer.Option(5, "--every", min=1, help="Train on every N-th slice (the paper: 5)."),
+    epochs: int = typer.Option(100, "--epochs", min=1, help="Most epochs (early stopping may end sooner)."),
+    patience: int = typer.Option(10, "--patience", min=1, help="Early stopping: epochs without improvement."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of slices held out."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same model."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Train a U-Net on the annotations of one or more volumes."""
+    from .pipelines import train_unet_volumes
+
+    with _session(ctx):
+        result = train_unet_volumes(volumes, out, labels=labels, every=every, epochs=epochs,
+                                    patience=patience, val_fraction=val_fraction, seed=seed,
+                                    progress=_progress() and not as_json)
+    _emit(result, as_json, lambda r: [typer.echo(f"{k:<14} {v}") for k, v in r.items()])
+
+
+@app.command()
+@_guard
+def score(
+    ctx: typer.Context,
+    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    labels: str = typer.Option(..., "--labels", help="The segmentation to score: labels/<NAME>."),
+    truth: str = typer.Option("truth", "--truth", help="The reference: labels/<NAME>."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Jaccard, precision and recall per phase, and accuracy, against a reference."""
+    from .pipelines import score_volume
+
+    with _session(ctx):
+        result = score_volume(volume, labels=labels, truth=truth)
+    _emit(result, as_json, lambda r: [typer.echo(f"{k:<16} {v:.4f}" if isinstance(v, float)
+                                                 else f"{k:<16} {v}") for k, v in r.items()])
+
+
+@app.command("segment-study")
+@_guard
+def segment_study(
+    ctx: typer.Context,
+    study: Path = typer.Argument(..., help="A study folder or its study.yaml (porevox synth makes one)."),
+    epochs: int = typer.Option(60, "--epochs", min=1, help="Most U-Net epochs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """The paper's Table 1 on a study: CTA, Hybrid, U-Net CTA, U-Net Hybrid vs truth."""
+    from .pipelines import segmentation_study
+    from .pipelines.segmentation_study import markdown
+
+    with _session(ctx):
+        result = segmentation_study(study, epochs=epochs, progress=_progress() and not as_json)
+    _emit(result, as_json, lambda r: typer.echo(markdown(r["table"], len(r["samples"]))))
 
 
 @app.command()

@@ -319,7 +319,7 @@ def tmp_array(
         volume.group.require_group(parent)
     arr = volume.group.create_array(
         tmp_name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks),
-        fill_value=0, dimension_names=AXES,
+        fill_value=0, dimension_names=(("c",) * (len(shape) - 3) + AXES)[-len(shape):],
     )
     return arr, tmp_name
 

@@ -2,9 +2,11 @@
 
 Now: synthesise the digital-twin demo study (18 samples: three pastes at six
 temperatures, with truth and a "measured" conductivity from the conductivity
-solver) with its contact sheet; then take one sample's image out as a multi-page
-TIFF, as a microscope would deliver it, and ingest it like a user's stack. Each
-later stage (segmentation, features, models) extends this.
+solver) with its contact sheet; segment every sample four ways (CTA, hybrid, and
+U-Nets trained on each) and score them against the truth — the paper's Table 1;
+then take one sample's image out as a multi-page TIFF, as a microscope would
+deliver it, and ingest it like a user's stack. Each later stage (features,
+models) extends this.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from ..engine import open_volume
 from ..engine.cluster import active_client
+from .segmentation_study import segmentation_study
 from .synth import synthesize_study
 from .volumes import ingest_volume, plan_ingest, volume_histogram
 
@@ -33,11 +36,13 @@ def export_tiff(volume: str | os.PathLike, path: str | os.PathLike, name: str = 
     return path
 
 
-def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0) -> dict:
-    """The twin study under `out/study`, and one of its images ingested from TIFF."""
+def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, progress: bool = False) -> dict:
+    """The twin study under `out/study`, its Table-1 analog, and one of its images
+    ingested from TIFF."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = synthesize_study(out / "study", preset="demo", seed=seed, preview=True)
+    table1 = segmentation_study(out / "study", seed=seed, progress=progress)
     first = manifest["samples"][0]
     stack = out / f"{first['id']}.tif"
     if not stack.exists():
@@ -47,7 +52,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0) -> dict:
     summary = ingest_volume(plan_ingest(stack, out / "ingested.zarr", vol.voxel_size,
                                         sample=vol.sample))
     hist = volume_histogram(out / "ingested.zarr")
-    result = {"study": manifest, "ingested": summary,
+    result = {"study": manifest, "table1": table1, "ingested": summary,
               "histogram_percentiles": hist["percentiles"]}
     client = active_client()
     result["dashboard"] = client.dashboard_link if client is not None else None

@@ -1,0 +1,83 @@
+"""`porevox score`: a segmentation against a reference, with the paper's metrics.
+
+Both are binary label images (1 = copper, 0 = pore). The confusion matrix is a
+distributed reduction (a count per block, summed); the metrics follow from it:
+for each phase p, Jaccard = TP / (TP + FP + FN), precision = TP / (TP + FP),
+recall = TP / (TP + FN), with TP the voxels both call p; accuracy = agreeing
+voxels / all voxels. An undefined ratio (0/0, a phase absent from both) is NaN.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask.array as da
+import numpy as np
+
+from ..engine import as_dask, open_volume
+from ..engine.cluster import compute
+from ..engine.storage import LABELS, Volume
+from ..errors import InvalidVolumeError
+
+PHASES = {"pore": 0, "cu": 1}
+
+
+def _block_confusion(pred, truth):
+    if pred.size and (pred.max() > 1 or truth.max() > 1):
+        raise InvalidVolumeError("labels must be binary (0 pore, 1 copper); got a value above 1")
+    cm = np.bincount((2 * truth.astype(np.intp) + pred.astype(np.intp)).ravel(), minlength=4)
+    return cm.reshape(1, 1, 1, 4)
+
+
+def confusion(pred, truth) -> np.ndarray:
+    """2 × 2 confusion matrix ``cm[truth, pred]`` of two binary label images (any
+    arrays or volumes; chunks of `truth` follow `pred`'s)."""
+    pred = as_dask(pred)
+    truth = as_dask(truth)
+    if pred.shape != truth.shape:
+        raise InvalidVolumeError(f"labels and truth differ in shape: {pred.shape} vs {truth.shape}")
+    truth = truth.rechunk(pred.chunks)
+    per_block = tuple((1,) * n for n in pred.numblocks)
+    parts = da.map_blocks(_block_confusion, pred, truth, new_axis=3, chunks=(*per_block, (4,)),
+                          dtype=np.int64, meta=np.empty((0, 0, 0, 0), np.int64))
+    return compute(parts.sum(axis=(0, 1, 2)))[0].reshape(2, 2)
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def metrics(cm: np.ndarray) -> dict:
+    """The paper's metrics from ``cm[truth, pred]`` (see the module docstring)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    out = {}
+    for name, p in PHASES.items():
+        tp = cm[p, p]
+        fp = cm[:, p].sum() - tp
+        fn = cm[p, :].sum() - tp
+        out[f"jaccard_{name}"] = _ratio(tp, tp + fp + fn)
+        out[f"precision_{name}"] = _ratio(tp, tp + fp)
+        out[f"recall_{name}"] = _ratio(tp, tp + fn)
+    out["accuracy"] = _ratio(np.trace(cm), cm.sum())
+    return out
+
+
+def score(labels, truth) -> dict:
+    """Metrics of a binary segmentation `labels` against `truth` (arrays)."""
+    cm = confusion(labels, truth)
+    return {**metrics(cm), "confusion": cm.tolist()}
+
+
+def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = "truth") -> dict:
+    """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume."""
+    volume = open_volume(path, mode="r")
+    for name in (labels, truth):
+        if name not in volume.labels:
+            raise InvalidVolumeError(
+                f"{volume.path} has no label image {name!r}; it has {', '.join(volume.labels) or 'none'}: "
+                "segment it first or name one of those")
+    result = score(volume.to_dask(f"{LABELS}/{labels}"), volume.to_dask(f"{LABELS}/{truth}"))
+    return {"volume": str(volume.path), "labels": labels, "truth": truth, **result}
+
+
+__all__ = ["confusion", "metrics", "score", "score_volume"]

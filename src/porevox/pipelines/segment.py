@@ -1,0 +1,311 @@
+"""`porevox segment` and `porevox train-unet`: Otsu (CTA), the paper's hybrid SLIC
+annotation, and a U-Net trained on it with distributed tiled inference.
+
+Every method reads the volume's ``preprocessed`` image where there is one (else
+``image``; the choice is logged and recorded) and writes uint8 label images with
+1 = copper, 0 = pore:
+
+* ``otsu``: one global Otsu threshold from the distributed histogram of the whole
+  volume (the paper's CTA) → ``labels/otsu``;
+* ``hybrid``: the hybrid threshold rule (:mod:`porevox.kernels.segment`) and SLIC
+  superpixels per slice, sized in micrometres → ``labels/hybrid_annotation`` (0
+  copper, 1 pore, 2 shine-through) and ``labels/hybrid`` (copper = class 0);
+* ``unet``: a trained network (``.pt`` from :func:`train_unet`, or a Keras 3
+  ``.keras`` model) over every slice, tiled with a halo of at least the network's
+  context and blended inside each chunk → ``labels/unet`` (copper = class 0) and,
+  on request, ``probabilities/unet`` (classes × z × y × x, uint8, 255 = 1).
+
+Gray values are scaled per volume by its 0.1–99.9 % percentiles (from the
+distributed histogram) before SLIC and the network, so uint8 and uint16 volumes
+and volumes of different contrast are treated alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from ..engine import as_dask, histogram, open_volume, store
+from ..engine.blockwise import fit_chunks_to_depth
+from ..engine.cluster import chunk_bytes_budget
+from ..engine.provenance import fingerprint_array
+from ..engine.storage import LABELS, Volume
+from ..errors import InvalidVolumeError, PorevoxError
+from ..kernels import segment as ks
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("otsu", "hybrid", "unet")
+#: Default superpixel side in micrometres (~5 px at the paper's 18.6 nm pixels).
+SUPERPIXEL_UM = 0.1
+COMPACTNESS = 0.2
+PERCENTILES = (0.1, 99.9)
+
+
+# --------------------------------------------------------------------------- helpers
+def source_name(volume: Volume, src: str | None = None) -> str:
+    """The image to segment: `src`, else ``preprocessed`` where present, else ``image``."""
+    if src is None:
+        src = "preprocessed" if "preprocessed" in volume.group else "image"
+    if src not in volume.group:
+        raise InvalidVolumeError(f"{volume.path} has no array {src!r}; use image or run preprocess first")
+    return src
+
+
+def gray_stats(image) -> dict:
+    """Otsu and hybrid thresholds and the percentile span of a whole image, from one
+    distributed histogram."""
+    image = as_dask(image)
+    if image.dtype.kind == "f":
+        counts, edges = histogram(image, bins=1024)
+    else:
+        counts, edges = histogram(image)
+    stats = ks.hybrid_threshold(counts, edges)
+    stats["lo"], stats["hi"] = (ks.percentile(counts, edges, q) for q in PERCENTILES)
+    return stats
+
+
+def slice_chunks(image: da.Array, bytes_per_voxel: int = 64) -> da.Array:
+    """`image` rechunked to blocks of whole slices, a few MB of working memory each."""
+    ny, nx = image.shape[1:]
+    depth = max(1, min(image.shape[0], chunk_bytes_budget() // (bytes_per_voxel * ny * nx)))
+    if image.chunks[1] != (ny,) or image.chunks[2] != (nx,) or image.chunksize[0] != depth:
+        image = image.rechunk((depth, ny, nx))
+    return image
+
+
+def superpixel_step(voxel_size, size_um: float) -> tuple[float, float]:
+    """SLIC grid step in pixels (y, x) for superpixels `size_um` wide."""
+    if size_um <= 0:
+        raise ValueError(f"superpixel size must be > 0 µm; got {size_um}")
+    return (max(size_um / voxel_size[1], 1.0), max(size_um / voxel_size[2], 1.0))
+
+
+# --------------------------------------------------------------------------- Python API
+def segment(image, method: str = "otsu", *, voxel_size=None, model=None, stats: dict | None = None,
+            **params) -> da.Array:
+    """A lazy segmentation (1 = copper) of `image` by `method`.
+
+    `image` is any array or a volume path. ``hybrid`` needs `voxel_size` (or a
+    volume) to size its superpixels; ``unet`` needs `model` (a ``.pt`` or ``.keras``
+    path). The thresholds come from one pass over the whole image, computed now.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if isinstance(image, (str, os.PathLike, Volume)):
+        volume = open_volume(image, mode="r")
+        voxel_size = voxel_size or volume.voxel_size
+        image = volume.to_dask(source_name(volume))
+    image = as_dask(image)
+    if method == "unet":
+        if model is None:
+            raise ValueError("method unet needs model=<path to a .pt or .keras model>")
+        classes = unet_classes(image, model, stats=stats, **params)
+        return (classes == ks.COPPER).astype(np.uint8)
+    stats = stats or gray_stats(image)
+    if method == "otsu":
+        return (image > stats["otsu"]).astype(np.uint8)
+    return (hybrid_annotation(image, voxel_size, stats=stats, **params) == ks.COPPER).astype(np.uint8)
+
+
+def hybrid_annotation(image, voxel_size=None, *, stats: dict | None = None,
+                      superpixel_um: float = SUPERPIXEL_UM, compactness: float = COMPACTNESS,
+                      slic_method: str = "auto") -> da.Array:
+    """The lazy hybrid annotation (0 copper, 1 pore, 2 shine-through) of `image`."""
+    image = as_dask(image)
+    if voxel_size is None:
+        logger.info("hybrid: no voxel size given; 1 µm isotropic assumed for the superpixel size")
+        voxel_size = (1.0, 1.0, 1.0)
+    stats = stats or gray_stats(image)
+    step = superpixel_step(voxel_size, superpixel_um)
+    method = _slic_method(slic_method)
+    logger.info("hybrid: Otsu %.4g, hybrid threshold %.4g%s; SLIC (%s) step %.2f x %.2f px, "
+                "compactness %g", stats["otsu"], stats["threshold"],
+                " (no copper foot found: Otsu used)" if stats["fallback"] else "",
+                method, *step, compactness)
+    image = slice_chunks(image)
+    return image.map_blocks(ks.annotate, otsu=stats["otsu"], hybrid=stats["threshold"], step=step,
+                            compactness=compactness, method=method,
+                            dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
+
+
+def _slic_method(method: str) -> str:
+    if method == "auto":
+        return ks.SLIC_METHOD
+    if method not in ("numba", "skimage"):
+        raise ValueError(f"slic_method must be auto, numba or skimage; got {method!r}")
+    return method
+
+
+# --------------------------------------------------------------------------- U-Net inference
+_MODELS: dict = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_predictor(path: str | os.PathLike):
+    """The model at `path` as a predictor, loaded once per process (a Dask worker
+    keeps it for every later block); torch threads follow the worker's."""
+    path = Path(path)
+    if not path.is_file():
+        raise PorevoxError(f"model file {path} not found; train one with porevox train-unet")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            from ..models import unet
+
+            _limit_torch_threads()
+            if path.suffix == ".keras":
+                _MODELS[key] = unet.load_keras(path)
+            else:
+                _MODELS[key] = unet.Predictor(*unet.load_model(path))
+        return _MODELS[key]
+
+
+def _limit_torch_threads() -> None:
+    try:
+        from distributed import get_worker
+
+        n = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def _predict_block(block, *, model, lo, hi, tile, halo, block_info=None):
+    """Class probabilities (C, z, y, x) of one overlapped block, cropped to its core."""
+    from ..models.unet import predict_tiled
+
+    predictor = load_predictor(model)
+    info = block_info[0]
+    loc, num = info["chunk-location"], info["num-chunks"]
+    scale = 1.0 / max(hi - lo, 1e-12)
+    probs = np.stack([predict_tiled(predictor, ((s.astype(np.float32) - lo) * scale), tile=tile,
+                                    halo=halo) for s in block], axis=1)
+    crop = [slice(None), slice(None)]
+    for axis in (1, 2):
+        a = halo if loc[axis] > 0 else 0
+        b = halo if loc[axis] < num[axis] - 1 else 0
+        crop.append(slice(a, block.shape[axis] - b))
+    return probs[tuple(crop)]
+
+
+def unet_probabilities(image, model: str | os.PathLike, *, stats: dict | None = None, tile: int = 256,
+                       halo: int | None = None) -> da.Array:
+    """Lazy class probabilities ``(C, z, y, x)`` float32 of `image` by the model at
+    `model`: each chunk is extended in y and x by `halo` (default: the network's
+    context) from its neighbours, tiled, blended and cropped back."""
+    image = as_dask(image)
+    predictor = load_predictor(model)
+    halo = predictor.context if halo is None else int(halo)
+    if halo < predictor.context:
+        logger.warning("unet: halo %d px is below the network's context %d px: tiles may differ "
+                       "from whole-slice inference at their seams", halo, predictor.context)
+    stats = stats or gray_stats(image)
+    # Every block, grown by its halo, must start on the network's stride grid, so that
+    # its pixels have the phase they have in the whole slice: halo and in-plane chunk
+    # sizes are rounded up to multiples of the stride.
+    stride = predictor.stride
+    halo = -(-halo // stride) * stride
+    ny, nx = image.shape[1:]
+    depth = max(1, min(image.shape[0], chunk_bytes_budget() // (48 * ny * nx)))
+    plane = [min(n, -(-max(c[0], min(n, tile)) // stride) * stride)
+             for c, n in zip(image.chunks[1:], image.shape[1:])]
+    image = image.rechunk((depth, *plane))
+    image, depth3 = fit_chunks_to_depth(image, (0, halo, halo))
+    image = image.rechunk(tuple(c[0] if len(c) == 1 else -(-c[0] // stride) * stride
+                                for c in image.chunks))
+    grown = da.overlap.overlap(image, depth=dict(enumerate(depth3)), boundary="none")
+    n_classes = predictor.n_classes
+    logger.info("unet: %s over %d chunks %s, halo %d px, tiles %d px, %d classes", Path(model).name,
+                image.npartitions, image.chunksize, depth3[1], tile, n_classes)
+    return da.map_blocks(_predict_block, grown, model=str(model), lo=stats["lo"], hi=stats["hi"],
+                         tile=tile, halo=depth3[1], new_axis=0,
+                         chunks=((n_classes,), *image.chunks), dtype=np.float32,
+                         meta=np.empty((0, 0, 0, 0), np.float32))
+
+
+def unet_classes(image, model, **params) -> da.Array:
+    """Lazy most-likely class (uint8) of every voxel."""
+    return unet_probabilities(image, model, **params).argmax(axis=0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- stages
+def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str | None = None,
+                   src: str | None = None, model: str | os.PathLike | None = None,
+                   probabilities: bool = False, force: bool = False, **params) -> dict:
+    """Segment the volume at `path` with `method`, writing ``labels/<name>`` (default:
+    the method's name) as a resumable stage. Returns what was written, with the
+    thresholds used."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    volume = open_volume(path)
+    src = source_name(volume, src)
+    name = name or method
+    logger.info("segment %s: %s of %s", method, src, volume.path.name)
+    started = time.time()
+    stats = gray_stats(volume.to_dask(src))
+    image = volume.to_dask(src)
+    inputs = {src: fingerprint_array(volume, src)}
+    base = {"method": method, "src": src, **{k: v for k, v in stats.items()}}
+    written = []
+    if method == "otsu":
+        seg = (image > stats["otsu"]).astype(np.uint8)
+        written.append(store(volume, f"{LABELS}/{name}", seg, stage=f"segment:{name}",
+                             params=base, inputs=inputs, force=force))
+    elif method == "hybrid":
+        params = {"superpixel_um": SUPERPIXEL_UM, "compactness": COMPACTNESS, **params}
+        params["slic_method"] = _slic_method(params.get("slic_method", "auto"))
+        ann_name = f"{LABELS}/{name}_annotation"
+        ann = hybrid_annotation(image, volume.voxel_size, stats=stats, **params)
+        written.append(store(volume, ann_name, ann, stage=f"segment:{name}_annotation",
+                             params={**base, **params}, inputs=inputs, force=force))
+        ann = volume.to_dask(ann_name)
+        written.append(store(volume, f"{LABELS}/{name}", (ann == ks.COPPER).astype(np.uint8),
+                             stage=f"segment:{name}", params={**base, **params},
+                             inputs={ann_name: fingerprint_array(volume, ann_name)}, force=force))
+    else:
+        if model is None:
+            raise ValueError("method unet needs --model <model.pt or model.keras>")
+        model = Path(model)
+        predictor = load_predictor(model)
+        params = {"tile": 256, "halo": predictor.context, **params}
+        model_inputs = {**inputs, "model": _file_digest(model)}
+        mparams = {**base, "model": str(model), **params}
+        if probabilities:
+            pname = f"probabilities/{name}"
+            probs = unet_probabilities(image, model, stats=stats, **params)
+            q = (da.clip(probs * 255 + 0.5, 0, 255)).astype(np.uint8)
+            written.append(store(volume, pname, q, stage=f"segment:{pname}", params=mparams,
+                                 inputs=model_inputs, force=force))
+            classes = volume.to_dask(pname).argmax(axis=0)
+        else:
+            classes = unet_classes(image, model, stats=stats, **params)
+        written.append(store(volume, f"{LABELS}/{name}", (classes == ks.COPPER).astype(np.uint8),
+                             stage=f"segment:{name}", params=mparams, inputs=model_inputs, force=force))
+    return {"volume": str(volume.path), "method": method, "source": src,
+            "written": [w.name for w in written], "skipped": all(w.skipped for w in written),
+            "thresholds": {k: stats[k] for k in ("otsu", "threshold", "lo", "hi", "fallback")},
+            "seconds": round(time.time() - started, 3)}
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+__all__ = ["METHODS", "gray_stats", "hybrid_annotation", "load_predictor", "segment",
+           "segment_volume", "source_name", "unet_classes", "unet_probabilities"]

@@ -1,0 +1,104 @@
+"""`porevox train-unet`: a U-Net trained on the annotations of one or more volumes.
+
+The paper trains on 20 % of the slices — every fifth — of the hybrid annotation,
+with part of them held out for validation. Here: every `every`-th slice (from the
+first) of each volume, its image scaled by the volume's own 0.1–99.9 % gray-value
+percentiles (as inference does), and its label image as classes:
+
+* an annotation (a name ending in ``annotation``, e.g. ``hybrid_annotation``): its
+  classes as they are (0 copper, 1 pore, 2 shine-through): a 3-class network;
+* a binary segmentation (e.g. ``otsu`` for the paper's "U-Net CTA"): copper → 0,
+  pore → 1: a 2-class network.
+
+Either way class 0 is copper, so inference reads copper = class 0. Training runs in
+this process with all its cores (a single network does not split across workers);
+only the slices it uses are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import open_volume
+from ..engine.storage import LABELS
+from ..errors import InvalidVolumeError
+from .segment import gray_stats, source_name
+
+logger = logging.getLogger(__name__)
+
+
+def training_slices(path, *, labels: str = "hybrid_annotation", every: int = 5,
+                    src: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Every `every`-th slice of a volume's image (scaled to ~[0, 1]) and labels."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1 (1 = every slice); got {every}")
+    volume = open_volume(path, mode="r")
+    if labels not in volume.labels:
+        raise InvalidVolumeError(
+            f"{volume.path} has no label image {labels!r}; it has {', '.join(volume.labels) or 'none'}: "
+            "segment it first (porevox segment --method hybrid)")
+    src = source_name(volume, src)
+    stats = gray_stats(volume.to_dask(src))
+    scale = 1.0 / max(stats["hi"] - stats["lo"], 1e-12)
+    zs = list(range(0, volume.image.shape[0], every))
+    image, lab = volume.array(src), volume.array(f"{LABELS}/{labels}")
+    images = [((image[z].astype(np.float32) - stats["lo"]) * scale) for z in zs]
+    targets = [np.asarray(lab[z]) for z in zs]
+    if not labels.endswith("annotation"):
+        if max(int(t.max()) for t in targets) > 1:
+            raise InvalidVolumeError(f"labels/{labels} is not binary; name an annotation or a segmentation")
+        targets = [(1 - t).astype(np.uint8) for t in targets]
+    return images, targets, {"volume": str(volume.path), "source": src, "slices": zs,
+                             "lo": stats["lo"], "hi": stats["hi"]}
+
+
+def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid_annotation",
+                       every: int = 5, src: str | None = None, epochs: int = 100, patience: int = 10,
+                       val_fraction: float = 0.2, seed: int = 0, widths=None, patch: int | None = None,
+                       progress: bool = True) -> dict:
+    """Train a U-Net on every `every`-th slice of `volumes` and save it at `out`
+    (a state dict ``.pt`` plus a ``.json`` config) with its loss curves (``.png``)."""
+    from ..models import unet
+
+    volumes = [volumes] if isinstance(volumes, (str, os.PathLike)) else list(volumes)
+    if not volumes:
+        raise ValueError("train-unet needs at least one volume")
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise ValueError(f"the model file must end in .pt; got {out.name}")
+    started = time.time()
+    images, targets, sources = [], [], []
+    for path in volumes:
+        i, t, info = training_slices(path, labels=labels, every=every, src=src)
+        images += i
+        targets += t
+        sources.append(info)
+    n_classes = 3 if labels.endswith("annotation") else 2
+    config = unet.UNetConfig(n_classes=n_classes,
+                             **({"widths": tuple(widths)} if widths else {}))
+    logger.info("train-unet: %d slices from %d volumes (every %d), labels %s, %d classes",
+                len(images), len(volumes), every, labels, n_classes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, history = unet.train_unet(images, targets, config, val_fraction=val_fraction,
+                                     epochs=epochs, patience=patience, patch=patch, seed=seed,
+                                     progress=progress, loss_png=out.with_suffix(".png"))
+    metadata = {"labels": labels, "every": every, "classes": {"copper": 0, "pore": 1, **(
+        {"shine_through": 2} if n_classes == 3 else {})}, "normalization":
+        "per volume: (x - p0.1) / (p99.9 - p0.1) of its gray-value histogram",
+        "seed": seed, "volumes": sources, "history": history}
+    tmp = out.with_name(f".{out.name}.tmp")
+    unet.save_model(model, tmp, metadata=metadata)
+    os.replace(tmp, out)
+    os.replace(tmp.with_suffix(".json"), out.with_suffix(".json"))
+    return {"model": str(out), "config": config.as_dict(), "slices": len(images),
+            "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
+            "val_accuracy": history["val_accuracy"][history["best_epoch"]],
+            "loss_curves": str(out.with_suffix(".png")), "seconds": round(time.time() - started, 1)}
+
+
+__all__ = ["train_unet_volumes", "training_slices"]
