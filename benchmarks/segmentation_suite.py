@@ -110,7 +110,7 @@ def reference_unet(zarr_path: str, model_path: str, thresholds: dict, repeat: in
         out = np.empty(image.shape, np.uint8)
         for z in range(image.shape[0]):
             p = predictor.predict_proba((image[z].astype(np.float32) - lo) / (hi - lo))
-            out[z] = p.argmax(axis=0) == 0
+            out[z] = p[0] > 0.5
         times.append(time.perf_counter() - t0)
     pv = np.load(Path(zarr_path).with_suffix(".unet.npy"))
     return {"time_s": best(times), "times_s": times, "peak": peak(),

@@ -86,10 +86,14 @@ def test_usage_error_exit_2(stack):
 
 
 def test_demo(tmp_path):
-    r = run(*FAST, "demo", "--out", tmp_path / "d", "--json")
+    r = run(*FAST, "demo", "--out", tmp_path / "d", "--epochs", "1", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert len(result["study"]["samples"]) == 18
+    table = result["table1"]["table"]
+    assert set(table) == {"CTA", "Hybrid", "U-Net CTA", "U-Net Hybrid"}
+    assert table["Hybrid"]["recall_pore"]["mean"] > table["CTA"]["recall_pore"]["mean"]
+    assert (tmp_path / "d" / "study" / "table1.md").exists()
     assert (tmp_path / "d" / "study" / "study.yaml").exists()
     assert (tmp_path / "d" / "study" / "contact_sheet.png").exists()
     assert result["ingested"]["shape"] == [48, 128, 128]
@@ -109,3 +113,49 @@ def test_synth_and_quantify(tmp_path):
     assert r.returncode == 2 and "no volume at" in r.stderr
     r = run("synth", tmp_path / "s", "--preset", "huge")
     assert r.returncode == 2 and "--preset must be demo or paper" in r.stderr
+
+
+def test_segment_train_score(tmp_path, twin_arrays):
+    """preprocess → segment otsu and hybrid → train-unet → segment unet → score, as a
+    user runs them; and their bad input."""
+    from tests.conftest import twin_volume
+
+    vol = twin_volume(tmp_path / "v.zarr", twin_arrays, (8, 64, 80)).path
+    r = run(*FAST, "preprocess", vol, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"volume": str(vol), "written": "preprocessed", "skipped": False}
+    for method in ("otsu", "hybrid"):
+        r = run(*FAST, "segment", vol, "--method", method, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["source"] == "preprocessed"
+    scores = {}
+    for labels in ("otsu", "hybrid"):
+        r = run(*FAST, "score", vol, "--labels", labels, "--json")
+        assert r.returncode == 0, r.stderr
+        scores[labels] = json.loads(r.stdout)
+    assert scores["hybrid"]["recall_pore"] > scores["otsu"]["recall_pore"]
+    assert 0.8 < scores["otsu"]["accuracy"] < 1
+    model = tmp_path / "m.pt"
+    r = run(*FAST, "train-unet", vol, "--out", model, "--epochs", "2", "--every", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["slices"] == 4 and model.with_suffix(".json").exists()
+    r = run(*FAST, "segment", vol, "--method", "unet", "--model", model, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["written"] == ["labels/unet"]
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(__import__("pickle").dumps({"state_dict": Path("x")}))
+    for args, message in [
+        (["segment", vol, "--method", "unet"], "needs --model"),
+        (["segment", vol, "--method", "unet", "--model", bad], "refuse"),
+        (["segment", vol, "--method", "magic"], "method must be one of"),
+        (["score", vol, "--labels", "nope"], "no label image 'nope'"),
+        (["train-unet", vol, "--out", tmp_path / "m2.pt", "--labels", "nope"], "no label image"),
+        (["train-unet", vol, "--out", tmp_path / "m2.txt"], "must end in .pt"),
+        (["preprocess", vol, "--no-destripe", "--no-shading"], "nothing"),
+    ]:
+        r = run(*FAST, *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and r.stdout == "", (args, r.stderr)
+        assert len(lines) == 1 and message in lines[0], (args, r.stderr)
+    assert not (tmp_path / "m2.pt").exists()

@@ -3,9 +3,11 @@
 from ._version import __version__
 from .engine import cluster, histogram, ingest, open_volume
 from .errors import InvalidVolumeError, PorevoxError, StageError, VolumeNotFoundError
-from .pipelines import conductivity, synthesize_study
+from .pipelines import conductivity, segment, synthesize_study
+from .pipelines.score import score
 
 __all__ = [
     "InvalidVolumeError", "PorevoxError", "StageError", "VolumeNotFoundError", "__version__",
-    "cluster", "conductivity", "histogram", "ingest", "open_volume", "synthesize_study",
+    "cluster", "conductivity", "histogram", "ingest", "open_volume", "score", "segment",
+    "synthesize_study",
 ]

@@ -209,6 +209,8 @@ def info(
 def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files."),
+    epochs: int = typer.Option(30, "--epochs", min=1,
+                               help="Most U-Net epochs (early stopping may end sooner)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """The study end to end on the cluster (so far: the twin study, its conductivities,
@@ -217,7 +219,7 @@ def demo(
     from .pipelines.segmentation_study import markdown
 
     with _session(ctx):
-        result = run_demo(out, progress=_progress() and not as_json)
+        result = run_demo(out, epochs=epochs, progress=_progress() and not as_json)
 
     def human(r):
         _print_study(r["study"])
@@ -290,8 +292,10 @@ def preprocess(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Destripe and shading-correct the image into the volume's `preprocessed` array."""
-    from .pipelines import preprocess_volume
+    from .pipelines import preprocess_volume, volume_info
+    from .pipelines.preprocess import resolve_params
 
+    resolve_params(volume_info(volume)["shape"], destripe=destripe, shading=shading)
     with _session(ctx):
         r = preprocess_volume(volume, destripe=destripe, shading=shading, force=force)
     result = {"volume": str(volume), "written": r.name, "skipped": r.skipped}
@@ -316,7 +320,9 @@ def segment(
 ) -> None:
     """Segment a volume: labels/<method> with 1 = copper, 0 = pore."""
     from .pipelines import segment_volume
+    from .pipelines.segment import check_segment
 
+    check_segment(volume, method, model=model, src=src)
     with _session(ctx):
         result = segment_volume(volume, method, name=name, src=src, model=model,
                                 probabilities=probabilities, force=force)
@@ -339,7 +345,9 @@ def train_unet(
 ) -> None:
     """Train a U-Net on the annotations of one or more volumes."""
     from .pipelines import train_unet_volumes
+    from .pipelines.train import check_training
 
+    check_training(volumes, out, labels, every)
     with _session(ctx):
         result = train_unet_volumes(volumes, out, labels=labels, every=every, epochs=epochs,
                                     patience=patience, val_fraction=val_fraction, seed=seed,
@@ -358,7 +366,9 @@ def score(
 ) -> None:
     """Jaccard, precision and recall per phase, and accuracy, against a reference."""
     from .pipelines import score_volume
+    from .pipelines.score import check_labels
 
+    check_labels(volume, labels, truth)
     with _session(ctx):
         result = score_volume(volume, labels=labels, truth=truth)
     _emit(result, as_json, lambda r: [typer.echo(f"{k:<16} {v:.4f}" if isinstance(v, float)
@@ -370,7 +380,7 @@ def score(
 def segment_study(
     ctx: typer.Context,
     study: Path = typer.Argument(..., help="A study folder or its study.yaml (porevox synth makes one)."),
-    epochs: int = typer.Option(60, "--epochs", min=1, help="Most U-Net epochs."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Most U-Net epochs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """The paper's Table 1 on a study: CTA, Hybrid, U-Net CTA, U-Net Hybrid vs truth."""

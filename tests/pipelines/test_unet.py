@@ -40,7 +40,7 @@ def test_training_on_the_twin_reduces_loss_and_saves_everything(trained):
 
 def whole_slice_labels(predictor, image, stats):
     scale = 1.0 / (stats["hi"] - stats["lo"])
-    return np.stack([predictor.predict_proba((s.astype(np.float32) - stats["lo"]) * scale).argmax(0) == 0
+    return np.stack([predictor.predict_proba((s.astype(np.float32) - stats["lo"]) * scale)[0] > 0.5
                      for s in image]).astype(np.uint8)
 
 
@@ -104,3 +104,15 @@ def test_keras_model_segments_the_same_way(tmp_path, twin_arrays, client):
     got = open_volume(vol.path, mode="r").array("labels/unet_keras")[:]
     assert (got == expect).mean() >= 0.999
     assert keras.backend.backend() in ("torch", "tensorflow", "jax")
+
+
+def test_pore_classes_add_up():
+    """Pore = class 1 ∪ class 2: (0.4, 0.3, 0.3) is pore, though copper is the argmax."""
+    import dask.array as da
+
+    from porevox.pipelines.segment import copper_from_probabilities
+
+    p = np.array([[0.4, 0.6, 0.2], [0.3, 0.3, 0.1], [0.3, 0.1, 0.7]], np.float32).reshape(3, 1, 1, 3)
+    assert copper_from_probabilities(da.from_array(p)).compute().ravel().tolist() == [0, 1, 0]
+    q = np.rint(p * 255).astype(np.uint8)
+    assert copper_from_probabilities(da.from_array(q), 255).compute().ravel().tolist() == [0, 1, 0]

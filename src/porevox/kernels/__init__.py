@@ -13,8 +13,7 @@ from .conductivity import (
 from .filters import gaussian, gaussian_depth
 from .histogram import bincount
 from .segment import annotate, hybrid_threshold, otsu_threshold
-from .slic import slic, slic_skimage
 
 __all__ = ["ConductivityResult", "NoPathWarning", "NotConvergedWarning", "annotate", "bincount",
            "effective_conductivity", "gaussian", "gaussian_depth", "hybrid_threshold",
-           "otsu_threshold", "slic", "slic_skimage"]
+           "otsu_threshold"]

@@ -53,6 +53,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -816,11 +817,12 @@ def load_model(path: str | os.PathLike) -> tuple[UNet, dict]:
     if not path.is_file():
         raise PorevoxError(f"model file {path} not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the safe unpickler's refusal, or a file that is no torch archive
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        detail = (f"it refers to {found.group(1)}" if found else
-                  f"{type(err).__name__}: {' '.join(str(err).split())[:120]}")
+        detail = f"it refers to {found.group(1)}" if found else f"{type(err).__name__} in the safe loader"
         raise PorevoxError(f"refused to load {path}: it is not a plain weights file, and porevox never "
                            f"unpickles code ({detail})") from err
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:

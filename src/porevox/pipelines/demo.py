@@ -36,13 +36,14 @@ def export_tiff(volume: str | os.PathLike, path: str | os.PathLike, name: str = 
     return path
 
 
-def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, progress: bool = False) -> dict:
+def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int = 30,
+             progress: bool = False) -> dict:
     """The twin study under `out/study`, its Table-1 analog, and one of its images
     ingested from TIFF."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = synthesize_study(out / "study", preset="demo", seed=seed, preview=True)
-    table1 = segmentation_study(out / "study", seed=seed, progress=progress)
+    table1 = segmentation_study(out / "study", seed=seed, epochs=epochs, progress=progress)
     first = manifest["samples"][0]
     stack = out / f"{first['id']}.tif"
     if not stack.exists():

@@ -68,16 +68,22 @@ def score(labels, truth) -> dict:
     return {**metrics(cm), "confusion": cm.tolist()}
 
 
-def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = "truth") -> dict:
-    """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume."""
+def check_labels(path: str | os.PathLike | Volume, *names: str) -> Volume:
+    """The volume at `path`, checked to hold every label image in `names`."""
     volume = open_volume(path, mode="r")
-    for name in (labels, truth):
+    for name in names:
         if name not in volume.labels:
             raise InvalidVolumeError(
                 f"{volume.path} has no label image {name!r}; it has {', '.join(volume.labels) or 'none'}: "
                 "segment it first or name one of those")
+    return volume
+
+
+def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = "truth") -> dict:
+    """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume."""
+    volume = check_labels(path, labels, truth)
     result = score(volume.to_dask(f"{LABELS}/{labels}"), volume.to_dask(f"{LABELS}/{truth}"))
     return {"volume": str(volume.path), "labels": labels, "truth": truth, **result}
 
 
-__all__ = ["confusion", "metrics", "score", "score_volume"]
+__all__ = ["check_labels", "confusion", "metrics", "score", "score_volume"]

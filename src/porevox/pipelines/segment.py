@@ -10,10 +10,13 @@ Every method reads the volume's ``preprocessed`` image where there is one (else
 * ``hybrid``: the hybrid threshold rule (:mod:`porevox.kernels.segment`) and SLIC
   superpixels per slice, sized in micrometres → ``labels/hybrid_annotation`` (0
   copper, 1 pore, 2 shine-through) and ``labels/hybrid`` (copper = class 0);
-* ``unet``: a trained network (``.pt`` from :func:`train_unet`, or a Keras 3
+* ``unet``: a trained network (``.pt`` from ``porevox train-unet``, or a Keras 3
   ``.keras`` model) over every slice, tiled with a halo of at least the network's
-  context and blended inside each chunk → ``labels/unet`` (copper = class 0) and,
-  on request, ``probabilities/unet`` (classes × z × y × x, uint8, 255 = 1).
+  context and blended inside each chunk → ``labels/unet``: copper where class 0
+  holds more than half the probability (pore = class 1 ∪ class 2, so the pore
+  classes' probabilities add up; an argmax over three classes would call a voxel
+  copper at P = (0.4, 0.3, 0.3)); on request also ``probabilities/unet`` (classes
+  × z × y × x, uint8, 255 = 1).
 
 Gray values are scaled per volume by its 0.1–99.9 % percentiles (from the
 distributed histogram) before SLIC and the network, so uint8 and uint16 volumes
@@ -106,8 +109,7 @@ def segment(image, method: str = "otsu", *, voxel_size=None, model=None, stats: 
     if method == "unet":
         if model is None:
             raise ValueError("method unet needs model=<path to a .pt or .keras model>")
-        classes = unet_classes(image, model, stats=stats, **params)
-        return (classes == ks.COPPER).astype(np.uint8)
+        return unet_copper(image, model, stats=stats, **params)
     stats = stats or gray_stats(image)
     if method == "otsu":
         return (image > stats["otsu"]).astype(np.uint8)
@@ -233,20 +235,40 @@ def unet_probabilities(image, model: str | os.PathLike, *, stats: dict | None = 
                          meta=np.empty((0, 0, 0, 0), np.float32))
 
 
-def unet_classes(image, model, **params) -> da.Array:
-    """Lazy most-likely class (uint8) of every voxel."""
-    return unet_probabilities(image, model, **params).argmax(axis=0).astype(np.uint8)
+def unet_copper(image, model, **params) -> da.Array:
+    """Lazy segmentation (1 = copper) by a U-Net: copper where its probability
+    exceeds that of all pore classes together (pore = class 1 ∪ class 2, as the
+    paper reads its 3-class output), i.e. P(copper) > 0.5."""
+    return copper_from_probabilities(unet_probabilities(image, model, **params))
+
+
+def copper_from_probabilities(probs: da.Array, scale: float = 1.0) -> da.Array:
+    """1 where class 0 (copper) holds more than half the probability (`scale`: the
+    probabilities' full scale, 255 for stored uint8 ones)."""
+    return (probs[ks.COPPER].astype(np.float32) > 0.5 * scale).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- stages
+def check_segment(path, method: str, *, model=None, src: str | None = None) -> None:
+    """Check a segmentation request before any work (and before a cluster starts):
+    the method, the volume and its source image, and for ``unet`` the model file
+    (loaded safely now, so a refused file fails here)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    source_name(open_volume(path, mode="r"), src)
+    if method == "unet":
+        if model is None:
+            raise ValueError("method unet needs --model <model.pt or model.keras>")
+        load_predictor(model)
+
+
 def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str | None = None,
                    src: str | None = None, model: str | os.PathLike | None = None,
                    probabilities: bool = False, force: bool = False, **params) -> dict:
     """Segment the volume at `path` with `method`, writing ``labels/<name>`` (default:
     the method's name) as a resumable stage. Returns what was written, with the
     thresholds used."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    check_segment(path, method, model=model, src=src)
     volume = open_volume(path)
     src = source_name(volume, src)
     name = name or method
@@ -273,8 +295,6 @@ def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str |
                              stage=f"segment:{name}", params={**base, **params},
                              inputs={ann_name: fingerprint_array(volume, ann_name)}, force=force))
     else:
-        if model is None:
-            raise ValueError("method unet needs --model <model.pt or model.keras>")
         model = Path(model)
         predictor = load_predictor(model)
         params = {"tile": 256, "halo": predictor.context, **params}
@@ -286,11 +306,11 @@ def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str |
             q = (da.clip(probs * 255 + 0.5, 0, 255)).astype(np.uint8)
             written.append(store(volume, pname, q, stage=f"segment:{pname}", params=mparams,
                                  inputs=model_inputs, force=force))
-            classes = volume.to_dask(pname).argmax(axis=0)
+            copper = copper_from_probabilities(volume.to_dask(pname), 255)
         else:
-            classes = unet_classes(image, model, stats=stats, **params)
-        written.append(store(volume, f"{LABELS}/{name}", (classes == ks.COPPER).astype(np.uint8),
-                             stage=f"segment:{name}", params=mparams, inputs=model_inputs, force=force))
+            copper = unet_copper(image, model, stats=stats, **params)
+        written.append(store(volume, f"{LABELS}/{name}", copper, stage=f"segment:{name}", params=mparams,
+                             inputs=model_inputs, force=force))
     return {"volume": str(volume.path), "method": method, "source": src,
             "written": [w.name for w in written], "skipped": all(w.skipped for w in written),
             "thresholds": {k: stats[k] for k in ("otsu", "threshold", "lo", "hi", "fallback")},
@@ -307,5 +327,5 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["METHODS", "gray_stats", "hybrid_annotation", "load_predictor", "segment",
-           "segment_volume", "source_name", "unet_classes", "unet_probabilities"]
+__all__ = ["METHODS", "check_segment", "gray_stats", "hybrid_annotation", "load_predictor", "segment",
+           "segment_volume", "source_name", "unet_copper", "unet_probabilities"]

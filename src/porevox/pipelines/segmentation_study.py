@@ -55,7 +55,7 @@ def study_volumes(study: str | os.PathLike) -> tuple[Path, list[dict]]:
     return manifest_path.parent, samples
 
 
-def segmentation_study(study: str | os.PathLike, *, epochs: int = 60, patience: int = 8,
+def segmentation_study(study: str | os.PathLike, *, epochs: int = 30, patience: int = 8,
                        every: int = 5, seed: int = 0, progress: bool = True) -> dict:
     """Segment and score every sample of `study` four ways; return the Table-1 analog
     (also written as ``table1.md``, ``table1.csv`` and ``table1.json`` in the study

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import open_volume
 from ..engine.storage import LABELS
 from ..errors import InvalidVolumeError
 from .segment import gray_stats, source_name
@@ -32,16 +31,31 @@ from .segment import gray_stats, source_name
 logger = logging.getLogger(__name__)
 
 
+def check_training(volumes, out, labels: str = "hybrid_annotation", every: int = 5) -> list:
+    """Check a training request before any work: the model path, `every`, and that
+    every volume holds `labels`. Returns the volumes as a list."""
+    from .score import check_labels
+
+    volumes = [volumes] if isinstance(volumes, (str, os.PathLike)) else list(volumes)
+    if not volumes:
+        raise ValueError("train-unet needs at least one volume")
+    if Path(out).suffix != ".pt":
+        raise ValueError(f"the model file must end in .pt; got {Path(out).name}")
+    if every < 1:
+        raise ValueError(f"every must be >= 1 (1 = every slice); got {every}")
+    for path in volumes:
+        check_labels(path, labels)
+    return volumes
+
+
 def training_slices(path, *, labels: str = "hybrid_annotation", every: int = 5,
                     src: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Every `every`-th slice of a volume's image (scaled to ~[0, 1]) and labels."""
     if every < 1:
         raise ValueError(f"every must be >= 1 (1 = every slice); got {every}")
-    volume = open_volume(path, mode="r")
-    if labels not in volume.labels:
-        raise InvalidVolumeError(
-            f"{volume.path} has no label image {labels!r}; it has {', '.join(volume.labels) or 'none'}: "
-            "segment it first (porevox segment --method hybrid)")
+    from .score import check_labels
+
+    volume = check_labels(path, labels)
     src = source_name(volume, src)
     stats = gray_stats(volume.to_dask(src))
     scale = 1.0 / max(stats["hi"] - stats["lo"], 1e-12)
@@ -65,12 +79,8 @@ def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid
     (a state dict ``.pt`` plus a ``.json`` config) with its loss curves (``.png``)."""
     from ..models import unet
 
-    volumes = [volumes] if isinstance(volumes, (str, os.PathLike)) else list(volumes)
-    if not volumes:
-        raise ValueError("train-unet needs at least one volume")
+    volumes = check_training(volumes, out, labels, every)
     out = Path(out)
-    if out.suffix != ".pt":
-        raise ValueError(f"the model file must end in .pt; got {out.name}")
     started = time.time()
     images, targets, sources = [], [], []
     for path in volumes:
@@ -96,9 +106,9 @@ def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid
     os.replace(tmp, out)
     os.replace(tmp.with_suffix(".json"), out.with_suffix(".json"))
     return {"model": str(out), "config": config.as_dict(), "slices": len(images),
-            "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
+            "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"] + 1,
             "val_accuracy": history["val_accuracy"][history["best_epoch"]],
             "loss_curves": str(out.with_suffix(".png")), "seconds": round(time.time() - started, 1)}
 
 
-__all__ = ["train_unet_volumes", "training_slices"]
+__all__ = ["check_training", "train_unet_volumes", "training_slices"]

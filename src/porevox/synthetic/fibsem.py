@@ -37,8 +37,8 @@ class FibSemModel:
     background: float = 0.10      # a pore with nothing behind it
     edge_gain: float = 0.30       # extra brightness at copper edges
     edge_width: float = 0.025     # in-plane width of the edge effect
-    shine: float = 0.95           # shine-through at zero depth, relative to copper
-    attenuation: float = 0.20     # shine-through falls as exp(−depth / attenuation)
+    shine: float = 0.80           # shine-through at zero depth, relative to copper
+    attenuation: float = 0.30     # shine-through falls as exp(−depth / attenuation)
     look_ahead: float = 1.0       # deepest copper seen through a pore
     curtain: float = 0.05         # amplitude of the curtaining stripes
     shading: float = 0.18         # depth of the shading / shadow gradient
