@@ -47,7 +47,8 @@ def setup(zarr_path: str, model_path: str, shape) -> dict:
     return {"voxel_size": list(ms.voxel_size)}
 
 
-def porevox_segment(zarr_path: str, method: str, repeat: int, model: str | None = None) -> dict:
+def porevox_segment(zarr_path: str, method: str, repeat: int, model: str | None = None,
+                    **params) -> dict:
     from porevox.pipelines import segment_volume
 
     with local_cluster(2, "4GB") as client:
@@ -55,7 +56,7 @@ def porevox_segment(zarr_path: str, method: str, repeat: int, model: str | None 
         times, result = [], None
         for _ in range(repeat):
             t0 = time.perf_counter()
-            result = segment_volume(zarr_path, method, model=model, force=True)
+            result = segment_volume(zarr_path, method, model=model, force=True, **params)
             times.append(time.perf_counter() - t0)
             log(f"    porevox {method}: {times[-1]:.2f} s")
         workers = worker_peaks(client)
@@ -76,7 +77,9 @@ def reference_hybrid(zarr_path: str, thresholds: dict, step, compactness: float,
 
     image = open_volume(zarr_path, mode="r").image[:]
     lo, hi = thresholds["lo"], thresholds["hi"]
-    n_segments = int(round(image.shape[1] * image.shape[2] / (step[0] * step[1])))
+    from porevox.kernels.slic import step_to_n_segments
+
+    n_segments = step_to_n_segments(image.shape[1:], step)   # scikit-image's grid of `step` px
     times, out = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -118,7 +121,7 @@ def reference_unet(zarr_path: str, model_path: str, thresholds: dict, repeat: in
 
 
 def run(cfg) -> list[dict]:
-    from porevox.pipelines.segment import COMPACTNESS, SUPERPIXEL_UM
+    from porevox.pipelines.segment import COMPACTNESS
 
     shape = cfg.pick((64, 256, 256), (16, 128, 128))
     rows = []
@@ -128,11 +131,15 @@ def run(cfg) -> list[dict]:
         made = isolated(setup, zarr_path, model_path, shape, timeout=cfg.timeout)
         if made.get("error"):
             raise RuntimeError(f"setting up failed: {made['error']}")
+        # superpixels of a whole 3 px step, so that scikit-image's grid (whole pixels)
+        # is the numba kernel's: the annotations are then comparable voxel by voxel
         vy, vx = made["voxel_size"][1:]
-        step = (SUPERPIXEL_UM / vy, SUPERPIXEL_UM / vx)
+        superpixel_um = 3 * vy
+        step = (3, 3)
 
         log("  hybrid annotation")
-        pv = isolated(porevox_segment, zarr_path, "hybrid", cfg.repeat, timeout=cfg.timeout)
+        pv = isolated(porevox_segment, zarr_path, "hybrid", cfg.repeat, superpixel_um=superpixel_um,
+                      timeout=cfg.timeout)
         ref = isolated(reference_hybrid, zarr_path, pv.get("thresholds") or {}, step, COMPACTNESS,
                        cfg.repeat, timeout=cfg.timeout) if not pv.get("error") else {"error": "skipped"}
         rows.append(row("segmentation", "hybrid annotation", shape=shape, dtype=DTYPE, pv=pv, ref=ref,

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..engine import as_dask, histogram, open_volume, store
 from ..engine.blockwise import fit_chunks_to_depth
-from ..engine.cluster import chunk_bytes_budget
+from ..engine.cluster import active_client, chunk_bytes_budget
 from ..engine.provenance import fingerprint_array
 from ..engine.storage import LABELS, Volume
 from ..errors import InvalidVolumeError, PorevoxError
@@ -81,6 +81,16 @@ def slice_chunks(image: da.Array, bytes_per_voxel: int = 64) -> da.Array:
     if image.chunks[1] != (ny,) or image.chunks[2] != (nx,) or image.chunksize[0] != depth:
         image = image.rechunk((depth, ny, nx))
     return image
+
+
+def balanced_depth(nz: int, most: int) -> int:
+    """Slices per block: at most `most` (the memory budget), and few enough that every
+    worker thread of the active cluster gets about four blocks (heavy per-slice work
+    such as network inference must not leave workers idle at the end)."""
+    client = active_client()
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()) \
+        if client is not None else (os.cpu_count() or 1)
+    return max(1, min(nz, int(most), -(-nz // (4 * max(threads, 1)))))
 
 
 def superpixel_step(voxel_size, size_um: float) -> tuple[float, float]:
@@ -218,13 +228,13 @@ def unet_probabilities(image, model: str | os.PathLike, *, stats: dict | None = 
     stride = predictor.stride
     halo = -(-halo // stride) * stride
     ny, nx = image.shape[1:]
-    depth = max(1, min(image.shape[0], chunk_bytes_budget() // (48 * ny * nx)))
+    depth = balanced_depth(image.shape[0], chunk_bytes_budget() // (48 * ny * nx))
     plane = [min(n, -(-max(c[0], min(n, tile)) // stride) * stride)
              for c, n in zip(image.chunks[1:], image.shape[1:])]
     image = image.rechunk((depth, *plane))
     image, depth3 = fit_chunks_to_depth(image, (0, halo, halo))
-    image = image.rechunk(tuple(c[0] if len(c) == 1 else -(-c[0] // stride) * stride
-                                for c in image.chunks))
+    image = image.rechunk((image.chunks[0][0], *(c[0] if len(c) == 1 else -(-c[0] // stride) * stride
+                                                 for c in image.chunks[1:])))
     grown = da.overlap.overlap(image, depth=dict(enumerate(depth3)), boundary="none")
     n_classes = predictor.n_classes
     logger.info("unet: %s over %d chunks %s, halo %d px, tiles %d px, %d classes", Path(model).name,
