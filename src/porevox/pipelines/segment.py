@@ -75,9 +75,10 @@ def gray_stats(image) -> dict:
 
 
 def slice_chunks(image: da.Array, bytes_per_voxel: int = 64) -> da.Array:
-    """`image` rechunked to blocks of whole slices, a few MB of working memory each."""
+    """`image` rechunked to blocks of whole slices, within the workers' memory budget
+    and balanced over their threads (:func:`balanced_depth`)."""
     ny, nx = image.shape[1:]
-    depth = max(1, min(image.shape[0], chunk_bytes_budget() // (bytes_per_voxel * ny * nx)))
+    depth = balanced_depth(image.shape[0], chunk_bytes_budget() // (bytes_per_voxel * ny * nx))
     if image.chunks[1] != (ny,) or image.chunks[2] != (nx,) or image.chunksize[0] != depth:
         image = image.rechunk((depth, ny, nx))
     return image
@@ -287,7 +288,7 @@ def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str |
     stats = gray_stats(volume.to_dask(src))
     image = volume.to_dask(src)
     inputs = {src: fingerprint_array(volume, src)}
-    base = {"method": method, "src": src, **{k: v for k, v in stats.items()}}
+    base = {"method": method, "src": src, **stats}
     written = []
     if method == "otsu":
         seg = (image > stats["otsu"]).astype(np.uint8)
