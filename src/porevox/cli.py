@@ -396,7 +396,8 @@ def segment_study(
 @_guard
 def bench(
     suites: list[str] = typer.Argument(
-        None, help="Suites: io, histogram, gaussian, conductivity, synthesis, ingest_large, or all."),
+        None, help="Suites: io, histogram, gaussian, conductivity, synthesis, slic, segmentation, "
+                   "ingest_large, or all."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Folder for results.json and results.md."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes, for a smoke run."),
 ) -> None:
