@@ -3,8 +3,9 @@
 from ._version import __version__
 from .engine import cluster, histogram, ingest, open_volume
 from .errors import InvalidVolumeError, PorevoxError, StageError, VolumeNotFoundError
-from .pipelines import conductivity, segment, synthesize_study
+from .pipelines import conductivity, synthesize_study
 from .pipelines.score import score
+from .pipelines.segment import segment
 
 __all__ = [
     "InvalidVolumeError", "PorevoxError", "StageError", "VolumeNotFoundError", "__version__",

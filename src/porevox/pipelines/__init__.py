@@ -6,7 +6,7 @@ from .demo import run_demo
 from .preprocess import preprocess as preprocess_volume
 from .quantify import quantify_volume
 from .score import score_volume
-from .segment import segment, segment_volume
+from .segment import segment_volume
 from .segmentation_study import segmentation_study
 from .synth import contact_sheet, synthesize_study
 from .train import train_unet_volumes
@@ -14,6 +14,6 @@ from .transport import conductivity
 from .volumes import ingest_volume, plan_ingest, volume_histogram, volume_info
 
 __all__ = ["conductivity", "contact_sheet", "ingest_volume", "plan_ingest", "preprocess_volume",
-           "quantify_volume", "run_demo", "score_volume", "segment", "segment_volume",
+           "quantify_volume", "run_demo", "score_volume", "segment_volume",
            "segmentation_study", "session", "synthesize_study", "train_unet_volumes",
            "volume_histogram", "volume_info"]
