@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .harness import best, isolated, log, peak, row
+from .harness import best, isolated, log, peak, prepared, row
 
 DTYPE = "uint8"
 POROSITY = 0.4
@@ -110,9 +110,7 @@ def _case(cfg, n: int) -> dict:
     with cfg.scratch("conductivity") as tmp:
         npy = tmp / "solid.npy"
         log(f"  writing the {n}^3 structure (porosity {POROSITY}, sigma {SIGMA}, seed {SEED})")
-        made = isolated(make_structure, str(npy), shape, timeout=cfg.timeout)
-        if made.get("error"):
-            raise RuntimeError(f"writing the input failed: {made['error']}")
+        made = prepared("writing the input", make_structure, str(npy), shape, timeout=cfg.timeout)
         log("  porevox conductivity")
         pv = isolated(porevox_conductivity, str(npy), cfg.repeat, timeout=cfg.timeout)
         if importlib.util.find_spec("taufactor") is None:  # not imported here: torch is big

@@ -22,6 +22,7 @@ from .harness import (
     local_cluster,
     log,
     peak,
+    prepared,
     row,
     summarize_memory_events,
     synth_volume,
@@ -109,10 +110,8 @@ def run(cfg) -> list[dict]:
     with cfg.scratch("gaussian") as tmp:
         npy, zarr_path, result = tmp / "volume.npy", tmp / "volume.zarr", tmp / "porevox.npy"
         log(f"  writing {shape} {DTYPE} npy and zarr")
-        made = isolated(setup, str(npy), str(zarr_path), shape, cfg.chunk_bytes,
-                        timeout=cfg.timeout)
-        if made.get("error"):
-            raise RuntimeError(f"writing the input failed: {made['error']}")
+        prepared("writing the input", setup, str(npy), str(zarr_path), shape, cfg.chunk_bytes,
+                 timeout=cfg.timeout)
         log(f"  gaussian sigma={SIGMA}")
         pv = isolated(porevox_gaussian, str(zarr_path), SIGMA, cfg.repeat, str(result),
                       timeout=cfg.timeout)

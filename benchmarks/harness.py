@@ -235,6 +235,15 @@ def isolated(func: Callable, *args: Any, timeout: float = 300.0, **kwargs: Any) 
     return result
 
 
+def prepared(what: str, func: Callable, *args: Any, timeout: float = 300.0, **kwargs: Any) -> dict:
+    """:func:`isolated` for a suite's set-up step: its result, or RuntimeError naming
+    `what` failed (a suite cannot measure without its input)."""
+    made = isolated(func, *args, timeout=timeout, **kwargs)
+    if made.get("error"):
+        raise RuntimeError(f"{what} failed: {made['error']}")
+    return made
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import best, isolated, local_cluster, log, peak, row, worker_peaks
+from .harness import best, isolated, local_cluster, log, peak, prepared, row, worker_peaks
 
 DTYPE = "uint8"
 
@@ -128,9 +128,7 @@ def run(cfg) -> list[dict]:
     with cfg.scratch("segmentation") as tmp:
         zarr_path, model_path = str(tmp / "twin.zarr"), str(tmp / "unet.pt")
         log(f"  twin volume {shape}")
-        made = isolated(setup, zarr_path, model_path, shape, timeout=cfg.timeout)
-        if made.get("error"):
-            raise RuntimeError(f"setting up failed: {made['error']}")
+        made = prepared("setting up", setup, zarr_path, model_path, shape, timeout=cfg.timeout)
         # superpixels of a whole 3 px step, so that scikit-image's grid (whole pixels)
         # is the numba kernel's: the annotations are then comparable voxel by voxel
         vy, vx = made["voxel_size"][1:]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import best, isolated, log, peak, row
+from .harness import best, isolated, log, peak, prepared, row
 
 CASES = ((3.0, 0.2), (4.0, 0.2))   # (step in pixels, compactness)
 TOLERANCES = (0, 1, 2)
@@ -114,9 +114,7 @@ def run(cfg) -> list[dict]:
     with cfg.scratch("slic") as tmp:
         npz = tmp / "twin.npz"
         log(f"  rendering twin slices {shape}")
-        made = isolated(setup, str(npz), shape, timeout=cfg.timeout)
-        if made.get("error"):
-            raise RuntimeError(f"rendering the twin failed: {made['error']}")
+        made = prepared("rendering the twin", setup, str(npz), shape, timeout=cfg.timeout)
         for step, compactness in CASES:
             nb_path, sk_path = tmp / "numba.npy", tmp / "skimage.npy"
             pv = isolated(measure, "numba", str(npz), step, compactness, cfg.repeat, str(nb_path),
