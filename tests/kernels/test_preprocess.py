@@ -152,6 +152,16 @@ def test_landmarks_of_two_gaussians(rng, smooth_bins):
     assert m["fraction"] == pytest.approx(5 / 8, abs=0.01)
 
 
+def test_copper_landmark_is_the_brightest_peak_not_the_tallest(rng):
+    """A very porous region: the shine-through hump above the threshold outgrows the
+    copper peak; copper is still the brightest prominent peak."""
+    values = np.concatenate([rng.normal(30, 8, 500_000), rng.normal(95, 15, 350_000),
+                             rng.normal(160, 10, 150_000)])
+    counts = np.bincount(np.clip(np.rint(values), 0, 255).astype(int), minlength=256)
+    m = kp.histogram_landmarks(counts, sigma=2.0)
+    assert abs(m["copper"] - 160) <= 2 and abs(m["pore"] - 30) <= 2
+
+
 def test_landmarks_respect_bins_and_pore_window(rng):
     lo, width = 1000.0, 16.0         # e.g. uint16 data binned 16 wide from 1000
     pore = np.concatenate([rng.normal(3, 1.0, 20_000), rng.normal(9, 1.5, 30_000)])   # two pore peaks

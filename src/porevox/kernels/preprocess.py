@@ -48,8 +48,11 @@ slices aligns every slice on its own). Region *i* along an axis of length L span
    per block, summed);
 2. landmarks (:func:`shading_plan`, :func:`histogram_landmarks`), on histograms
    smoothed by a Gaussian of `smooth` × the volume's 0.1–99.9 % gray-value span:
-   the region's Otsu threshold (of its raw counts); the *copper mode*, the highest
-   peak above the threshold; the *pore mode*, the highest peak at or below it.
+   the region's Otsu threshold (of its raw counts); the *copper mode*, the
+   brightest peak above the threshold with a prominence of at least 3 % of the
+   highest bin there (in a very porous region the shine-through hump above the
+   threshold can outgrow the copper peak; copper is the brightest phase); the
+   *pore mode*, the highest peak at or below the threshold.
    A peak's position is the centroid of its top (the contiguous bins above 70 % of
    its height), steadier than the highest bin. Shine-through fills the pore side of
    a histogram with a broad shoulder whose bumps can outgrow the empty-pore peak, so
@@ -434,6 +437,26 @@ def _peak(h: np.ndarray, lo: int, hi: int, top: float = 0.7) -> float:
     return float(np.dot(np.arange(a, b + 1), w) / w.sum())
 
 
+def _brightest_peak(h: np.ndarray, lo: int, hi: int, rel: float = 0.03) -> float:
+    """Position (as :func:`_peak`) of the brightest peak of `h` in bins [lo, hi) whose
+    prominence is at least `rel` × the highest bin there. A shine-through hump
+    between pore and copper can outgrow a porous region's copper peak; copper is the
+    brightest phase, so its peak is the brightest prominent one (noise wiggles on a
+    flank have no prominence)."""
+    from scipy.signal import find_peaks
+
+    lo, hi = max(lo, 0), min(hi, h.size)
+    seg = np.concatenate([[0.0], h[lo:hi], [0.0]])   # so that peaks at the ends count
+    if hi - lo < 3 or seg.max() <= 0:
+        return _peak(h, lo, hi)
+    peaks, props = find_peaks(seg, prominence=rel * seg.max())
+    if peaks.size == 0:
+        return _peak(h, lo, hi)
+    k = int(np.argmax(peaks))
+    base = lo + max(int(props["left_bases"][k]) - 1, 0)
+    return _peak(h, base, hi)
+
+
 def histogram_landmarks(counts: np.ndarray, *, lo: float = 0.0, width: float = 1.0, sigma: float = 1.0,
                         pore_near: float | None = None, window: float | None = None,
                         min_fraction: float = MIN_FRACTION, min_count: int = MIN_COUNT) -> dict:
@@ -461,7 +484,7 @@ def histogram_landmarks(counts: np.ndarray, *, lo: float = 0.0, width: float = 1
                 "fraction": nan, "valid": False}
     t = otsu_bin(counts)
     h = ndi.gaussian_filter1d(counts, sigma, mode="constant") if sigma > 0 else counts
-    copper = _peak(h, t + 1, counts.size)
+    copper = _brightest_peak(h, t + 1, counts.size)
     a, b = 0, t + 1
     if pore_near is not None and window is not None:
         a = max(0, int(math.floor((pore_near - window - lo) / width)))
