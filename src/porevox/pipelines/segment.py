@@ -74,6 +74,13 @@ def gray_stats(image) -> dict:
     return stats
 
 
+def normalize(gray: np.ndarray, stats: dict) -> np.ndarray:
+    """Gray values scaled by the volume's percentile span (:func:`gray_stats`) to
+    about [0, 1], float32: the U-Net's input, in training and inference alike."""
+    return (gray.astype(np.float32) - np.float32(stats["lo"])) * np.float32(
+        1.0 / max(stats["hi"] - stats["lo"], 1e-12))
+
+
 def slice_chunks(image: da.Array, bytes_per_voxel: int = 64) -> da.Array:
     """`image` rechunked to blocks of whole slices, within the workers' memory budget
     and balanced over their threads (:func:`balanced_depth`)."""
@@ -193,16 +200,15 @@ def _limit_torch_threads() -> None:
     torch.set_num_threads(max(1, n))
 
 
-def _predict_block(block, *, model, lo, hi, tile, halo, block_info=None):
+def _predict_block(block, *, model, stats, tile, halo, block_info=None):
     """Class probabilities (C, z, y, x) of one overlapped block, cropped to its core."""
     from ..models.unet import predict_tiled
 
     predictor = load_predictor(model)
     info = block_info[0]
     loc, num = info["chunk-location"], info["num-chunks"]
-    scale = 1.0 / max(hi - lo, 1e-12)
-    probs = np.stack([predict_tiled(predictor, ((s.astype(np.float32) - lo) * scale), tile=tile,
-                                    halo=halo) for s in block], axis=1)
+    probs = np.stack([predict_tiled(predictor, normalize(s, stats), tile=tile, halo=halo)
+                      for s in block], axis=1)
     crop = [slice(None), slice(None)]
     for axis in (1, 2):
         a = halo if loc[axis] > 0 else 0
@@ -240,8 +246,8 @@ def unet_probabilities(image, model: str | os.PathLike, *, stats: dict | None = 
     n_classes = predictor.n_classes
     logger.info("unet: %s over %d chunks %s, halo %d px, tiles %d px, %d classes", Path(model).name,
                 image.npartitions, image.chunksize, depth3[1], tile, n_classes)
-    return da.map_blocks(_predict_block, grown, model=str(model), lo=stats["lo"], hi=stats["hi"],
-                         tile=tile, halo=depth3[1], new_axis=0,
+    return da.map_blocks(_predict_block, grown, model=str(model),
+                         stats={k: stats[k] for k in ("lo", "hi")}, tile=tile, halo=depth3[1], new_axis=0,
                          chunks=((n_classes,), *image.chunks), dtype=np.float32,
                          meta=np.empty((0, 0, 0, 0), np.float32))
 
@@ -338,5 +344,5 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["METHODS", "check_segment", "gray_stats", "hybrid_annotation", "load_predictor", "segment",
-           "segment_volume", "source_name", "unet_copper", "unet_probabilities"]
+__all__ = ["METHODS", "check_segment", "gray_stats", "hybrid_annotation", "load_predictor", "normalize",
+           "segment", "segment_volume", "source_name", "unet_copper", "unet_probabilities"]

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..engine.storage import LABELS
 from ..errors import InvalidVolumeError
-from .segment import gray_stats, source_name
+from .score import check_labels
+from .segment import gray_stats, normalize, source_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,34 +35,32 @@ logger = logging.getLogger(__name__)
 def check_training(volumes, out, labels: str = "hybrid_annotation", every: int = 5) -> list:
     """Check a training request before any work: the model path, `every`, and that
     every volume holds `labels`. Returns the volumes as a list."""
-    from .score import check_labels
-
     volumes = [volumes] if isinstance(volumes, (str, os.PathLike)) else list(volumes)
     if not volumes:
         raise ValueError("train-unet needs at least one volume")
     if Path(out).suffix != ".pt":
         raise ValueError(f"the model file must end in .pt; got {Path(out).name}")
-    if every < 1:
-        raise ValueError(f"every must be >= 1 (1 = every slice); got {every}")
+    _check_every(every)
     for path in volumes:
         check_labels(path, labels)
     return volumes
 
 
+def _check_every(every: int) -> None:
+    if every < 1:
+        raise ValueError(f"every must be >= 1 (1 = every slice); got {every}")
+
+
 def training_slices(path, *, labels: str = "hybrid_annotation", every: int = 5,
                     src: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Every `every`-th slice of a volume's image (scaled to ~[0, 1]) and labels."""
-    if every < 1:
-        raise ValueError(f"every must be >= 1 (1 = every slice); got {every}")
-    from .score import check_labels
-
+    _check_every(every)
     volume = check_labels(path, labels)
     src = source_name(volume, src)
     stats = gray_stats(volume.to_dask(src))
-    scale = 1.0 / max(stats["hi"] - stats["lo"], 1e-12)
     zs = list(range(0, volume.image.shape[0], every))
     image, lab = volume.array(src), volume.array(f"{LABELS}/{labels}")
-    images = [((image[z].astype(np.float32) - stats["lo"]) * scale) for z in zs]
+    images = [normalize(image[z], stats) for z in zs]
     targets = [np.asarray(lab[z]) for z in zs]
     if not labels.endswith("annotation"):
         if max(int(t.max()) for t in targets) > 1:
