@@ -86,7 +86,7 @@ def segmentation_study(study: str | os.PathLike, *, epochs: int = 30, patience: 
             row[method] = score_volume(p, labels=labels)
         per_sample.append(row)
     table = summarize(per_sample)
-    result = {"table": table, "samples": per_sample, "models": {k: v for k, v in trained.items()},
+    result = {"table": table, "samples": per_sample, "models": trained,
               "every": every, "seconds": round(time.time() - started, 1)}
     write_tables(folder, result)
     return result
