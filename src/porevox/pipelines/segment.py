@@ -184,7 +184,12 @@ def load_predictor(path: str | os.PathLike):
             if path.suffix == ".keras":
                 _MODELS[key] = unet.load_keras(path)
             else:
-                _MODELS[key] = unet.Predictor(*unet.load_model(path))
+                import torch
+
+                model, metadata = unet.load_model(path)
+                if torch.cuda.is_available():   # a GPU worker runs the network on its device
+                    model = model.to("cuda")
+                _MODELS[key] = unet.Predictor(model, metadata)
         return _MODELS[key]
 
 

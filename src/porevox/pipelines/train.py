@@ -93,9 +93,13 @@ def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid
     logger.info("train-unet: %d slices from %d volumes (every %d), labels %s, %d classes",
                 len(images), len(volumes), every, labels, n_classes)
     out.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else None   # the GPU where there is one
     model, history = unet.train_unet(images, targets, config, val_fraction=val_fraction,
                                      epochs=epochs, patience=patience, patch=patch, seed=seed,
-                                     progress=progress, loss_png=out.with_suffix(".png"))
+                                     progress=progress, loss_png=out.with_suffix(".png"),
+                                     device=device)
     metadata = {"labels": labels, "every": every, "classes": {"copper": 0, "pore": 1, **(
         {"shine_through": 2} if n_classes == 3 else {})}, "normalization":
         "per volume: (x - p0.1) / (p99.9 - p0.1) of its gray-value histogram",
