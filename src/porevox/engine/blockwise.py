@@ -120,6 +120,25 @@ def fit_chunks_to_depth(image: da.Array, depth: Sequence[int]) -> tuple[da.Array
     return image, tuple(new_depth)
 
 
+def slice_chunks(image: da.Array, bytes_per_voxel: int, *, multiple: int = 1,
+                 balance: bool = False) -> da.Array:
+    """`image` rechunked (where it is not already) to blocks of whole (y, x) slices:
+    as deep as the workers' chunk budget allows for a kernel holding
+    `bytes_per_voxel` per voxel, a multiple of `multiple` deep where the budget
+    allows, and with `balance` balanced over the workers' threads
+    (:func:`~porevox.engine.cluster.balanced_depth`)."""
+    from .cluster import balanced_depth, chunk_bytes_budget
+
+    nz, ny, nx = image.shape
+    most = chunk_bytes_budget() // (bytes_per_voxel * ny * nx)
+    depth = balanced_depth(nz, most) if balance else max(1, min(nz, most))
+    if depth >= multiple:
+        depth -= depth % multiple
+    if image.chunks[1] != (ny,) or image.chunks[2] != (nx,) or image.chunks[0][0] != depth:
+        image = image.rechunk((depth, ny, nx))
+    return image
+
+
 # --------------------------------------------------------------------------- runners
 def map_kernel(kernel: Callable, image: Any, depth: int | Sequence[int], dtype: Any,
                **kwargs: Any) -> da.Array:

@@ -100,6 +100,16 @@ def chunk_bytes_budget(default: int = DEFAULT_CHUNK_BYTES) -> int:
     return int(min(default, max(4 * 2**20, budget)))
 
 
+def balanced_depth(nz: int, most: int) -> int:
+    """Slices per block: at most `most` (the memory budget), and few enough that every
+    worker thread of the active cluster (this machine's cores without one) gets about
+    four blocks — heavy per-slice work must not leave workers idle at the end."""
+    client = active_client()
+    threads = (sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+               if client is not None else (os.cpu_count() or 1))
+    return max(1, min(nz, int(most), -(-nz // (4 * max(threads, 1)))))
+
+
 def default_layout() -> dict:
     """Workers, threads and memory for this machine: one worker process per core, at
     most four (more cores become threads), and 80 % of memory shared among them."""

@@ -57,8 +57,8 @@ import dask.array as da
 import numpy as np
 
 from ..engine import as_dask, open_volume, run_stage
-from ..engine.blockwise import StageResult
-from ..engine.cluster import chunk_bytes_budget, compute
+from ..engine.blockwise import StageResult, slice_chunks
+from ..engine.cluster import compute
 from ..engine.provenance import fingerprint_array, jsonable
 from ..engine.storage import Volume, check_voxel_size
 from ..kernels import preprocess as kp
@@ -151,20 +151,8 @@ def _build(image, voxel_size, *, destripe: bool = True, shading: bool = True, _z
     return work, p, report
 
 
-def slice_chunks(image: da.Array, multiple: int = 1) -> da.Array:
-    """`image` rechunked to blocks of whole slices within the cluster's chunk budget,
-    their depth a multiple of `multiple` where the budget allows."""
-    nz, ny, nx = image.shape
-    depth = max(1, min(nz, chunk_bytes_budget() // (_BYTES_PER_VOXEL * ny * nx)))
-    if depth >= multiple:
-        depth -= depth % multiple
-    if image.chunks[1] != (ny,) or image.chunks[2] != (nx,) or image.chunks[0][0] != depth:
-        image = image.rechunk((depth, ny, nx))
-    return image
-
-
 def _destripe(image: da.Array, voxel_size, p: dict, multiple: int = 1) -> tuple[da.Array, dict]:
-    slices = slice_chunks(image, multiple)
+    slices = slice_chunks(image, _BYTES_PER_VOXEL, multiple=multiple)
     nz, ny, nx = image.shape
     n_lines = min(ny, len(kp.notch_weights(ny, voxel_size[1], p["band"])) + p["n_reference"])
     lines = slices.map_blocks(kp.stripe_lines, voxel_size=voxel_size, band=p["band"],
@@ -279,7 +267,7 @@ def preprocess(volume: Volume | str | os.PathLike, *, destripe: bool = True, sha
     storage = tuple(c[0] for c in source.chunks)
     chunks = storage
     if destripe:
-        depth = slice_chunks(source, storage[0]).chunks[0][0]
+        depth = slice_chunks(source, _BYTES_PER_VOXEL, multiple=storage[0]).chunks[0][0]
         chunks = (depth, storage[1], storage[2])
     reports: list[dict] = []
 
@@ -302,5 +290,4 @@ def preprocess(volume: Volume | str | os.PathLike, *, destripe: bool = True, sha
     return result
 
 
-__all__ = ["DESTRIPE_DEFAULTS", "SHADING_DEFAULTS", "preprocess", "preprocess_array", "resolve_params",
-           "slice_chunks"]
+__all__ = ["DESTRIPE_DEFAULTS", "SHADING_DEFAULTS", "preprocess", "preprocess_array", "resolve_params"]

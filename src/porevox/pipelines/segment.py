@@ -35,8 +35,8 @@ import dask.array as da
 import numpy as np
 
 from ..engine import as_dask, histogram, open_volume, store
-from ..engine.blockwise import fit_chunks_to_depth
-from ..engine.cluster import active_client, chunk_bytes_budget
+from ..engine.blockwise import fit_chunks_to_depth, slice_chunks
+from ..engine.cluster import balanced_depth, chunk_bytes_budget
 from ..engine.provenance import fingerprint_array
 from ..engine.storage import LABELS, Volume
 from ..errors import InvalidVolumeError, PorevoxError
@@ -79,26 +79,6 @@ def normalize(gray: np.ndarray, stats: dict) -> np.ndarray:
     about [0, 1], float32: the U-Net's input, in training and inference alike."""
     return (gray.astype(np.float32) - np.float32(stats["lo"])) * np.float32(
         1.0 / max(stats["hi"] - stats["lo"], 1e-12))
-
-
-def slice_chunks(image: da.Array, bytes_per_voxel: int = 64) -> da.Array:
-    """`image` rechunked to blocks of whole slices, within the workers' memory budget
-    and balanced over their threads (:func:`balanced_depth`)."""
-    ny, nx = image.shape[1:]
-    depth = balanced_depth(image.shape[0], chunk_bytes_budget() // (bytes_per_voxel * ny * nx))
-    if image.chunks[1] != (ny,) or image.chunks[2] != (nx,) or image.chunksize[0] != depth:
-        image = image.rechunk((depth, ny, nx))
-    return image
-
-
-def balanced_depth(nz: int, most: int) -> int:
-    """Slices per block: at most `most` (the memory budget), and few enough that every
-    worker thread of the active cluster gets about four blocks (heavy per-slice work
-    such as network inference must not leave workers idle at the end)."""
-    client = active_client()
-    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()) \
-        if client is not None else (os.cpu_count() or 1)
-    return max(1, min(nz, int(most), -(-nz // (4 * max(threads, 1)))))
 
 
 def superpixel_step(voxel_size, size_um: float) -> tuple[float, float]:
@@ -149,7 +129,7 @@ def hybrid_annotation(image, voxel_size=None, *, stats: dict | None = None,
                 "compactness %g", stats["otsu"], stats["threshold"],
                 " (no copper foot found: Otsu used)" if stats["fallback"] else "",
                 method, *step, compactness)
-    image = slice_chunks(image)
+    image = slice_chunks(image, 64, balance=True)
     return image.map_blocks(ks.annotate, otsu=stats["otsu"], hybrid=stats["threshold"], step=step,
                             compactness=compactness, method=method,
                             dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
