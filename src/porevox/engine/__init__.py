@@ -4,9 +4,12 @@ reductions, backend choice, provenance and resume."""
 from .backend import gpu_available, to_backend
 from .backend import resolve as resolve_backend
 from .blockwise import (
+    Block,
     StageResult,
     as_dask,
     map_kernel,
+    reduce_blocks,
+    reduce_boxes,
     run_by_block,
     run_stage,
     store,
@@ -19,9 +22,9 @@ from .sources import Source, open_source
 from .storage import Volume, choose_chunks, create_volume, open_volume
 
 __all__ = [
-    "IngestPlan", "Source", "StageResult", "Volume", "apply_thread_limits", "as_dask",
+    "Block", "IngestPlan", "Source", "StageResult", "Volume", "apply_thread_limits", "as_dask",
     "choose_chunks", "cluster", "count_equal", "create_volume", "gpu_available", "histogram",
-    "ingest", "map_kernel", "open_source", "open_volume", "plan_ingest", "resolve_backend",
+    "ingest", "map_kernel", "open_source", "open_volume", "plan_ingest", "reduce_blocks", "reduce_boxes", "resolve_backend",
     "run_by_block", "run_ingest", "run_stage", "source_to_dask", "store", "summary_stats",
     "to_backend", "write_blockwise",
 ]

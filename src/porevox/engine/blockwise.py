@@ -261,3 +261,73 @@ def run_by_block(volume: Volume | str | os.PathLike, kernel: Callable, src: str,
 def _params(kernel: Callable, depth, dtype, kwargs: Mapping[str, Any]) -> dict:
     return {"kernel": f"{kernel.__module__}.{kernel.__qualname__}",
             "depth": list(normalize_depth(depth)), "dtype": np.dtype(dtype).name, **kwargs}
+
+
+# --------------------------------------------------------------------------- reductions by block
+@dataclass(frozen=True)
+class Block:
+    """Where a block lies: its core box in the volume, and its halo depth per side."""
+
+    core: tuple[slice, ...]          # the core, in volume coordinates
+    outer: tuple[slice, ...]         # core + halo, clipped at the volume's outer faces
+
+    @property
+    def inner(self) -> tuple[slice, ...]:
+        """The core, in coordinates of the block read with its halo."""
+        return tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(self.core, self.outer))
+
+    @property
+    def offset(self) -> tuple[int, ...]:
+        """Volume index of the first voxel of the block read with its halo."""
+        return tuple(o.start for o in self.outer)
+
+
+def grow(core: Sequence[slice], depth: Sequence[int], shape: Sequence[int]) -> Block:
+    """The :class:`Block` of `core` with a `depth` halo, clipped at the outer faces."""
+    core = tuple(slice(int(s.start), int(s.stop)) for s in core)
+    outer = tuple(slice(max(s.start - d, 0), min(s.stop + d, n))
+                  for s, d, n in zip(core, normalize_depth(depth), shape))
+    return Block(core, outer)
+
+
+def _reduce_one(kernel, data, block: Block, shape, backend: str, kwargs: dict):
+    return kernel(to_device(data, backend), core=block.inner, offset=block.offset,
+                  volume_shape=tuple(shape), **kwargs)
+
+
+def reduce_boxes(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
+                 depth: int | Sequence[int] | Sequence[Sequence[int]], *, backend: str = "auto",
+                 **kwargs: Any) -> list[tuple[Block, Any]]:
+    """Run a reducing `kernel` on the given core boxes of `image`, each read with its
+    halo; return ``[(block, kernel's result)]`` in the order of `cores`.
+
+    The kernel is called as ``kernel(block_array, core=..., offset=...,
+    volume_shape=..., **kwargs)``: `block_array` is the core plus a `depth` halo,
+    clipped (not padded) at the volume's outer faces; `core` locates the core in it;
+    `offset` is the volume index of its first voxel. Its result is small (counts,
+    sums, a few samples); the caller merges them. `depth` may be one depth for all
+    boxes or one per box (for reruns with grown halos).
+    """
+    image = as_dask(image)
+    backend = resolve_backend(backend)
+    cores = [tuple(c) for c in cores]
+    depths = (list(depth) if len(cores) and not np.isscalar(depth) and len(depth) == len(cores)
+              and not np.isscalar(depth[0]) else [depth] * len(cores))
+    blocks = [grow(c, d, image.shape) for c, d in zip(cores, depths)]
+    run = dask.delayed(_reduce_one, pure=True)
+    tasks = [run(kernel, image[b.outer], b, image.shape, backend, kwargs) for b in blocks]
+    name = getattr(kernel, "__name__", "kernel")
+    logger.info("reducing %s over %d blocks (halo %s)", name, len(tasks),
+                depths[0] if len({tuple(normalize_depth(d)) for d in depths}) == 1 else "per block")
+    return list(zip(blocks, compute(*tasks))) if tasks else []
+
+
+def reduce_blocks(kernel: Callable, image: Any, depth: int | Sequence[int], *,
+                  chunks: Sequence[int] | None = None, backend: str = "auto",
+                  **kwargs: Any) -> list[tuple[Block, Any]]:
+    """:func:`reduce_boxes` over every chunk of `image` (its own chunks, or `chunks`)
+    as a core box, in C order."""
+    image = as_dask(image)
+    chunks = tuple(int(c) for c in (chunks or (c[0] for c in regular_chunks(image).chunks)))
+    return reduce_boxes(kernel, image, list(block_slices(image.shape, chunks)), depth,
+                        backend=backend, **kwargs)
