@@ -7,6 +7,8 @@ from .blockwise import (
     Block,
     StageResult,
     as_dask,
+    block_tasks,
+    chunk_boxes,
     map_kernel,
     reduce_blocks,
     reduce_boxes,
@@ -23,8 +25,9 @@ from .storage import Volume, choose_chunks, create_volume, open_volume
 
 __all__ = [
     "Block", "IngestPlan", "Source", "StageResult", "Volume", "apply_thread_limits", "as_dask",
-    "choose_chunks", "cluster", "count_equal", "create_volume", "gpu_available", "histogram",
-    "ingest", "map_kernel", "open_source", "open_volume", "plan_ingest", "reduce_blocks", "reduce_boxes", "resolve_backend",
-    "run_by_block", "run_ingest", "run_stage", "source_to_dask", "store", "summary_stats",
-    "to_backend", "write_blockwise",
+    "block_tasks", "choose_chunks", "chunk_boxes", "cluster", "count_equal", "create_volume",
+    "gpu_available", "histogram", "ingest", "map_kernel", "open_source", "open_volume",
+    "plan_ingest", "reduce_blocks", "reduce_boxes", "resolve_backend", "run_by_block",
+    "run_ingest", "run_stage", "source_to_dask", "store", "summary_stats", "to_backend",
+    "write_blockwise",
 ]

@@ -295,6 +295,23 @@ def _reduce_one(kernel, data, block: Block, shape, backend: str, kwargs: dict):
                   volume_shape=tuple(shape), **kwargs)
 
 
+def block_tasks(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
+                depth: int | Sequence[int] | Sequence[Sequence[int]], *, backend: str = "auto",
+                **kwargs: Any) -> tuple[list[Block], list]:
+    """The lazy form of :func:`reduce_boxes`: the blocks and one Dask delayed task per
+    block, to be computed together with other work (e.g. every tomogram of a study)."""
+    image = as_dask(image)
+    backend = resolve_backend(backend)
+    cores = [tuple(c) for c in cores]
+    per_box = (len(cores) > 0 and not np.isscalar(depth) and len(depth) == len(cores)
+               and not np.isscalar(depth[0]))
+    depths = list(depth) if per_box else [depth] * len(cores)
+    blocks = [grow(c, d, image.shape) for c, d in zip(cores, depths)]
+    run = dask.delayed(_reduce_one, pure=True)
+    logger.debug("%s over %d blocks", getattr(kernel, "__name__", "kernel"), len(blocks))
+    return blocks, [run(kernel, image[b.outer], b, image.shape, backend, kwargs) for b in blocks]
+
+
 def reduce_boxes(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
                  depth: int | Sequence[int] | Sequence[Sequence[int]], *, backend: str = "auto",
                  **kwargs: Any) -> list[tuple[Block, Any]]:
@@ -308,18 +325,16 @@ def reduce_boxes(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
     sums, a few samples); the caller merges them. `depth` may be one depth for all
     boxes or one per box (for reruns with grown halos).
     """
-    image = as_dask(image)
-    backend = resolve_backend(backend)
-    cores = [tuple(c) for c in cores]
-    depths = (list(depth) if len(cores) and not np.isscalar(depth) and len(depth) == len(cores)
-              and not np.isscalar(depth[0]) else [depth] * len(cores))
-    blocks = [grow(c, d, image.shape) for c, d in zip(cores, depths)]
-    run = dask.delayed(_reduce_one, pure=True)
-    tasks = [run(kernel, image[b.outer], b, image.shape, backend, kwargs) for b in blocks]
-    name = getattr(kernel, "__name__", "kernel")
-    logger.info("reducing %s over %d blocks (halo %s)", name, len(tasks),
-                depths[0] if len({tuple(normalize_depth(d)) for d in depths}) == 1 else "per block")
+    blocks, tasks = block_tasks(kernel, image, cores, depth, backend=backend, **kwargs)
+    logger.info("reducing %s over %d blocks", getattr(kernel, "__name__", "kernel"), len(tasks))
     return list(zip(blocks, compute(*tasks))) if tasks else []
+
+
+def chunk_boxes(image: Any, chunks: Sequence[int] | None = None) -> list[tuple[slice, ...]]:
+    """The core box of every chunk of `image` (its own regular chunks, or `chunks`)."""
+    image = as_dask(image)
+    chunks = tuple(int(c) for c in (chunks or (c[0] for c in regular_chunks(image).chunks)))
+    return list(block_slices(image.shape, chunks))
 
 
 def reduce_blocks(kernel: Callable, image: Any, depth: int | Sequence[int], *,
@@ -327,7 +342,4 @@ def reduce_blocks(kernel: Callable, image: Any, depth: int | Sequence[int], *,
                   **kwargs: Any) -> list[tuple[Block, Any]]:
     """:func:`reduce_boxes` over every chunk of `image` (its own chunks, or `chunks`)
     as a core box, in C order."""
-    image = as_dask(image)
-    chunks = tuple(int(c) for c in (chunks or (c[0] for c in regular_chunks(image).chunks)))
-    return reduce_boxes(kernel, image, list(block_slices(image.shape, chunks)), depth,
-                        backend=backend, **kwargs)
+    return reduce_boxes(kernel, image, chunk_boxes(image, chunks), depth, backend=backend, **kwargs)
