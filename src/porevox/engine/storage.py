@@ -313,10 +313,7 @@ def tmp_array(
     Returns the array and its temporary path; :func:`publish_array` renames it to
     `name` once it is completely written.
     """
-    parent, _, leaf = name.rpartition("/")
-    tmp_name = f"{parent + '/' if parent else ''}{TMP_PREFIX}{leaf}-{uuid.uuid4().hex[:12]}"
-    if parent:
-        volume.group.require_group(parent)
+    tmp_name = _tmp_name(volume, name)
     arr = volume.group.create_array(
         tmp_name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks),
         fill_value=0, dimension_names=(("c",) * (len(shape) - 3) + AXES)[-len(shape):],
@@ -324,8 +321,22 @@ def tmp_array(
     return arr, tmp_name
 
 
+def tmp_group(volume: Volume, name: str) -> tuple[zarr.Group, str]:
+    """Like :func:`tmp_array`, for a group of arrays published together."""
+    tmp_name = _tmp_name(volume, name)
+    return volume.group.create_group(tmp_name), tmp_name
+
+
+def _tmp_name(volume: Volume, name: str) -> str:
+    """A hidden temporary name beside `name` (its parent group created)."""
+    parent, _, leaf = name.rpartition("/")
+    if parent:
+        volume.group.require_group(parent)
+    return f"{parent + '/' if parent else ''}{TMP_PREFIX}{leaf}-{uuid.uuid4().hex[:12]}"
+
+
 def publish_array(volume: Volume, tmp_name: str, name: str) -> zarr.Array:
-    """Atomically move a completely written temporary array to its final name."""
+    """Atomically move a completely written temporary array (or group) to its final name."""
     src = volume.path / tmp_name
     dst = volume.path / name
     if dst.exists():
