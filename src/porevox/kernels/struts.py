@@ -1,0 +1,435 @@
+"""Strut diameters φ of the solid: a 3-D skeleton and the exact anisotropic distance
+transform, per block, with a log-normal fit of the distribution.
+
+Method, at every voxel ``s`` of the skeleton of the solid:
+
+1. **Skeleton**: 3-D thinning of the solid, scikit-image's ``skeletonize`` (Lee's
+   method). Lee's thinning in scikit-image can delete a whole even-width component
+   (scikit-image issue #3757: a 4x4 bar or a cylinder centred between voxels vanishes).
+   Guard: every 26-connected solid component that keeps no skeleton voxel gets its
+   voxels of largest distance (step 2) as its skeleton.
+2. **Distance**: the exact Euclidean distance transform of the solid with the voxel
+   size as sampling, and the vector to the nearest pore voxel centre (its feature
+   transform). The outer faces of the volume are not interface: the transform sees no
+   pore beyond them.
+3. **Chord with a sub-voxel interface** (the half-voxel correction): the distance
+   transform measures to the nearest pore voxel *centre*; the interface lies about
+   half a voxel before it. φ is the length of the chord through ``s`` along the
+   direction ``u`` to that nearest pore voxel, its two ends located where the solid
+   indicator, smoothed by a Gaussian of :data:`SMOOTH_SIGMA` voxels and interpolated
+   trilinearly, crosses 0.5. On an axis-aligned plate the two ends are exactly the
+   voxel faces (the half-voxel correction); on a digitised round strut the smoothing
+   averages the staircase so the ends fall on the round surface; and taking both ends
+   (not twice the near one) removes the error of skeleton voxels lying off the true
+   medial axis (up to ~0.7 voxel on an oblique strut). Measured on straight cylinders
+   along z, y, x, (1,1,1), (0,1,1), (1,2,3), log-normal mean against the diameter: with
+   the natural digitisation (an even diameter centred between voxels, an odd one on a
+   voxel) −5 % to +0.4 % at 8, 9, 12 and 16 voxels; at arbitrary sub-voxel positions of
+   the axis −4 % to +0.4 % from 12 voxels up, but down to −8 % at 8 and −11 % at 9
+   voxels, where the digitised strut itself is a voxel narrower along the axes (the
+   nearest pore picks the narrowest chord). Simpler rules do worse: twice the distance
+   (no correction) −10 % to +11 %; twice the distance less half a voxel along ``u``
+   −9 % to −22 % at 8 voxels (right only for flat faces). Where an end is not found (a
+   structure thinner than the smoothing resolves, a ray leaving the volume through an
+   outer face, a far opposite wall) that end falls back to the plain half-voxel rule
+   ``d − h(u)`` (``h(u)`` the distance from a voxel's centre to its surface along
+   ``u``), or to the other end's length. A 2-voxel plate reads 1.83 (the smoothing
+   under-resolves it); plates of 3 voxels and more read exactly their thickness.
+
+Chunking: a block's core is exact if its halo covers what the core's values depend
+on: the distance transform within the largest radius ``r`` of the core, the rays (at
+most ``r`` plus two voxels), the smoothing (3 voxels) and the thinning, which
+propagates about one voxel per iteration, about ``r`` iterations:
+:func:`strut_depth` gives ``SAFETY·r`` voxels per axis plus a fixed margin.
+:func:`strut_diameters` reports ``depth_needed`` from the radius it found in its core
+(an upper bound of the true one, so the check is conservative) and ``depth_given``;
+where ``depth_needed > depth_given`` the caller reruns the block with the grown halo.
+With enough halo the merged φ of all cores is the whole volume's, bit for bit (the
+rays interpolate with weights that do not depend on the block's offset). The guard is
+decided only for components that do not touch a cut face of the block; a
+skeleton-less component that touches one and reaches into the core raises
+``depth_needed`` on that axis to twice the halo plus one (the caller grows it).
+Known limit: a component whose piece in the block keeps a skeleton voxel near a cut
+face while the whole component has none is not detected (not seen in the tests).
+
+Units: φ and radii in the unit of ``voxel_size`` (µm by the porevox convention).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from numba import njit
+from scipy import ndimage as _ndi
+
+from ..engine.backend import get_array_module, ndimage_module, to_numpy
+from ..errors import InvalidVolumeError
+
+#: Gaussian smoothing of the solid indicator (voxels per axis) that locates the
+#: interface at a sub-voxel position along a chord. 0.7 gave the smallest worst-case
+#: error over the cylinder cases (0.5: up to −7 %, 1.0: −8 %, and a 2-voxel plate
+#: reads 1.8 voxels).
+SMOOTH_SIGMA = 0.7
+_TRUNCATE = 4.0
+#: Halo per unit of the largest radius in the core, for the thinning (which propagates
+#: about a voxel per iteration, about a radius of iterations). Measured on porous
+#: structures (Gaussian-smoothed noise, porosity 0.3 and 0.5, largest radius 7.6-12.7
+#: voxels, odd chunks (17, 23, 31) and (13, 19, 29)): the merged φ differed from the
+#: whole volume's in 8/8 cases at 0.5, 5/8 at 1.0, 2/8 at 1.5 and 0/8 at 2.0.
+SAFETY = 2.0
+#: Fixed halo margin in voxels beyond ``SAFETY · r + 2 voxels`` (the ray's reach): the
+#: smoothing radius int(4·0.7 + 0.5) = 3, trilinear interpolation 1, one spare.
+_MARGIN = 3 + 1 + 1
+_STEP = 0.1  # ray-marching step, in voxels of the finest axis
+#: ``depth_given`` on an axis where the block reaches the volume's outer face on both
+#: sides (no cut face: any halo is enough).
+UNBOUNDED = 2**31 - 1
+
+_STRUCT26 = np.ones((3, 3, 3), dtype=bool)
+
+
+class NoStrutWarning(RuntimeWarning):
+    """No strut to measure (no solid, or no pore: φ undefined); the result is NaN."""
+
+
+# --------------------------------------------------------------------------- checks
+def _check_voxel_size(voxel_size: Any) -> np.ndarray:
+    try:
+        vs = np.asarray([float(v) for v in voxel_size], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidVolumeError(
+            f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}") from err
+    if vs.shape != (3,) or not np.all(np.isfinite(vs) & (vs > 0)):
+        raise InvalidVolumeError(f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}")
+    return vs
+
+
+def _check_solid(solid: Any):
+    if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
+        raise TypeError(f"solid must be a 3-D array (1 = solid); got {type(solid).__name__}")
+    if solid.ndim != 3:
+        raise InvalidVolumeError(
+            f"solid must be 3-D (z, y, x); got {solid.ndim}-D of shape {tuple(solid.shape)}; "
+            "pass a volume, or a 2-D slice as solid[None]")
+    if solid.dtype != bool and not np.issubdtype(solid.dtype, np.integer):
+        raise TypeError(f"solid must be a bool or integer segmentation (nonzero = solid); got "
+                        f"{solid.dtype}; threshold or segment the image first")
+    return solid != 0
+
+
+# --------------------------------------------------------------------------- halo
+def strut_depth(voxel_size=(1.0, 1.0, 1.0), max_radius=0.0) -> tuple[int, int, int]:
+    """Halo (voxels per axis, (z, y, x)) :func:`strut_diameters` needs for its core to
+    equal the whole-volume result, where the largest distance to the pore in the core
+    is `max_radius` (unit of `voxel_size`).
+
+    ``ceil((SAFETY · max_radius + 2 · max(voxel_size)) / voxel_size) + 5`` per axis: the
+    thinning reaches about ``SAFETY`` radii (measured), the distance transform one
+    radius, a chord a radius plus two of the largest voxels, the smoothing three voxels
+    and the interpolation one. An infinite radius (a block holding no pore) cannot be
+    bounded: :data:`UNBOUNDED`.
+    """
+    vs = _check_voxel_size(voxel_size)
+    r = float(max_radius)
+    if math.isnan(r) or r < 0:
+        raise InvalidVolumeError(f"max_radius must be a number >= 0; got {max_radius!r}")
+    if math.isinf(r):
+        return (UNBOUNDED,) * 3
+    reach = SAFETY * r + 2.0 * float(vs.max())
+    return tuple(int(math.ceil(reach / v - 1e-9)) + _MARGIN for v in vs)
+
+
+def _depth_given(shape, core, offset, volume_shape) -> tuple[int, int, int]:
+    out = []
+    for n, c, o, nv in zip(shape, core, offset, volume_shape):
+        lo = c.start if o > 0 else UNBOUNDED
+        hi = n - c.stop if o + n < nv else UNBOUNDED
+        out.append(int(min(lo, hi)))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- numba
+@njit(cache=True, nogil=True)
+def _sample(f, p, off):
+    """`f` trilinearly interpolated at voxel ``p`` (ints) + ``off`` (floats), clamped
+    to the array. The weights come from `off` alone, so a block and the whole volume
+    give bit-identical values wherever the same voxels are read."""
+    n = f.shape
+    i0 = np.empty(3, np.int64)
+    i1 = np.empty(3, np.int64)
+    w = np.empty(3)
+    for k in range(3):
+        fl = math.floor(off[k])
+        i0[k] = p[k] + int(fl)
+        w[k] = off[k] - fl
+        if i0[k] < 0:
+            i0[k] = 0
+            w[k] = 0.0
+        elif i0[k] >= n[k] - 1:
+            i0[k] = n[k] - 1
+            w[k] = 0.0
+        i1[k] = min(i0[k] + 1, n[k] - 1)
+    a, b, c = w[0], w[1], w[2]
+    c00 = f[i0[0], i0[1], i0[2]] * (1 - c) + f[i0[0], i0[1], i1[2]] * c
+    c01 = f[i0[0], i1[1], i0[2]] * (1 - c) + f[i0[0], i1[1], i1[2]] * c
+    c10 = f[i1[0], i0[1], i0[2]] * (1 - c) + f[i1[0], i0[1], i1[2]] * c
+    c11 = f[i1[0], i1[1], i0[2]] * (1 - c) + f[i1[0], i1[1], i1[2]] * c
+    return (c00 * (1 - b) + c01 * b) * (1 - a) + (c10 * (1 - b) + c11 * b) * a
+
+
+@njit(cache=True, nogil=True)
+def _crossing(f, p, u, vs, step, tmax):
+    """Distance along the ray from voxel p (ints) in the physical direction u where `f`
+    first falls below 0.5; -1 where it does not within `tmax`."""
+    off = np.zeros(3)
+    prev = _sample(f, p, off)
+    if prev < 0.5:
+        return -1.0
+    t = 0.0
+    while t < tmax:
+        tn = t + step
+        for k in range(3):
+            off[k] = tn * u[k] / vs[k]
+        v = _sample(f, p, off)
+        if v < 0.5:
+            return t + (prev - 0.5) / (prev - v) * step
+        prev = v
+        t = tn
+    return -1.0
+
+
+@njit(cache=True, nogil=True)
+def _chords(f, pts, vec, dist, vs, step, reach):
+    n = pts.shape[0]
+    out = np.empty(n)
+    p = np.empty(3, np.int64)
+    u = np.empty(3)
+    for i in range(n):
+        d = dist[i]
+        norm = math.sqrt(vec[i, 0] ** 2 + vec[i, 1] ** 2 + vec[i, 2] ** 2)
+        h = math.inf
+        for k in range(3):
+            p[k] = pts[i, k]
+            u[k] = vec[i, k] / norm
+            if u[k] != 0.0:
+                h = min(h, 0.5 * vs[k] / abs(u[k]))
+        near = _crossing(f, p, u, vs, step, d + reach)
+        if near < 0.0:
+            near = max(d - h, 0.5 * d)  # the plain half-voxel rule
+        for k in range(3):
+            u[k] = -u[k]
+        far = _crossing(f, p, u, vs, step, d + reach)
+        if far < 0.0:
+            far = near
+        out[i] = near + far
+    return out
+
+
+# --------------------------------------------------------------------------- core
+def _analyse(solid, vs, cut, core=None):
+    """Guarded skeleton and φ over a whole block.
+
+    Returns (points (n, 3) int64 in C order, phi (n,), dist (host float64 array),
+    guard_first ((k, 3): the first guard voxel of each guarded component, so that a
+    component is counted once over blocks), unresolved_axes (bool[3]: axes along which a
+    skeleton-less component touched a cut face of the block, so its guard cannot be
+    decided here))."""
+    xp = get_array_module(solid)
+    ndi = ndimage_module(solid)
+    dist_dev, idx_dev = ndi.distance_transform_edt(solid, sampling=tuple(vs), return_indices=True)
+    host = to_numpy(solid)
+    dist = to_numpy(dist_dev).astype(np.float64, copy=False)
+    from skimage.morphology import skeletonize
+
+    skel = skeletonize(host)
+    skel &= host
+    labels, n = _ndi.label(host, structure=_STRUCT26)
+    guard_first = np.zeros((0, 3), np.int64)
+    unresolved = np.zeros(3, bool)
+    if n:
+        has = np.zeros(n + 1, bool)
+        has[labels[skel]] = True
+        missing = np.flatnonzero(~has[1:]) + 1
+        if missing.size:
+            boxes = _ndi.find_objects(labels)
+            decided = []
+            for lab in missing:
+                box = boxes[lab - 1]
+                touch = [(cut[a][0] and box[a].start == 0) or (cut[a][1] and box[a].stop == host.shape[a])
+                         for a in range(3)]
+                if any(touch):
+                    if core is None or np.any(labels[core][tuple(
+                            slice(max(b.start - c.start, 0), max(b.stop - c.start, 0))
+                            for b, c in zip(box, core))] == lab):
+                        unresolved |= np.array(touch)
+                else:
+                    decided.append(lab)
+            if decided:
+                decided = np.asarray(decided)
+                top = np.asarray(_ndi.maximum(dist, labels, index=decided))
+                best = np.zeros(n + 1)
+                best[decided] = top
+                sel = np.zeros(n + 1, bool)
+                sel[decided] = True
+                add = sel[labels] & (dist == best[labels])
+                skel |= add
+                where = np.argwhere(add)
+                _, first = np.unique(labels[tuple(where.T)], return_index=True)
+                guard_first = where[first]
+    pts = np.argwhere(skel)
+    if pts.size == 0:
+        return pts, np.empty(0), dist, guard_first, unresolved
+    pts_dev = xp.asarray(pts.T)
+    near = to_numpy(idx_dev[(slice(None),) + tuple(pts_dev)]).T  # (n, 3) nearest pore voxel
+    vec = (near - pts) * vs
+    sigma = SMOOTH_SIGMA
+    smooth = to_numpy(ndi.gaussian_filter(solid.astype(xp.float32), sigma, mode="nearest",
+                                          truncate=_TRUNCATE))
+    reach = 2.0 * float(vs.max())
+    phi = _chords(smooth, pts, vec.astype(np.float64), dist[tuple(pts.T)],
+                  vs, _STEP * float(vs.min()), reach)
+    return pts, phi, dist, guard_first, unresolved
+
+
+def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 0, 0),
+                    volume_shape=None) -> dict:
+    """Strut diameters φ at the skeleton voxels in the core of a block.
+
+    Parameters
+    ----------
+    solid : (P, M, N) ndarray of bool or integers (NumPy or CuPy)
+        Nonzero = solid. The block: core plus halo, clipped (not padded) at the
+        volume's outer faces. Not modified.
+    voxel_size : 3 floats
+        Size along (z, y, x), µm by convention; φ comes in the same unit.
+    core : 3 slices, optional
+        The core inside `solid` (default: all of it).
+    offset : 3 ints
+        Volume index of ``solid[0, 0, 0]``.
+    volume_shape : 3 ints, optional
+        Shape of the whole volume (default: ``offset + solid.shape``, i.e. the block is
+        the volume, or reaches its end).
+
+    Returns
+    -------
+    dict
+        ``diameters`` float64 (n,) φ at the core's skeleton voxels in C order (unit of
+        `voxel_size`); ``max_radius`` the largest distance to the pore in the core
+        (inf where the block holds no pore but is not the whole volume, NaN where the
+        whole volume has none); ``depth_needed`` :func:`strut_depth` of that radius
+        (3 ints, grown where a skeleton-less component touched a cut face, see the
+        module docstring); ``depth_given`` the halo the block had on its smaller cut
+        side per axis (:data:`UNBOUNDED` where both sides are outer faces);
+        ``guarded`` components given a skeleton by the guard, counted in the block
+        whose core holds the component's first guard voxel (so block counts add up);
+        ``skeleton_voxels`` the count in the core.
+    """
+    vs = _check_voxel_size(voxel_size)
+    solid = _check_solid(solid)
+    shape = tuple(int(s) for s in solid.shape)
+    if core is None:
+        core = tuple(slice(0, n) for n in shape)
+    core = tuple(slice(*s.indices(n)[:2]) for s, n in zip(core, shape))
+    offset = tuple(int(o) for o in offset)
+    if volume_shape is None:
+        volume_shape = tuple(o + n for o, n in zip(offset, shape))
+    volume_shape = tuple(int(v) for v in volume_shape)
+    given = _depth_given(shape, core, offset, volume_shape)
+    whole = all(g == UNBOUNDED for g in given)
+    cut = [((offset[a] > 0), (offset[a] + shape[a] < volume_shape[a])) for a in range(3)]
+
+    def result(diameters, max_radius, needed, guarded=0):
+        return {"diameters": np.asarray(diameters, dtype=np.float64), "max_radius": float(max_radius),
+                "depth_needed": tuple(int(x) for x in needed), "depth_given": given,
+                "guarded": int(guarded), "skeleton_voxels": int(len(diameters))}
+
+    n_solid = int(solid.sum())
+    if solid.size == 0 or n_solid == 0:
+        return result([], 0.0, strut_depth(vs, 0.0))
+    if n_solid == solid.size:
+        if whole:
+            warnings.warn("the volume has no pore: strut diameters are undefined (NaN)",
+                          NoStrutWarning, stacklevel=2)
+            return result([], math.nan, (0, 0, 0))
+        # The nearest pore lies beyond this block: any halo up to the whole volume.
+        return result([], math.inf, volume_shape)
+    pts, phi, dist, guard_first, unresolved = _analyse(solid, vs, cut, core)
+
+    def inside(p):
+        ok = np.ones(len(p), bool)
+        for a, s in enumerate(core):
+            ok &= (p[:, a] >= s.start) & (p[:, a] < s.stop)
+        return ok
+
+    core_dist = dist[core]
+    max_radius = float(core_dist.max()) if core_dist.size else 0.0
+    needed = list(strut_depth(vs, max_radius))
+    for a in range(3):
+        if unresolved[a]:  # a skeleton-less component runs out of the block: grow the halo
+            needed[a] = max(needed[a], 2 * given[a] + 1)
+    return result(phi[inside(pts)], max_radius, needed, int(inside(guard_first).sum()))
+
+
+def skeleton(solid, *, voxel_size=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Guarded skeleton and the φ map on it, whole volume (for figures).
+
+    Returns
+    -------
+    skeleton : (P, M, N) bool ndarray (NumPy)
+    diameter : (P, M, N) float64 ndarray, φ on the skeleton and NaN elsewhere.
+    """
+    vs = _check_voxel_size(voxel_size)
+    solid = _check_solid(solid)
+    shape = tuple(int(s) for s in solid.shape)
+    sk = np.zeros(shape, bool)
+    phi_map = np.full(shape, np.nan)
+    n_solid = int(solid.sum())
+    if n_solid == 0 or n_solid == solid.size:
+        if n_solid:
+            warnings.warn("the volume has no pore: strut diameters are undefined",
+                          NoStrutWarning, stacklevel=2)
+        return sk, phi_map
+    pts, phi, _, _, _ = _analyse(solid, vs, [(False, False)] * 3)
+    sk[tuple(pts.T)] = True
+    phi_map[tuple(pts.T)] = phi
+    return sk, phi_map
+
+
+# --------------------------------------------------------------------------- fit
+def lognormal_fit(diameters) -> dict:
+    """Maximum-likelihood log-normal fit of strut diameters (location fixed at 0).
+
+    ``mu`` = mean(ln φ), ``sigma`` = std(ln φ) (ddof 0) — scipy's
+    ``lognorm.fit(x, floc=0)`` gives ``s = sigma``, ``scale = exp(mu)``; ``mean`` =
+    exp(μ + σ²/2), ``median`` = exp(μ), ``ci95`` = [lo, hi] Cox's 95 % interval of the
+    mean, exp(μ + σ²/2 ± 1.96·sqrt(σ²/n + σ⁴/(2(n−1)))) (NaN for n < 2), ``n``.
+    Values that are not finite and positive are left out; the rest is summed in sorted
+    order, so the fit of merged per-block values equals the whole-volume fit bit for
+    bit. Without values: NaN and a :class:`NoStrutWarning`.
+    """
+    x = np.asarray(to_numpy(diameters) if hasattr(diameters, "shape") else diameters, dtype=np.float64)
+    x = x.ravel()
+    x = np.sort(x[np.isfinite(x) & (x > 0)])  # sorted: the same values give the same sums
+    n = int(x.size)
+    if n == 0:
+        warnings.warn("no strut diameters to fit (no skeleton: no solid, or no pore); NaN",
+                      NoStrutWarning, stacklevel=2)
+        nan = math.nan
+        return {"mean": nan, "ci95": [nan, nan], "median": nan, "mu": nan, "sigma": nan, "n": 0}
+    logs = np.log(x)
+    mu = float(logs.mean())
+    sigma = float(logs.std())
+    mean = math.exp(mu + sigma**2 / 2)
+    if n >= 2:
+        half = 1.96 * math.sqrt(sigma**2 / n + sigma**4 / (2 * (n - 1)))
+        ci = [math.exp(mu + sigma**2 / 2 - half), math.exp(mu + sigma**2 / 2 + half)]
+    else:
+        ci = [math.nan, math.nan]
+    return {"mean": mean, "ci95": ci, "median": math.exp(mu), "mu": mu, "sigma": sigma, "n": n}
+
+
+__all__ = ["SAFETY", "SMOOTH_SIGMA", "UNBOUNDED", "NoStrutWarning", "lognormal_fit", "skeleton",
+           "strut_depth", "strut_diameters"]
