@@ -27,9 +27,16 @@ def thread_state_fn():
 
 
 def test_local_cluster_limits_threads_and_logs_dashboard(caplog):
+    import os
+
+    before = {k: os.environ.get(k) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
+                                             "MALLOC_MMAP_THRESHOLD_")}
     with caplog.at_level(logging.INFO, logger="porevox"):
         with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB",
                      dashboard_address=":0") as c:
+            # the workers' limits are theirs: this process's environment is unchanged
+            # (the nannies write them into it; numba here would refuse a changed value)
+            assert {k: os.environ.get(k) for k in before} == before
             info = c.scheduler_info()["workers"]
             assert len(info) == 2
             assert all(w["nthreads"] == 1 for w in info.values())

@@ -168,15 +168,27 @@ def cluster(
             # temporary (numpy, torch activations) is mmapped and unmapped each time:
             # U-Net inference ran 2.5x slower in a worker. Fix the mmap threshold too.
             environ.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            local = LocalCluster(
-                host="127.0.0.1",
-                n_workers=n_workers,
-                threads_per_worker=threads,
-                memory_limit=memory,
-                processes=processes,
-                dashboard_address=dashboard_address,
-            )
+        # The nannies live in this process and write those variables into *its*
+        # environment before spawning: put this process's back once the workers are
+        # up, or its own numba (e.g. a per-tomogram solve) would see NUMBA_NUM_THREADS
+        # change under a launched thread pool, which numba refuses with an error.
+        before = {var: os.environ.get(var) for var in environ}
+        try:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                local = LocalCluster(
+                    host="127.0.0.1",
+                    n_workers=n_workers,
+                    threads_per_worker=threads,
+                    memory_limit=memory,
+                    processes=processes,
+                    dashboard_address=dashboard_address,
+                )
+        finally:
+            for var, value in before.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
         client = Client(local)
         logger.info("started LocalCluster: %d workers x %d threads, %s memory each",
                     n_workers, threads,
