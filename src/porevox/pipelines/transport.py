@@ -10,7 +10,7 @@ per-tomogram solve takes one or two — and the per-tomogram footprint fits any
 worker that can hold a few copies of the volume. Where it does not fit, the stage
 says so and names the fix rather than thrash.
 
-Where it runs (logged):
+Where it runs (logged; :mod:`porevox.engine.placement`):
 
 * no distributed client, or a LocalCluster started in this process: in this process,
   with all of numba's threads (the workers of a local cluster share this machine's
@@ -24,24 +24,17 @@ Where it runs (logged):
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from typing import Any
 
 import numpy as np
 from dask.utils import format_bytes
 
-from ..engine import as_dask, open_volume
-from ..engine.cluster import active_client, compute, worker_memory_limit
-from ..engine.storage import LABELS, Volume, check_voxel_size
+from ..engine.cluster import worker_memory_limit
+from ..engine.placement import WORKER_FRACTION, free_memory, place, resolve_source, run_whole
 from ..errors import InvalidVolumeError, StageError
 from ..kernels.conductivity import check_axis, effective_conductivity, memory_estimate
 
 logger = logging.getLogger(__name__)
-
-#: A solve goes to a worker only if it needs at most this fraction of the worker's
-#: memory limit (Dask pauses a worker at 80 % and restarts it at 95 %).
-WORKER_FRACTION = 0.6
 
 
 def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_options) -> dict:
@@ -72,7 +65,7 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_opt
         ``ran_on`` ("driver" or "worker"), ``memory_estimate_bytes``.
     """
     axis = check_axis(axis)
-    source, voxel_size = _source(solid, voxel_size, labels)
+    source, voxel_size = resolve_source(solid, voxel_size, labels, what="conductivity", log=logger)
     if source.ndim != 3:
         raise InvalidVolumeError(
             f"solid must be 3-D (z, y, x); got {source.ndim}-D of shape {source.shape}")
@@ -83,15 +76,17 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_opt
         need = memory_estimate(shape, method) + voxels  # + the uint8 input itself
     except KeyError:
         need = memory_estimate(shape) + voxels  # the kernel rejects the method with a fix
-    where = _where(need)
+    where = place(need, what="conductivity", log=logger, worker_limit=worker_memory_limit)
+    if where is None:
+        raise StageError(
+            f"the conductivity solve needs ~{format_bytes(need)} but only {format_bytes(free_memory())} "
+            "is free here; crop the volume (a representative sub-volume) or run on a machine "
+            "(or a --scheduler worker) with more memory")
     logger.info("conductivity: per-tomogram solve of %.3gM voxels along %s, ~%s, %s",
                 voxels / 1e6, "zyx"[axis], format_bytes(need),
                 "as one task on a Dask worker" if where == "worker" else "in this process")
     options = {"voxel_size": voxel_size, "axis": axis, **solver_options}
-    if where == "worker":
-        result, caught = _on_worker(source, options)
-    else:
-        result, caught = _solve_task(_materialize(source), options)
+    [(result, caught)] = run_whole(_solve, source, [options], where)
     for category, message in caught:  # the solver's warnings, raised at the caller
         warnings.warn(message, category, stacklevel=2)
     result.update(axis="zyx"[axis], voxel_size=[float(v) for v in voxel_size],
@@ -99,79 +94,9 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_opt
     return result
 
 
-# --------------------------------------------------------------------------- inputs
-def _source(solid, voxel_size, labels) -> tuple[Any, tuple[float, float, float]]:
-    """The array to solve on (not yet read) and the voxel size to use."""
-    if isinstance(solid, (str, os.PathLike, Volume)):
-        volume = open_volume(solid, mode="r")
-        if labels not in volume.labels:
-            raise InvalidVolumeError(
-                f"{volume.path} has no label image {labels!r}; it has {volume.labels or 'none'}: "
-                "pass labels=<one of them> or segment the volume first")
-        source = volume.array(f"{LABELS}/{labels}")
-        if voxel_size is None:
-            voxel_size = volume.voxel_size
-    else:
-        if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
-            raise TypeError(f"solid must be an array or a volume path; got {type(solid).__name__}")
-        source = solid
-        if voxel_size is None:
-            logger.info("conductivity: no voxel_size given; isotropic voxels assumed")
-            voxel_size = (1.0, 1.0, 1.0)
-    return source, check_voxel_size(voxel_size)
+def _solve(arr: np.ndarray, **options) -> dict:
+    """The solve on the whole array (in this process or as a Dask task)."""
+    return effective_conductivity(arr, **options).to_dict()
 
 
-def _materialize(source) -> np.ndarray:
-    """The whole array in this process's memory (Zarr and Dask arrays are read)."""
-    if isinstance(source, np.ndarray):
-        return source
-    if hasattr(source, "dask"):
-        return np.asarray(compute(source)[0])
-    return np.asarray(source[...])
-
-
-# --------------------------------------------------------------------------- where
-def _where(need: int) -> str:
-    """"driver" or "worker" (see the module docstring); raise if neither has room."""
-    import psutil
-
-    client = active_client()
-    if client is not None and getattr(client, "cluster", None) is None:
-        limit = worker_memory_limit()
-        if limit is None or need <= WORKER_FRACTION * limit:
-            return "worker"
-        logger.info("conductivity: needs ~%s, more than %.0f%% of the workers' %s memory "
-                    "limit; solving in this process", format_bytes(need), 100 * WORKER_FRACTION,
-                    format_bytes(limit))
-    free = psutil.virtual_memory().available
-    if need > free:
-        raise StageError(
-            f"the conductivity solve needs ~{format_bytes(need)} but only {format_bytes(free)} is "
-            "free here; crop the volume (a representative sub-volume) or run on a machine "
-            "(or a --scheduler worker) with more memory")
-    return "driver"
-
-
-def _on_worker(source, options: dict) -> tuple[dict, list]:
-    client = active_client()
-    if isinstance(source, np.ndarray):
-        data = client.scatter(source)
-    else:
-        data = client.compute(as_dask(source))  # read and assembled on the cluster
-    future = client.submit(_solve_task, data, options, pure=False)
-    try:
-        return future.result()
-    finally:
-        future.release()
-        data.release()
-
-
-def _solve_task(arr, options: dict) -> tuple[dict, list]:
-    """The solve as a Dask task: its result, and the warnings it raised."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = effective_conductivity(np.asarray(arr), **options).to_dict()
-    return result, [(w.category, str(w.message)) for w in caught]
-
-
-__all__ = ["conductivity"]
+__all__ = ["WORKER_FRACTION", "conductivity"]
