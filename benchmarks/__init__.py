@@ -22,6 +22,7 @@ from . import (
     histogram_suite,
     ingest_large_suite,
     io_suite,
+    quantify_suite,
     segmentation_suite,
     slic_suite,
     synthesis_suite,
@@ -37,6 +38,7 @@ SUITES = {
     "synthesis": synthesis_suite.run,
     "slic": slic_suite.run,
     "segmentation": segmentation_suite.run,
+    "quantify": quantify_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.

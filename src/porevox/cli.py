@@ -214,7 +214,8 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """The study end to end on the cluster (so far: the twin study, its conductivities,
-    the Table-1 analog of its segmentations, and a stack ingested as a user's TIFF)."""
+    the Table-1 analog of its segmentations, every sample's microstructure features with
+    figures, and a stack ingested as a user's TIFF)."""
     from .pipelines import run_demo
     from .pipelines.segmentation_study import markdown
 
@@ -226,6 +227,19 @@ def demo(
         typer.echo(f"  contact sheet: {r['study']['preview']}")
         typer.echo("segmentation against the twin's truth (the paper's Table 1):")
         typer.echo(markdown(r["table1"]["table"], len(r["table1"]["samples"])))
+        import pandas as pd
+
+        from .pipelines.feature_study import markdown as feature_table
+
+        rows = pd.DataFrame(r["features"]["rows"])
+        for name in r["trends"]:
+            typer.echo(f"microstructure features of labels/{name} (mean over VOIs):")
+            typer.echo(feature_table(rows[rows["labels"] == name]))
+            typer.echo("  with temperature (Spearman ρ per paste):")
+            for paste, feats in r["trends"][name].items():
+                typer.echo(f"    {paste}: " + ", ".join(f"{k} {v['spearman']:+.2f}" for k, v in feats.items()))
+        typer.echo(f"features: {r['features']['csv']}, figures: "
+                   + ", ".join(v for figs in r["features"]["figures"].values() for v in figs.values()))
         typer.echo("a twin image exported as TIFF and ingested like a user's stack:")
         _print_summary(r["ingested"])
         typer.echo(f"  gray value percentiles (1, 50, 99 %): {r['histogram_percentiles']}")
@@ -260,24 +274,87 @@ def synth(
     _emit(manifest, as_json, human)
 
 
+def _is_study(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml") or (path.is_dir() and (path / "study.yaml").is_file()
+                                                 and path.suffix != ".zarr")
+
+
+def _print_features(r: dict) -> None:
+    for k, v in r.items():
+        if isinstance(v, float):
+            typer.echo(f"{k:<32} {v:.6g}")
+        elif isinstance(v, list) and v and all(isinstance(x, float) for x in v):
+            typer.echo(f"{k:<32} [{', '.join(f'{x:.6g}' for x in v)}]")
+        elif isinstance(v, dict):
+            typer.echo(f"{k:<32} " + ", ".join(f"{a}: {b:.6g}" if isinstance(b, float) else f"{a}: {b}"
+                                               for a, b in v.items()))
+        else:
+            typer.echo(f"{k:<32} {v}")
+
+
 @app.command()
 @_guard
 def quantify(
     ctx: typer.Context,
-    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    target: Path = typer.Argument(..., help="A porevox volume (.zarr folder), or a study.yaml "
+                                            "(or its folder) to quantify every tomogram of."),
     labels: str = typer.Option("truth", "--labels", help="The segmentation: labels/<NAME>."),
     axis: str = typer.Option("y", "--axis", help="Transport axis: z, y or x."),
+    directions: str | None = typer.Option(
+        None, "--directions",
+        help="More tortuosity directions: comma-separated signed axes (+z,-y,...), 'paper' "
+             "(the paper's five) or 'all'."),
+    order: int = typer.Option(2, "--order", help="Fast-marching scheme: 1 or 2."),
+    sigma: float | None = typer.Option(None, "--sigma",
+                                       help="Curvature smoothing in the voxel size's unit."),
+    tortuosity_method: str = typer.Option(
+        "auto", "--tortuosity-method", help="auto, whole (one solve per tomogram) or blocks."),
     with_conductivity: bool = typer.Option(
-        False, "--conductivity", help="Also solve for the effective conductivity along --axis."),
+        False, "--conductivity", help="Volumes: also solve for the effective conductivity along --axis."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Studies: skip the PNG figures."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if done with the same inputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Microstructure numbers of a segmentation (so far: density, porosity, conductivity)."""
-    from .pipelines import quantify_volume
+    """Every microstructure feature of a segmentation: D, SA, φ, τ, M, G, α, β, SP2D, shape
+    index. A volume: stored in its attributes and printed. A study: every tomogram in
+    parallel into features.csv / features.parquet, with figures."""
+    from .pipelines.quantify import make_options
 
+    dirs = None
+    if directions:
+        dirs = directions if directions in ("paper", "all") else [d for d in directions.split(",") if d]
+    options = {"directions": dirs, "order": order, "sigma": sigma,
+               "tortuosity_method": tortuosity_method}
+    make_options(axis=axis, **options)                     # bad options fail before the cluster starts
+    if _is_study(target):
+        from .pipelines.feature_study import markdown, quantify_study
+        from .pipelines.segmentation_study import study_volumes
+
+        study_volumes(target)
+        with _session(ctx):
+            result = quantify_study(target, labels=labels, axis=axis, force=force,
+                                    figures=not no_figures, **options)
+
+        def human(r):
+            import pandas as pd
+
+            typer.echo(markdown(pd.DataFrame(r["rows"])))
+            typer.echo(f"table: {r['csv']} and {r['parquet']}")
+            for name, figs in r["figures"].items():
+                typer.echo(f"figures ({name}): " + ", ".join(figs.values()))
+
+        _emit(result, as_json, human)
+        return
+    from .pipelines import quantify_volume, volume_info
+
+    have = volume_info(target)["labels"]
+    if labels not in have:
+        raise PorevoxError(f"{target} has no label image {labels!r}; it has {list(have) or 'none'}: "
+                           "pass --labels <one of them> or segment the volume first")
     with _session(ctx):
-        result = quantify_volume(volume, labels=labels, axis=axis,
-                                 with_conductivity=with_conductivity)
-    _emit(result, as_json, lambda r: [typer.echo(f"{k:<24} {v}") for k, v in r.items()])
+        result = quantify_volume(target, labels=labels, axis=axis, with_conductivity=with_conductivity,
+                                 force=force, **options)
+    _emit(result, as_json, _print_features)
 
 
 @app.command()
@@ -397,7 +474,7 @@ def segment_study(
 def bench(
     suites: list[str] = typer.Argument(
         None, help="Suites: io, histogram, gaussian, conductivity, synthesis, slic, segmentation, "
-                   "ingest_large, or all."),
+                   "quantify, ingest_large, or all."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Folder for results.json and results.md."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes, for a smoke run."),
 ) -> None:

@@ -3,6 +3,7 @@ plus provenance, and is idempotent and resumable. The CLI calls these only."""
 
 from ..engine.cluster import cluster as session
 from .demo import run_demo
+from .feature_study import quantify_study
 from .preprocess import preprocess as preprocess_volume
 from .quantify import quantify_volume
 from .score import score_volume
@@ -14,6 +15,6 @@ from .transport import conductivity
 from .volumes import ingest_volume, plan_ingest, volume_histogram, volume_info
 
 __all__ = ["conductivity", "contact_sheet", "ingest_volume", "plan_ingest", "preprocess_volume",
-           "quantify_volume", "run_demo", "score_volume", "segment_volume",
+           "quantify_study", "quantify_volume", "run_demo", "score_volume", "segment_volume",
            "segmentation_study", "session", "synthesize_study", "train_unet_volumes",
            "volume_histogram", "volume_info"]

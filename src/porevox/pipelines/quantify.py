@@ -1,29 +1,570 @@
-"""`porevox quantify`: numbers from a segmented volume.
+"""`pv.quantify` / `porevox quantify`: every microstructure feature of the paper, chunked.
 
-So far: relative density and porosity (a distributed count) and, on request, the
-effective conductivity along an axis. The paper's other features (surface area,
-struts, tortuosity, curvature, 2D descriptors) extend this stage.
+One volume's features come from a few passes over its blocks, each a per-block
+reduction (:func:`porevox.engine.block_tasks`) merged in this process:
+
+* **local** (halo 1, and the shape index's in y and x): connected components (D,
+  porosity, the solid joined to both end faces), Crofton transition counts (SA), the
+  voxel Euler characteristic, and the per-slice 2-D descriptors (SP2D, shape index);
+* **curvature** (the level-set kernel's halo): area-weighted sums of M and G and their
+  joint histogram;
+* **struts** (a halo of at least twice the largest radius in the block, checked and
+  grown where it was not): φ at the skeleton voxels, then the log-normal fit;
+* **tortuosity**: fast marching from the inlet face per direction, per tomogram on one
+  worker where it fits, else block-decomposed (:mod:`porevox.pipelines.tortuosity`).
+
+The passes of every tomogram of a study are computed together, so a study keeps every
+worker busy (:func:`quantify_study`). Compute blocks are sub-boxes of the storage
+chunks sized so that a kernel's working set fits the workers' chunk budget.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..engine import count_equal, open_volume
+import dask
+import numpy as np
+
+from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
+from ..engine.cluster import chunk_bytes_budget, compute, worker_memory_limit
+from ..engine.storage import LABELS, check_voxel_size, discard, publish_array, remove_stale_tmp, tmp_group
+from ..errors import InvalidVolumeError
+from ..kernels import components, curvature, descriptors2d, fmm, integral, struts
 from ..kernels.conductivity import check_axis
-from .transport import conductivity
+from . import tortuosity as tortuosity_pipeline
+
+logger = logging.getLogger(__name__)
+
+FEATURES = ("density", "surface", "slices", "curvature", "struts", "tortuosity")
+DIRECTIONS = ("+z", "-z", "+y", "-y", "+x", "-x")
+#: The paper's "five directions" (its supplement does not name them; see tortuosity).
+PAPER_DIRECTIONS = tortuosity_pipeline.PAPER_DIRECTIONS
+
+#: Peak bytes per voxel of a block (with its halo) in each pass, measured with
+#: ``benchmarks/quantify_suite.py``; they size the compute blocks.
+BYTES_PER_VOXEL = {"local": 24, "curvature": 120, "struts": 40}
+#: A first guess of the largest strut radius, in voxels, for the struts pass's halo;
+#: blocks whose core holds a larger one are rerun with the halo they need.
+FIRST_RADIUS_VOXELS = 12
+#: A whole-volume fast-marching solve goes to a worker if it needs at most this
+#: fraction of the worker's memory limit; else the block-decomposed solver runs.
+WORKER_FRACTION = 0.6
+
+
+class FeatureWarning(RuntimeWarning):
+    """A feature is undefined for this volume (NaN), e.g. no interface or no path."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The quantification's parameters, checked once."""
+
+    axis: int = 1
+    directions: tuple[str, ...] = ("+y",)
+    order: int = 2
+    sigma: float | None = None              # curvature smoothing (physical units)
+    shape_index_sigma: float = 1.0          # pixels
+    last_fraction: float = 0.25
+    tortuosity_method: str = "auto"
+    features: tuple[str, ...] = FEATURES
+
+    def as_dict(self) -> dict:
+        return {"axis": "zyx"[self.axis], "directions": list(self.directions), "order": self.order,
+                "sigma": self.sigma, "shape_index_sigma": self.shape_index_sigma,
+                "last_fraction": self.last_fraction, "tortuosity_method": self.tortuosity_method,
+                "features": list(self.features)}
+
+
+def make_options(*, axis: int | str = 1, directions: Sequence[str] | str | None = None, order: int = 2,
+                 sigma: float | None = None, shape_index_sigma: float = 1.0,
+                 last_fraction: float = 0.25, tortuosity_method: str = "auto",
+                 features: Sequence[str] | None = None) -> Options:
+    """Check the parameters of :func:`quantify`; raise ValueError naming the fix."""
+    axis = check_axis(axis)
+    main = "+" + "zyx"[axis]
+    if directions is None:
+        dirs = [main]
+    elif isinstance(directions, str) and directions == "paper":
+        dirs = [main, *PAPER_DIRECTIONS]
+    elif isinstance(directions, str) and directions == "all":
+        dirs = [main, *DIRECTIONS]
+    else:
+        dirs = [main, *([directions] if isinstance(directions, str) else directions)]
+    norm = []
+    for d in dirs:
+        d = d.strip() if isinstance(d, str) else d
+        d = "+" + d if isinstance(d, str) and d in ("z", "y", "x") else d
+        if d not in DIRECTIONS:
+            raise ValueError(f"directions must be signed axis names {DIRECTIONS}, 'paper' or 'all'; "
+                             f"got {d!r}")
+        if d not in norm:
+            norm.append(d)
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2 (fast-marching scheme); got {order!r}")
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma (curvature smoothing, in the voxel size's unit) must be > 0; got {sigma!r}")
+    if not (math.isfinite(shape_index_sigma) and shape_index_sigma > 0):
+        raise ValueError(f"shape_index_sigma must be > 0 pixels; got {shape_index_sigma!r}")
+    if not 0 < last_fraction <= 1:
+        raise ValueError(f"last_fraction must be in (0, 1] (the paper: 0.25); got {last_fraction!r}")
+    if tortuosity_method not in ("auto", "whole", "blocks"):
+        raise ValueError(f"tortuosity_method must be auto, whole or blocks; got {tortuosity_method!r}")
+    features = tuple(FEATURES if features is None else features)
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown feature group(s) {unknown}; choose from {FEATURES}")
+    return Options(axis, tuple(norm), int(order), None if sigma is None else float(sigma),
+                   float(shape_index_sigma), float(last_fraction), tortuosity_method,
+                   tuple(f for f in FEATURES if f in features))
+
+
+# --------------------------------------------------------------------------- the job
+def _local(block, *, core, offset, volume_shape, shape_index_sigma, with_surface, with_slices):
+    """The local pass: several kernels on one block read once."""
+    kw = {"core": core, "offset": offset, "volume_shape": volume_shape}
+    out = {"components": components.block_components(block, **kw)}
+    if with_surface:
+        out["surface"] = integral.surface_counts(block, **kw)
+        out["euler"] = integral.euler_counts(block, **kw)
+    if with_slices:
+        out["slices"] = descriptors2d.slice_counts(block, sigma=shape_index_sigma, **kw)
+    return out
+
+
+def _boxes(shape, chunks, bytes_per_voxel, depth) -> list[tuple[slice, ...]]:
+    """Compute boxes: the storage chunks, halved along their longest axis until a box
+    with its halo fits the workers' chunk budget for this pass."""
+    from ..engine.blockwise import block_slices
+
+    budget = chunk_bytes_budget() * 4   # the budget is for a uint8/uint16 chunk's I/O copies
+    box = list(chunks)
+    while (math.prod(b + 2 * d for b, d in zip(box, depth)) * bytes_per_voxel > budget
+           and max(box) > 2 * max(depth) + 1):
+        axis = int(np.argmax(box))
+        box[axis] = -(-box[axis] // 2)
+    return list(block_slices(shape, box))
+
+
+@dataclass
+class Job:
+    """One volume's quantification: lazy per-block tasks, then the merge."""
+
+    solid: Any                       # dask array, nonzero = solid
+    voxel_size: tuple[float, float, float]
+    options: Options
+    chunks: tuple[int, int, int] | None = None
+    name: str = "volume"
+    tasks: dict = field(default_factory=dict)
+    blocks: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+    tortuosity_plan: str = "none"
+
+    def __post_init__(self):
+        self.solid = as_dask(self.solid)
+        self.shape = tuple(int(s) for s in self.solid.shape)
+        self.chunks = tuple(self.chunks or (c[0] for c in self.solid.chunks))
+        self.started = time.time()
+
+    # -- lazy tasks ----------------------------------------------------------------
+    def build(self) -> None:
+        opts, vs, solid = self.options, self.voxel_size, self.solid
+        want = set(opts.features)
+        surface, slices = "surface" in want, "slices" in want
+        depth = tuple(max(a, b, c) for a, b, c in zip(
+            components.components_depth(), integral.surface_depth() if surface else (0, 0, 0),
+            descriptors2d.slice_depth(opts.shape_index_sigma) if slices else (0, 0, 0)))
+        self._add("local", _local, depth, shape_index_sigma=opts.shape_index_sigma,
+                  with_surface=surface, with_slices=slices)
+        if "curvature" in want:
+            self.sigma = opts.sigma or curvature.default_sigma(vs)
+            self.edges = curvature.curvature_edges(vs, self.sigma)
+            self._add("curvature", curvature.interface_curvature,
+                      curvature.curvature_depth(vs, self.sigma), voxel_size=vs, sigma=self.sigma,
+                      edges=self.edges)
+        if "struts" in want:
+            first = FIRST_RADIUS_VOXELS * max(vs)
+            self._add("struts", struts.strut_diameters, struts.strut_depth(vs, first), voxel_size=vs)
+        if "tortuosity" in want:
+            self._plan_tortuosity()
+
+    def _add(self, name, kernel, depth, **kwargs) -> None:
+        cores = _boxes(self.shape, self.chunks, BYTES_PER_VOXEL[name], depth)
+        self.blocks[name], self.tasks[name] = block_tasks(kernel, self.solid, cores, depth, **kwargs)
+
+    def _plan_tortuosity(self) -> None:
+        opts = self.options
+        method = opts.tortuosity_method
+        if method == "auto":
+            need = fmm.memory_estimate(self.shape) + 2 * math.prod(self.shape)   # + the input, read
+            limit = worker_memory_limit()
+            fits = need <= WORKER_FRACTION * limit if limit else need <= _available()
+            method = "whole" if fits else "blocks"
+            logger.info("tortuosity of %s: %s (the whole-volume solve needs ~%.0f MiB; %s)", self.name,
+                        "one whole-volume fast-marching solve per direction on a worker" if fits
+                        else "block-decomposed fast marching", need / 2**20,
+                        f"workers have {limit / 2**20:.0f} MiB" if limit else "no cluster limit")
+        self.tortuosity_plan = method
+        if method == "whole":
+            run = dask.delayed(_tortuosity_whole, pure=True)
+            self.tasks["tortuosity"] = [run(self.solid, self.voxel_size, d, opts.order, opts.last_fraction)
+                                        for d in opts.directions]
+
+    def delayed(self) -> list:
+        return [t for tasks in self.tasks.values() for t in tasks]
+
+    def take(self, values: list) -> None:
+        """Store the computed values of :meth:`delayed` (same order)."""
+        it = iter(values)
+        for name, tasks in self.tasks.items():
+            self.results[name] = [next(it) for _ in tasks]
+        self.tasks = {}
+
+    # -- second rounds -------------------------------------------------------------
+    def regrow(self) -> None:
+        """Struts blocks whose halo was thinner than twice their largest radius are
+        queued again with the halo they need."""
+        if "struts" not in self.results:
+            return
+        redo = [(k, r) for k, r in enumerate(self.results["struts"])
+                if any(n > g for n, g in zip(r["depth_needed"], r["depth_given"]))]
+        if not redo:
+            return
+        cores = [self.blocks["struts"][k].core for k, _ in redo]
+        depths = [tuple(max(n, g) for n, g in zip(r["depth_needed"], r["depth_given"])) for _, r in redo]
+        logger.info("struts of %s: %d block(s) held a radius larger than their halo; rerunning them "
+                    "with halos up to %s", self.name, len(redo), tuple(np.max(depths, axis=0)))
+        blocks, tasks = block_tasks(struts.strut_diameters, self.solid, cores, depths,
+                                    voxel_size=self.voxel_size)
+        self.tasks["struts_regrow"] = tasks
+        self._regrow = [k for k, _ in redo]
+        self._regrow_blocks = blocks
+
+    def merge_regrown(self) -> None:
+        values = self.results.pop("struts_regrow", None)
+        if values is None:
+            return
+        for k, block, value in zip(self._regrow, self._regrow_blocks, values):
+            self.results["struts"][k] = value
+            self.blocks["struts"][k] = block
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.tasks)
+
+    # -- the merge -----------------------------------------------------------------
+    def finish(self, distributions: bool = False) -> dict:
+        opts, vs = self.options, self.voxel_size
+        local = self.results["local"]
+        comp = components.merge_components([r["components"] for r in local])
+        total = math.prod(self.shape)
+        density = comp["solid"] / total
+        out: dict[str, Any] = {
+            "relative_density": density, "porosity": 1.0 - density,
+            "percolating_fraction": components.percolating_fraction(comp, opts.axis),
+        }
+        if "surface" in local[0]:
+            surf = _add_dicts([r["surface"] for r in local])
+            out["specific_surface_area"] = integral.specific_surface_area(surf, vs)
+            out["euler_characteristic"] = int(integral.euler_characteristic(
+                _add_dicts([r["euler"] for r in local])))
+        dist: dict[str, Any] = {}
+        if "slices" in local[0]:
+            sl = descriptors2d.slice_descriptors(descriptors2d.merge_slices([r["slices"] for r in local]),
+                                                 vs, opts.shape_index_sigma)
+            out.update(specific_perimeter_2d=sl["specific_perimeter_2d"],
+                       shape_index_mean=sl["shape_index_mean"], shape_index_std=sl["shape_index_std"],
+                       shape_index_sigma=sl["shape_index_sigma"])
+            dist["slices"] = {k: np.asarray(sl[k], dtype=np.float64) for k in
+                              ("z", "relative_density", "specific_perimeter",
+                               "shape_index_mean_per_slice", "shape_index_std_per_slice")}
+        if "curvature" in self.results:
+            cs = curvature.curvature_summary(curvature.merge_curvature(self.results["curvature"]))
+            out.update(mean_curvature_mean=cs["mean_curvature_mean"],
+                       gaussian_curvature_mean=cs["gaussian_curvature_mean"],
+                       mean_curvature_std=cs["mean_curvature_std"],
+                       gaussian_curvature_std=cs["gaussian_curvature_std"],
+                       interface_area_curvature=cs["interface_area"],
+                       integral_gaussian_curvature=cs["integral_gaussian_curvature"],
+                       gauss_bonnet_euler=cs["gauss_bonnet_euler"], curvature_sigma=self.sigma)
+            dist["gm_hist"] = {"hist": np.asarray(cs["hist"], dtype=np.float64),
+                               "g_edges": np.asarray(cs["g_edges"]), "m_edges": np.asarray(cs["m_edges"])}
+        if "struts" in self.results:
+            values = [np.asarray(r["diameters"], dtype=np.float64) for r in self.results["struts"]]
+            diameters = np.concatenate(values) if values else np.empty(0)
+            fit = struts.lognormal_fit(diameters)
+            out.update(strut_diameter_mean=fit["mean"], strut_diameter_ci95=list(fit["ci95"]),
+                       strut_diameter_median=fit["median"], strut_diameter_sigma_log=fit["sigma"],
+                       strut_skeleton_voxels=int(fit["n"]),
+                       strut_guarded_components=int(sum(r["guarded"] for r in self.results["struts"])))
+            dist["strut_diameters"] = diameters
+        if "tortuosity" in opts.features:
+            tort = self._tortuosity()
+            by = {d: t["tortuosity"] for d, t in tort.items()}
+            main = "+" + "zyx"[opts.axis]
+            out.update(tortuosity=by[main], tortuosity_by_axis=by,
+                       tortuosity_reachable_fraction=tort[main]["reachable_fraction"],
+                       tortuosity_method=self.tortuosity_plan)
+            dist["tortuosity_profile"] = np.asarray(tort[main]["profile"], dtype=np.float64)
+        out.update(_engineered(out, opts.features))
+        _warn_undefined(out, self.name)
+        out.update(shape=list(self.shape), voxel_size=list(vs), **opts.as_dict(),
+                   seconds=round(time.time() - self.started, 3))
+        if distributions:
+            out["distributions"] = dist
+        return out
+
+    def _tortuosity(self) -> dict:
+        opts = self.options
+        if self.tortuosity_plan == "whole":
+            return dict(zip(opts.directions, self.results["tortuosity"]))
+        r = tortuosity_pipeline.tortuosity(self.solid, voxel_size=self.voxel_size, axis=opts.axis,
+                                           directions=list(opts.directions),
+                                           order=opts.order, method="blocks",
+                                           last_fraction=opts.last_fraction, chunks=self.chunks)
+        main = "+" + "zyx"[opts.axis]
+        return {d: {"tortuosity": t, "reachable_fraction": r["reachable_fraction_by_axis"][d],
+                    "profile": r["tortuosity_profile"] if d == main else []}
+                for d, t in r["tortuosity_by_axis"].items()}
+
+
+def _tortuosity_whole(solid, voxel_size, direction: str, order: int, last_fraction: float) -> dict:
+    """One direction's geodesic tortuosity by one fast-marching solve (a Dask task)."""
+    solid = np.asarray(solid) != 0
+    axis, sign = "zyx".index(direction[1]), (1 if direction[0] == "+" else -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")    # NaN is reported by the merge, in the caller
+        dist = fmm.inlet_distance(solid, axis=axis, direction=sign, voxel_size=voxel_size, order=order)
+        r = fmm.geodesic_tortuosity(dist, solid, axis=axis, direction=sign, voxel_size=voxel_size,
+                                    last_fraction=last_fraction)
+    r = r if isinstance(r, dict) else r.to_dict()
+    return {"tortuosity": float(r["tau"]), "reachable_fraction": float(r["reachable_fraction"]),
+            "profile": [float(v) for v in r["profile"]]}
+
+
+def _available() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available * WORKER_FRACTION)
+
+
+def _add_dicts(parts: list[dict]) -> dict:
+    """Element-wise sum of per-block count dicts."""
+    total: dict = {}
+    for p in parts:
+        for k, v in p.items():
+            total[k] = total[k] + np.asarray(v) if k in total else np.asarray(v).copy()
+    return total
+
+
+def _engineered(f: dict, features: Sequence[str]) -> dict:
+    """α from τ = D^(−α) and β = M / (|G|·φ), where their features were computed."""
+    nan = float("nan")
+    out = {}
+    d, tau = f.get("relative_density", nan), f.get("tortuosity", nan)
+    alpha = -math.log(tau) / math.log(d) if 0 < d < 1 and math.isfinite(tau) and tau > 0 else nan
+    m, g, phi = (f.get(k, nan) for k in ("mean_curvature_mean", "gaussian_curvature_mean",
+                                          "strut_diameter_mean"))
+    beta = m / (abs(g) * phi) if all(map(math.isfinite, (m, g, phi))) and g != 0 and phi > 0 else nan
+    if "tortuosity" in features:
+        out["bruggeman_alpha"] = alpha
+    if "curvature" in features and "struts" in features:
+        out["beta"] = beta
+    return out
+
+
+def _warn_undefined(f: dict, name: str) -> None:
+    undefined = [k for k, v in f.items() if isinstance(v, float) and math.isnan(v)]
+    if undefined:
+        why = ("no solid" if f["relative_density"] == 0 else "no pore" if f["relative_density"] == 1
+               else "no solid path joins the end faces" if "tortuosity" in undefined else "")
+        warnings.warn(f"{name}: undefined (NaN){' — ' + why if why else ''}: {', '.join(undefined)}",
+                      FeatureWarning, stacklevel=3)
+
+
+def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
+    """Compute every job's passes together (all tomograms' blocks in one go), then the
+    second rounds (struts blocks with grown halos), then merge."""
+    for job in jobs:
+        job.build()
+    while any(job.pending for job in jobs):
+        pending = [job for job in jobs if job.pending]
+        values = compute(*[t for job in pending for t in job.delayed()])
+        at = 0
+        for job in pending:
+            n = len(job.delayed())
+            job.take(list(values[at:at + n]))
+            at += n
+            job.merge_regrown()
+            job.regrow()
+    return [job.finish(distributions) for job in jobs]
+
+
+# --------------------------------------------------------------------------- public API
+def _solid(solid, voxel_size, labels) -> tuple[Any, tuple[float, float, float], str]:
+    if isinstance(solid, (str, os.PathLike, Volume)):
+        volume = open_volume(solid, mode="r")
+        if labels not in volume.labels:
+            raise InvalidVolumeError(
+                f"{volume.path} has no label image {labels!r}; it has {volume.labels or 'none'}: "
+                "pass labels=<one of them> or segment the volume first")
+        return (volume.to_dask(f"{LABELS}/{labels}"), check_voxel_size(voxel_size or volume.voxel_size),
+                str(volume.path))
+    if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
+        raise TypeError(f"solid must be an array or a volume path; got {type(solid).__name__}")
+    if voxel_size is None:
+        logger.info("quantify: no voxel_size given; isotropic unit voxels assumed")
+    return solid, check_voxel_size(voxel_size or (1.0, 1.0, 1.0)), "array"
+
+
+def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None, order=2, sigma=None,
+             shape_index_sigma=1.0, last_fraction=0.25, tortuosity_method="auto", features=None,
+             chunks=None, distributions=False) -> dict:
+    """Every microstructure feature of the paper, from a segmentation.
+
+    Parameters
+    ----------
+    solid : array or volume path
+        A NumPy, Dask or Zarr array (nonzero = solid), or a porevox volume whose
+        ``labels/<labels>`` is read.
+    voxel_size : 3 floats, optional
+        Size along (z, y, x); default the volume's own, or unit voxels for arrays.
+    axis : int or {"z", "y", "x"}
+        The transport axis of ``tortuosity`` and ``percolating_fraction`` (default y).
+    directions : sequence of {"+z", "-z", "+y", "-y", "+x", "-x"}, "paper" or "all"
+        More directions for ``tortuosity_by_axis`` ("paper": the paper's five).
+    order : {1, 2}
+        Fast-marching scheme.
+    sigma : float, optional
+        Curvature smoothing in the voxel size's unit (default: the kernel's).
+    shape_index_sigma : float
+        Gaussian scale of the 2-D shape index, in pixels (scikit-image's default 1).
+    last_fraction : float
+        Part of the length at the outlet end over which τ is averaged (the paper: 0.25).
+    tortuosity_method : {"auto", "whole", "blocks"}
+        Whole-volume fast marching or the block-decomposed solver ("auto": by memory).
+    features : sequence of str, optional
+        Feature groups to compute (default all): density, surface, slices,
+        curvature, struts, tortuosity.
+    chunks : 3 ints, optional
+        Compute chunks (default the array's own).
+    distributions : bool
+        Also return ``distributions``: φ values, the (G, M) histogram, the per-slice
+        descriptors and the tortuosity profile.
+
+    Returns
+    -------
+    dict
+        The keys of DESIGN.md (``relative_density``, ``porosity``,
+        ``specific_surface_area``, ``strut_diameter_mean``, ``strut_diameter_ci95``,
+        ``tortuosity``, ``tortuosity_by_axis``, ``mean_curvature_mean``,
+        ``gaussian_curvature_mean``, ``bruggeman_alpha``, ``beta``,
+        ``specific_perimeter_2d``, ``shape_index_mean``) and more: ``percolating_fraction``,
+        ``euler_characteristic``, ``gauss_bonnet_euler`` (∫G dA / 4π, to compare with
+        it), spreads, counts, the parameters, ``seconds``. NaN (with a
+        :class:`FeatureWarning`) where a feature is undefined.
+    """
+    options = make_options(axis=axis, directions=directions, order=order, sigma=sigma,
+                           shape_index_sigma=shape_index_sigma, last_fraction=last_fraction,
+                           tortuosity_method=tortuosity_method, features=features)
+    source, voxel_size, name = _solid(solid, voxel_size, labels)
+    source = as_dask(source, chunks=chunks)
+    job = Job(source, voxel_size, options, name=name)
+    return run_jobs([job], distributions)[0]
+
+
+# --------------------------------------------------------------------------- volumes
+def stage_name(labels: str) -> str:
+    return f"quantify:{labels}"
+
+
+def _stage_params(options: Options) -> dict:
+    return {"kernels": "porevox.pipelines.quantify", **options.as_dict()}
+
+
+def prepare_volume(path, labels: str, options: Options, force: bool = False):
+    """A :class:`Job` for a volume, or its stored features if the stage is done."""
+    volume = open_volume(path, mode="r")
+    if labels not in volume.labels:
+        raise InvalidVolumeError(
+            f"{volume.path} has no label image {labels!r}; it has {volume.labels or 'none'}: "
+            "pass --labels <one of them> or segment the volume first")
+    inputs = {f"{LABELS}/{labels}": provenance.fingerprint_array(volume, f"{LABELS}/{labels}")}
+    stage = stage_name(labels)
+    if not force and provenance.completed(volume, stage, _stage_params(options), inputs):
+        logger.info("%s: features of labels/%s already computed with the same inputs; nothing to do",
+                    volume.path, labels)
+        return volume.meta.get("features", {}).get(labels)
+    return Job(volume.to_dask(f"{LABELS}/{labels}"), volume.voxel_size, options,
+               name=f"{volume.path.name}:{labels}")
+
+
+def save_volume_features(path, labels: str, options: Options, features: dict, started: float) -> dict:
+    """Store the features in the volume's attributes and the distributions as arrays
+    under ``features/<labels>`` (published atomically), then record the stage."""
+    volume = open_volume(path)
+    features = dict(features)
+    dist = features.pop("distributions", {})
+    name = f"features/{labels}"
+    remove_stale_tmp(volume, name)
+    group, tmp = tmp_group(volume, name)
+    try:
+        for key, value in _flat_arrays(dist).items():
+            group.create_array(key, data=np.asarray(value, dtype=np.float64))
+        publish_array(volume, tmp, name)
+    except BaseException:
+        discard(volume.path / tmp)
+        raise
+    stored = volume.meta.get("features", {})
+    stored[labels] = provenance.jsonable(features)
+    volume.update_meta(features=stored)
+    inputs = {f"{LABELS}/{labels}": provenance.fingerprint_array(volume, f"{LABELS}/{labels}")}
+    provenance.write_record(volume, stage_name(labels), _stage_params(options), inputs, [name], started)
+    return stored[labels]
+
+
+def _flat_arrays(dist: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in dist.items():
+        if isinstance(v, dict):
+            out.update(_flat_arrays(v, f"{prefix}{k}_"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_distributions(path, labels: str) -> dict:
+    """The stored distributions of a quantified volume, as NumPy arrays."""
+    volume = open_volume(path, mode="r")
+    group = volume.group[f"features/{labels}"]
+    return {k: group[k][...] for k in group.array_keys()}
 
 
 def quantify_volume(path: str | os.PathLike, *, labels: str = "truth", axis: int | str = "y",
-                    with_conductivity: bool = False) -> dict:
-    """Features of the segmentation ``labels/<labels>`` of the volume at `path`."""
-    axis = check_axis(axis)
-    volume = open_volume(path, mode="r")
-    solid = volume.to_dask(f"labels/{labels}")
-    density = count_equal(solid, 1) / solid.size
-    result = {"volume": str(path), "labels": labels, "axis": "zyx"[axis],
-              "voxel_size": list(volume.voxel_size), "relative_density": density,
-              "porosity": 1.0 - density}
+                    with_conductivity: bool = False, force: bool = False, **options) -> dict:
+    """Features of ``labels/<labels>`` of the volume at `path`, stored in its attributes
+    (``porevox.features.<labels>``) with the distributions under ``features/<labels>``;
+    a rerun with the same inputs and parameters reads them back."""
+    from .transport import conductivity
+
+    opts = make_options(axis=axis, **options)
+    started = time.time()
+    prepared = prepare_volume(path, labels, opts, force)
+    if isinstance(prepared, Job):
+        features = save_volume_features(path, labels, opts, run_jobs([prepared], True)[0], started)
+    else:
+        features = prepared
+    result = {"volume": str(path), "labels": labels, **features}
     if with_conductivity:
-        result.update(conductivity(path, labels=labels, axis=axis))
+        result.update(conductivity(path, labels=labels, axis=opts.axis))
     return result
+
+
+__all__ = ["DIRECTIONS", "FEATURES", "FeatureWarning", "Job", "Options", "PAPER_DIRECTIONS",
+           "load_distributions", "make_options", "quantify", "quantify_volume", "run_jobs"]
