@@ -238,7 +238,10 @@ def test_tiled_equals_whole_trained(trained):
     tiled = predict_tiled(model, image, tile=64)
     assert tiled.shape == whole.shape and tiled.dtype == np.float32
     assert np.mean(tiled.argmax(0) == whole.argmax(0)) >= 0.999
-    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+    # float32 throughout, and oneDNN picks convolution algorithms by input size: the
+    # trained net's tiles differ from the whole slice by up to 1.1e-4 on torch 2.13's
+    # CPU build (a tiling error would show as differences of order 1e-2 and more)
+    np.testing.assert_allclose(tiled, whole, atol=2e-4)
     # tiles that are no multiple of the stride, and a halo below the context, still blend well
     assert np.mean(predict_tiled(model, image, tile=50, halo=8).argmax(0) == whole.argmax(0)) >= 0.99
 
