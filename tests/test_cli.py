@@ -105,6 +105,17 @@ def test_demo(tmp_path):
     feats = json.loads(q.stdout)
     assert feats["relative_density"] == pytest.approx(first["relative_density"], abs=1e-6)
     assert feats["relative_conductivity"] == pytest.approx(first["relative_conductivity"], rel=1e-4)
+    assert feats["specific_surface_area"] > 0 and feats["tortuosity"] >= 1
+    # the demo quantified every sample on the U-Net's labels and the truth
+    rows = result["features"]["rows"]
+    assert {r["labels"] for r in rows} == {"unet", "truth"} and len(rows) == 36
+    truth = [r for r in rows if r["labels"] == "truth"]
+    assert [r["relative_density"] for r in truth] == pytest.approx(
+        [s["relative_density"] for s in result["study"]["samples"]], abs=1e-6)
+    for paste, trends in result["trends"]["truth"].items():      # the paper's trends, per paste
+        assert trends["relative_density"]["spearman"] > 0.9, paste
+        assert trends["strut_diameter_mean"]["spearman"] > 0.7, paste
+    assert (tmp_path / "d" / "study" / "features.parquet").exists()
 
 
 def test_synth_and_quantify(tmp_path):
@@ -159,3 +170,60 @@ def test_segment_train_score(tmp_path, twin_arrays):
         assert r.returncode == 2 and r.stdout == "", (args, r.stderr)
         assert len(lines) == 1 and message in lines[0], (args, r.stderr)
     assert not (tmp_path / "m2.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Two small volumes with labels/truth and a study.yaml naming them."""
+    import yaml
+
+    from porevox.engine import create_volume
+    from tests.conftest import porous
+
+    folder = tmp_path_factory.mktemp("study")
+    samples = []
+    for k, porosity in enumerate((0.5, 0.35)):
+        solid = porous((40, 44, 44), np.random.default_rng(k), porosity=porosity, sigma=2.5)
+        vol = create_volume(folder / f"s{k}.zarr", solid.shape, "uint8", (0.05, 0.04, 0.04))
+        vol.group.create_array("labels/truth", data=solid.astype(np.uint8), chunks=(20, 44, 44))
+        samples.append({"id": f"s{k}", "path": f"s{k}.zarr", "paste": "NPC",
+                        "temperature_c": 175 + 225 * k, "voi": 0, "conductivity": 5.0 + k})
+    (folder / "study.yaml").write_text(yaml.safe_dump({"name": "cli", "samples": samples}))
+    return folder
+
+
+def test_quantify_volume_and_study(study):
+    import porevox as pv
+
+    r = run(*FAST, "quantify", study / "s0.zarr", "--labels", "truth", "--directions", "paper", "--json")
+    assert r.returncode == 0, r.stderr
+    feats = json.loads(r.stdout)
+    stored = pv.open_volume(study / "s0.zarr").meta["features"]["truth"]
+    for key in ("relative_density", "specific_surface_area", "strut_diameter_mean", "tortuosity",
+                "mean_curvature_mean", "gaussian_curvature_mean", "bruggeman_alpha", "beta",
+                "specific_perimeter_2d", "shape_index_mean"):
+        assert isinstance(feats[key], float) and feats[key] == stored[key], key
+    assert sorted(feats["tortuosity_by_axis"]) == sorted(["+y", "-y", "+x", "-x", "+z"])
+    human = run(*FAST, "quantify", study / "s0.zarr", "--labels", "truth", "--directions", "paper")
+    assert human.returncode == 0 and "nothing to do" in " ".join(human.stderr.split())
+    assert "specific_surface_area" in human.stdout
+    s = run(*FAST, "quantify", study / "study.yaml", "--json")
+    assert s.returncode == 0, s.stderr
+    out = json.loads(s.stdout)
+    assert [row["id"] for row in out["rows"]] == ["s0", "s1"]
+    assert (study / "features.csv").exists() and (study / "features.parquet").exists()
+    assert all(Path(p).exists() for p in out["figures"]["truth"].values())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["{f}/s0.zarr", "--labels", "unet"], "no label image 'unet'"),
+    (["{f}/s0.zarr", "--directions", "up"], "directions must be"),
+    (["{f}/s0.zarr", "--order", "3"], "order must be 1 or 2"),
+    (["{f}/s0.zarr", "--tortuosity-method", "fast"], "tortuosity_method must be"),
+    (["{f}/none.yaml"], "no study.yaml"),
+])
+def test_quantify_bad_input_exit_2(study, args, message):
+    r = run(*FAST, "quantify", *[a.format(f=study) for a in args])
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr

@@ -46,6 +46,20 @@ def test_chunked_equals_whole_for_every_feature(structure):
         abs(whole["gaussian_curvature_mean"]) * whole["strut_diameter_mean"]))
 
 
+def test_short_strut_halos_are_grown(structure, monkeypatch, caplog):
+    """A first halo far below twice the largest radius: the blocks that needed more are
+    rerun with it (logged), and the result equals the whole volume's."""
+    from porevox.pipelines import quantify as q
+
+    whole = pv.quantify(structure, features=["struts"])
+    monkeypatch.setattr(q, "FIRST_RADIUS_VOXELS", 0.5)
+    with caplog.at_level("INFO", logger="porevox"):
+        chunked = pv.quantify(structure, features=["struts"], chunks=(17, 23, 31))
+    assert "rerunning them" in caplog.text
+    assert chunked["strut_diameter_mean"] == whole["strut_diameter_mean"]
+    assert chunked["strut_skeleton_voxels"] == whole["strut_skeleton_voxels"]
+
+
 def test_input_not_modified_and_dask_or_zarr_input(structure, tmp_path):
     import dask.array as da
     import zarr

@@ -53,6 +53,9 @@ BYTES_PER_VOXEL = {"local": 24, "curvature": 120, "struts": 40}
 #: A first guess of the largest strut radius, in voxels, for the struts pass's halo;
 #: blocks whose core holds a larger one are rerun with the halo they need.
 FIRST_RADIUS_VOXELS = 12
+#: Reruns of struts blocks with grown halos (one suffices: a rerun gets the halo its
+#: core's largest radius asks for, and a larger halo can only lower that radius).
+MAX_ROUNDS = 2
 #: A whole-volume fast-marching solve goes to a worker if it needs at most this
 #: fraction of the worker's memory limit; else the block-decomposed solver runs.
 WORKER_FRACTION = 0.6
@@ -143,7 +146,9 @@ def _boxes(shape, chunks, bytes_per_voxel, depth) -> list[tuple[slice, ...]]:
     with its halo fits the workers' chunk budget for this pass."""
     from ..engine.blockwise import block_slices
 
-    budget = chunk_bytes_budget() * 4   # the budget is for a uint8/uint16 chunk's I/O copies
+    # what one task may hold: chunk_bytes_budget() is sized so that 4.5 chunks fit in
+    # 60 % of a worker's limit, less the interpreter
+    budget = 4.5 * chunk_bytes_budget()
     box = list(chunks)
     while (math.prod(b + 2 * d for b, d in zip(box, depth)) * bytes_per_voxel > budget
            and max(box) > 2 * max(depth) + 1):
@@ -165,6 +170,8 @@ class Job:
     blocks: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     tortuosity_plan: str = "none"
+    regrown: list = field(default_factory=list)     # struts blocks rerun: (index, new block)
+    rounds: int = 0
 
     def __post_init__(self):
         self.solid = as_dask(self.solid)
@@ -236,6 +243,9 @@ class Job:
                 if any(n > g for n, g in zip(r["depth_needed"], r["depth_given"]))]
         if not redo:
             return
+        self.rounds += 1
+        if self.rounds > MAX_ROUNDS:   # a rerun gets all it asked for: this is a bug
+            raise RuntimeError(f"struts of {self.name}: halos still short after {MAX_ROUNDS} reruns")
         cores = [self.blocks["struts"][k].core for k, _ in redo]
         depths = [tuple(max(n, g) for n, g in zip(r["depth_needed"], r["depth_given"])) for _, r in redo]
         logger.info("struts of %s: %d block(s) held a radius larger than their halo; rerunning them "
@@ -243,14 +253,13 @@ class Job:
         blocks, tasks = block_tasks(struts.strut_diameters, self.solid, cores, depths,
                                     voxel_size=self.voxel_size)
         self.tasks["struts_regrow"] = tasks
-        self._regrow = [k for k, _ in redo]
-        self._regrow_blocks = blocks
+        self.regrown = [(k, block) for (k, _), block in zip(redo, blocks)]
 
     def merge_regrown(self) -> None:
         values = self.results.pop("struts_regrow", None)
         if values is None:
             return
-        for k, block, value in zip(self._regrow, self._regrow_blocks, values):
+        for (k, block), value in zip(self.regrown, values):
             self.results["struts"][k] = value
             self.blocks["struts"][k] = block
 
