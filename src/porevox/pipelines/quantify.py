@@ -43,13 +43,14 @@ from . import tortuosity as tortuosity_pipeline
 logger = logging.getLogger(__name__)
 
 FEATURES = ("density", "surface", "slices", "curvature", "struts", "tortuosity")
-DIRECTIONS = ("+z", "-z", "+y", "-y", "+x", "-x")
+DIRECTIONS = tortuosity_pipeline.SIGNED
 #: The paper's "five directions" (its supplement does not name them; see tortuosity).
 PAPER_DIRECTIONS = tortuosity_pipeline.PAPER_DIRECTIONS
 
-#: Peak bytes per voxel of a block (with its halo) in each pass, measured with
-#: ``benchmarks/quantify_suite.py``; they size the compute blocks.
-BYTES_PER_VOXEL = {"local": 24, "curvature": 120, "struts": 40}
+#: Peak bytes per voxel of a block (with its halo) in each pass — measured with
+#: tracemalloc on a 128³ porous block: local 13, struts 50, curvature 74 — with a
+#: margin; they size the compute blocks.
+BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 64}
 #: A first guess of the largest strut radius, in voxels, for the struts pass's halo;
 #: blocks whose core holds a larger one are rerun with the halo they need.
 FIRST_RADIUS_VOXELS = 12
@@ -91,24 +92,9 @@ def make_options(*, axis: int | str = 1, directions: Sequence[str] | str | None 
                  features: Sequence[str] | None = None) -> Options:
     """Check the parameters of :func:`quantify`; raise ValueError naming the fix."""
     axis = check_axis(axis)
-    main = "+" + "zyx"[axis]
-    if directions is None:
-        dirs = [main]
-    elif isinstance(directions, str) and directions == "paper":
-        dirs = [main, *PAPER_DIRECTIONS]
-    elif isinstance(directions, str) and directions == "all":
-        dirs = [main, *DIRECTIONS]
-    else:
-        dirs = [main, *([directions] if isinstance(directions, str) else directions)]
-    norm = []
-    for d in dirs:
-        d = d.strip() if isinstance(d, str) else d
-        d = "+" + d if isinstance(d, str) and d in ("z", "y", "x") else d
-        if d not in DIRECTIONS:
-            raise ValueError(f"directions must be signed axis names {DIRECTIONS}, 'paper' or 'all'; "
-                             f"got {d!r}")
-        if d not in norm:
-            norm.append(d)
+    if isinstance(directions, str) and directions.strip().lower() == "all":
+        directions = DIRECTIONS
+    norm = tortuosity_pipeline.parse_directions(directions, axis)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2 (fast-marching scheme); got {order!r}")
     if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
@@ -123,7 +109,7 @@ def make_options(*, axis: int | str = 1, directions: Sequence[str] | str | None 
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise ValueError(f"unknown feature group(s) {unknown}; choose from {FEATURES}")
-    return Options(axis, tuple(norm), int(order), None if sigma is None else float(sigma),
+    return Options(axis, norm, int(order), None if sigma is None else float(sigma),
                    float(shape_index_sigma), float(last_fraction), tortuosity_method,
                    tuple(f for f in FEATURES if f in features))
 
@@ -147,7 +133,7 @@ def _boxes(shape, chunks, bytes_per_voxel, depth) -> list[tuple[slice, ...]]:
     from ..engine.blockwise import block_slices
 
     # what one task may hold: chunk_bytes_budget() is sized so that 4.5 chunks fit in
-    # 60 % of a worker's limit, less the interpreter
+    # 60 % of a worker's memory limit, less the interpreter
     budget = 4.5 * chunk_bytes_budget()
     box = list(chunks)
     while (math.prod(b + 2 * d for b, d in zip(box, depth)) * bytes_per_voxel > budget
@@ -172,6 +158,7 @@ class Job:
     tortuosity_plan: str = "none"
     regrown: list = field(default_factory=list)     # struts blocks rerun: (index, new block)
     rounds: int = 0
+    explicit_chunks: bool = False    # compute blocks = these chunks (else sized to memory)
 
     def __post_init__(self):
         self.solid = as_dask(self.solid)
@@ -181,12 +168,14 @@ class Job:
 
     # -- lazy tasks ----------------------------------------------------------------
     def build(self) -> None:
-        opts, vs, solid = self.options, self.voxel_size, self.solid
+        opts, vs = self.options, self.voxel_size
         want = set(opts.features)
         surface, slices = "surface" in want, "slices" in want
-        depth = tuple(max(a, b, c) for a, b, c in zip(
-            components.components_depth(), integral.surface_depth() if surface else (0, 0, 0),
-            descriptors2d.slice_depth(opts.shape_index_sigma) if slices else (0, 0, 0)))
+        none = (0, 0, 0)
+        depth = tuple(max(d) for d in zip(
+            components.components_depth(), integral.surface_depth() if surface else none,
+            integral.euler_depth() if surface else none,
+            descriptors2d.slice_depth(opts.shape_index_sigma) if slices else none))
         self._add("local", _local, depth, shape_index_sigma=opts.shape_index_sigma,
                   with_surface=surface, with_slices=slices)
         if "curvature" in want:
@@ -196,8 +185,19 @@ class Job:
                       curvature.curvature_depth(vs, self.sigma), voxel_size=vs, sigma=self.sigma,
                       edges=self.edges)
         if "struts" in want:
-            first = FIRST_RADIUS_VOXELS * max(vs)
-            self._add("struts", struts.strut_diameters, struts.strut_depth(vs, first), voxel_size=vs)
+            need = math.prod(self.shape) * BYTES_PER_VOXEL["struts"]
+            fits, room = _fits_one_task(need)
+            if not self.explicit_chunks and fits:
+                # the halo grows with the struts (twice the largest radius): where the whole
+                # volume fits one task, blocks would mostly repeat each other's work
+                logger.info("struts of %s: the whole volume in one task (needs ~%.0f MiB; %s)",
+                            self.name, need / 2**20, room)
+                whole = [tuple(slice(0, n) for n in self.shape)]
+                self.blocks["struts"], self.tasks["struts"] = block_tasks(
+                    struts.strut_diameters, self.solid, whole, 0, voxel_size=vs)
+            else:
+                first = FIRST_RADIUS_VOXELS * max(vs)
+                self._add("struts", struts.strut_diameters, struts.strut_depth(vs, first), voxel_size=vs)
         if "tortuosity" in want:
             self._plan_tortuosity()
 
@@ -210,13 +210,11 @@ class Job:
         method = opts.tortuosity_method
         if method == "auto":
             need = fmm.memory_estimate(self.shape) + 2 * math.prod(self.shape)   # + the input, read
-            limit = worker_memory_limit()
-            fits = need <= WORKER_FRACTION * limit if limit else need <= _available()
+            fits, room = _fits_one_task(need)
             method = "whole" if fits else "blocks"
             logger.info("tortuosity of %s: %s (the whole-volume solve needs ~%.0f MiB; %s)", self.name,
                         "one whole-volume fast-marching solve per direction on a worker" if fits
-                        else "block-decomposed fast marching", need / 2**20,
-                        f"workers have {limit / 2**20:.0f} MiB" if limit else "no cluster limit")
+                        else "block-decomposed fast marching", need / 2**20, room)
         self.tortuosity_plan = method
         if method == "whole":
             run = dask.delayed(_tortuosity_whole, pure=True)
@@ -357,10 +355,17 @@ def _tortuosity_whole(solid, voxel_size, direction: str, order: int, last_fracti
             "profile": [float(v) for v in r["profile"]]}
 
 
-def _available() -> int:
+def _fits_one_task(need: int) -> tuple[bool, str]:
+    """Whether a whole-volume task needing `need` bytes fits a worker (at most
+    WORKER_FRACTION of its memory limit; without a cluster, of the free memory), and
+    what there is, for the log."""
+    limit = worker_memory_limit()
+    if limit:
+        return need <= WORKER_FRACTION * limit, f"workers have {limit / 2**20:.0f} MiB"
     import psutil
 
-    return int(psutil.virtual_memory().available * WORKER_FRACTION)
+    free = psutil.virtual_memory().available
+    return need <= WORKER_FRACTION * free, f"{free / 2**20:.0f} MiB free here"
 
 
 def _add_dicts(parts: list[dict]) -> dict:
@@ -484,7 +489,7 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
                            tortuosity_method=tortuosity_method, features=features)
     source, voxel_size, name = _solid(solid, voxel_size, labels)
     source = as_dask(source, chunks=chunks)
-    job = Job(source, voxel_size, options, name=name)
+    job = Job(source, voxel_size, options, name=name, explicit_chunks=chunks is not None)
     return run_jobs([job], distributions)[0]
 
 
