@@ -108,7 +108,8 @@ def _ref_slices(solid, vs):
         band |= ~s & ndi.binary_dilation(s)
         values = shape_index(s.astype(float), sigma=1.0, mode="nearest")[band]
         si.append(values[np.isfinite(values)])
-    return {"specific_perimeter_2d": float(np.mean(per)), "shape_index_mean": float(np.concatenate(si).mean())}
+    return {"specific_perimeter_2d": float(np.mean(per)),
+            "shape_index_mean": float(np.concatenate(si).mean())}
 
 
 def _ref_curvature(solid, vs):

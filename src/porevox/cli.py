@@ -237,7 +237,8 @@ def demo(
             typer.echo(feature_table(rows[rows["labels"] == name]))
             typer.echo("  with temperature (Spearman ρ per paste):")
             for paste, feats in r["trends"][name].items():
-                typer.echo(f"    {paste}: " + ", ".join(f"{k} {v['spearman']:+.2f}" for k, v in feats.items()))
+                typer.echo(f"    {paste}: "
+                           + ", ".join(f"{k} {v['spearman']:+.2f}" for k, v in feats.items()))
         typer.echo(f"features: {r['features']['csv']}, figures: "
                    + ", ".join(v for figs in r["features"]["figures"].values() for v in figs.values()))
         typer.echo("a twin image exported as TIFF and ingested like a user's stack:")

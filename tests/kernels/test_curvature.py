@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.measure import euler_number
 
-from porevox.errors import InvalidVolumeError
 from porevox.engine import gpu_available, reduce_blocks
+from porevox.errors import InvalidVolumeError
 from porevox.kernels.curvature import (
     NoInterfaceWarning,
     curvature_depth,
@@ -340,7 +340,7 @@ def test_input_not_modified():
 
 
 def test_wrong_ndim_raises():
-    with pytest.raises(ValueError, match=r"solid must be a 3-D array.*got 2-D"):
+    with pytest.raises(ValueError, match=r"solid must be 3-D.*got 2-D"):
         interface_curvature(np.zeros((5, 5), np.uint8))
     with pytest.raises(InvalidVolumeError, match="voxel_size"):
         interface_curvature(np.zeros((5, 5, 5), np.uint8), voxel_size=(1, 1))

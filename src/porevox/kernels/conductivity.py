@@ -48,6 +48,7 @@ from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 from ..errors import InvalidVolumeError
+from ._checks import check_segmentation, check_voxel_size
 
 logger = logging.getLogger(__name__)
 
@@ -119,29 +120,10 @@ def check_axis(axis: Any) -> int:
     raise InvalidVolumeError(f"axis must be 0, 1, 2 or 'z', 'y', 'x'; got {axis!r}")
 
 
-def _check_voxel_size(voxel_size: Any) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in voxel_size)
-    except (TypeError, ValueError) as err:
-        raise InvalidVolumeError(
-            f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}") from err
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidVolumeError(f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}")
-    return values
-
-
 def _check_solid(solid: Any) -> np.ndarray:
-    if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
-        raise TypeError(f"solid must be a 3-D array (1 = solid); got {type(solid).__name__}")
-    solid = np.asarray(solid)
-    if solid.ndim != 3:
-        raise InvalidVolumeError(
-            f"solid must be 3-D (z, y, x); got {solid.ndim}-D of shape {solid.shape}")
+    solid = np.asarray(check_segmentation(solid))
     if min(solid.shape) < 1:
         raise InvalidVolumeError(f"solid must not be empty; got shape {solid.shape}")
-    if solid.dtype != bool and not np.issubdtype(solid.dtype, np.integer):
-        raise TypeError(f"solid must be a bool or integer segmentation (nonzero = solid); got "
-                        f"{solid.dtype}; threshold or segment the image first")
     return solid
 
 
@@ -183,7 +165,7 @@ def effective_conductivity(solid, *, voxel_size=(1.0, 1.0, 1.0), axis=1, method=
     t0 = time.perf_counter()
     solid = _check_solid(solid)
     axis = check_axis(axis)
-    voxel_size = _check_voxel_size(voxel_size)
+    voxel_size = check_voxel_size(voxel_size)
     if method not in METHODS:
         raise InvalidVolumeError(f"method must be one of {METHODS}; got {method!r}")
     if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):

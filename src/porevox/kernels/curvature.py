@@ -85,6 +85,7 @@ import numpy as np
 
 from ..engine.backend import get_array_module, ndimage_module
 from ..errors import InvalidVolumeError
+from ._checks import check_segmentation, check_voxel_size
 
 _SIGMA_VOXELS = 1.5        # default σ, in units of the largest voxel size
 _BAND = 1.0                # band half-width ε, in voxel sizes along the normal (≤ h_max)
@@ -99,17 +100,6 @@ class NoInterfaceWarning(RuntimeWarning):
 
 
 # --------------------------------------------------------------------------- parameters
-def _check_voxel_size(voxel_size: Any) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in voxel_size)
-    except (TypeError, ValueError) as err:
-        raise InvalidVolumeError(
-            f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}") from err
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidVolumeError(f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}")
-    return values
-
-
 def _check_sigma(sigma: Any, voxel_size) -> float:
     if sigma is None:
         return default_sigma(voxel_size)
@@ -137,11 +127,11 @@ def _check_truncate(truncate: Any) -> float:
 def default_sigma(voxel_size=(1.0, 1.0, 1.0)) -> float:
     """Default Gaussian smoothing σ, in the unit of `voxel_size`: 1.5 × the largest
     voxel size (see the module docstring for why)."""
-    return _SIGMA_VOXELS * max(_check_voxel_size(voxel_size))
+    return _SIGMA_VOXELS * max(check_voxel_size(voxel_size))
 
 
 def _params(voxel_size, sigma, truncate):
-    vs = _check_voxel_size(voxel_size)
+    vs = check_voxel_size(voxel_size)
     sig = _check_sigma(sigma, vs)
     trunc = _check_truncate(truncate)
     hmax = max(vs)
@@ -178,7 +168,7 @@ def curvature_edges(voxel_size=(1.0, 1.0, 1.0), sigma=None, bins=64):
     -------
     g_edges, m_edges : float64 ndarrays of ``bins + 1`` edges.
     """
-    vs = _check_voxel_size(voxel_size)
+    vs = check_voxel_size(voxel_size)
     sig = _check_sigma(sigma, vs)
     nb = np.broadcast_to(np.asarray(bins), (2,))
     if not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) and b >= 1 for b in nb.tolist()):
@@ -193,16 +183,7 @@ def curvature_edges(voxel_size=(1.0, 1.0, 1.0), sigma=None, bins=64):
 
 # --------------------------------------------------------------------------- input
 def _check_solid(solid: Any):
-    if not hasattr(solid, "shape") or not hasattr(solid, "dtype") or not hasattr(solid, "ndim"):
-        raise TypeError(f"solid must be a 3-D NumPy or CuPy array (1 = solid); got "
-                        f"{type(solid).__name__}; convert it with numpy.asarray")
-    if solid.ndim != 3:
-        raise InvalidVolumeError(f"solid must be a 3-D array (z, y, x); got {solid.ndim}-D of shape "
-                                 f"{tuple(solid.shape)}; pass one volume (or one block of it)")
-    if solid.dtype != bool and not np.issubdtype(solid.dtype, np.integer):
-        raise TypeError(f"solid must be a bool or integer segmentation (nonzero = solid); got "
-                        f"{solid.dtype}; threshold or segment the image first")
-    return solid
+    return check_segmentation(solid, hint="; pass one volume (or one block of it)")
 
 
 def _check_geometry(shape, core, offset, volume_shape):

@@ -42,7 +42,8 @@ import warnings
 
 import numpy as np
 
-from .integral import _check_solid, _check_voxel_size, _geometry, _pair_counts, voronoi_weights
+from ._checks import check_voxel_size
+from .integral import _check_solid, _geometry, _pair_counts, voronoi_weights
 
 #: The 4 directions, (y, x) steps: 0°, 45°, 90°, 135°.
 DIRECTIONS_2D = np.array([(0, 1), (1, 1), (1, 0), (1, -1)], dtype=np.int64)
@@ -215,7 +216,7 @@ def slice_descriptors(merged: dict, voxel_size=(1.0, 1.0, 1.0), sigma: float = 1
         ``shape_index_std`` (over all band pixels of all slices; NaN with a
         :class:`NoInterfaceWarning` if no slice has a band), ``shape_index_sigma`` (pixels).
     """
-    vs = _check_voxel_size(voxel_size)
+    vs = check_voxel_size(voxel_size)
     sigma = _check_sigma(sigma)
     solid = np.asarray(merged["solid"], np.float64)
     pixels = np.asarray(merged["pixels"], np.float64)
@@ -269,7 +270,7 @@ def descriptors_2d(image, *, pixel_size=(1.0, 1.0), sigma: float = 1.0) -> dict:
     the image has no interface), ``shape_index_sigma``.
     """
     s = _check_solid(image, name="image", ndim=2)
-    py, px = _check_voxel_size(pixel_size, n=2, name="pixel_size")
+    py, px = check_voxel_size(pixel_size, n=2, name="pixel_size")
     counts = slice_counts(s[None], sigma=sigma)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoInterfaceWarning)

@@ -58,6 +58,7 @@ from numba import njit
 
 from ..engine.backend import to_numpy
 from ..errors import InvalidVolumeError
+from ._checks import check_voxel_size
 from .conductivity import NoPathWarning, check_axis
 
 #: Bytes per voxel :func:`inlet_distance` and :func:`geodesic_tortuosity` hold at
@@ -78,17 +79,6 @@ def check_order(order: Any) -> int:
     if isinstance(order, (int, np.integer)) and not isinstance(order, bool) and order in (1, 2):
         return int(order)
     raise InvalidVolumeError(f"order must be 1 or 2 (upwind scheme order); got {order!r}")
-
-
-def _check_voxel_size(voxel_size: Any) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in voxel_size)
-    except (TypeError, ValueError) as err:
-        raise InvalidVolumeError(
-            f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}") from err
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidVolumeError(f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}")
-    return values
 
 
 def _check_3d(name: str, arr: Any) -> np.ndarray:
@@ -156,7 +146,7 @@ def fast_marching(allowed, initial, *, voxel_size=(1.0, 1.0, 1.0), order=2, fixe
         if other is not None and np.shape(other) != allowed.shape:
             raise InvalidVolumeError(f"allowed and {name} must have one shape; got {allowed.shape} "
                                      f"and {np.shape(other)}")
-    h = _check_voxel_size(voxel_size)
+    h = check_voxel_size(voxel_size)
     order = check_order(order)
     if np.isnan(initial).any():
         raise InvalidVolumeError("initial must not hold NaN: use +inf for voxels with no bound")
@@ -202,7 +192,7 @@ def inlet_distance(solid, *, axis=1, direction=1, voxel_size=(1.0, 1.0, 1.0), or
     solid = _check_3d("solid", solid)
     axis = check_axis(axis)
     direction = check_direction(direction)
-    h = _check_voxel_size(voxel_size)
+    h = check_voxel_size(voxel_size)
     order = check_order(order)
     state, dist, inner = _framed(solid)
     out = dist[inner]
@@ -302,7 +292,7 @@ def tortuosity_sums(distance, solid, *, axis=1, direction=1, voxel_size=(1.0, 1.
                                  f"and {solid.shape}")
     axis = check_axis(axis)
     direction = check_direction(direction)
-    h = _check_voxel_size(voxel_size)[axis]
+    h = check_voxel_size(voxel_size)[axis]
     n = int((volume_shape or distance.shape)[axis])
     start = int(offset[axis])
     sums = np.zeros(n)

@@ -81,6 +81,7 @@ from numba import njit
 
 from ..engine.backend import to_numpy
 from ..errors import InvalidVolumeError
+from ._checks import check_segmentation, check_voxel_size
 
 #: The 13 directions of the 2x2x2 cell, (z, y, x): 3 axes, 6 face diagonals, 4 space diagonals.
 DIRECTIONS_13 = np.array([
@@ -99,29 +100,9 @@ class NoPairsWarning(RuntimeWarning):
 # --------------------------------------------------------------------------- checks
 def _check_solid(solid: Any, name: str = "solid", ndim: int = 3) -> np.ndarray:
     """`solid` as a host bool array of `ndim` dimensions (nonzero = solid)."""
-    if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
-        raise TypeError(f"{name} must be a {ndim}-D array (1 = solid); got {type(solid).__name__}")
-    solid = to_numpy(solid)
-    if solid.ndim != ndim:
-        axes = "(z, y, x)" if ndim == 3 else "(y, x)"
-        raise InvalidVolumeError(
-            f"{name} must be {ndim}-D {axes}; got {solid.ndim}-D of shape {solid.shape}"
-            + ("; pass one slice, e.g. volume[z]" if ndim == 2 and solid.ndim == 3 else ""))
-    if solid.dtype != bool and not np.issubdtype(solid.dtype, np.integer):
-        raise TypeError(f"{name} must be a bool or integer segmentation (nonzero = solid); got "
-                        f"{solid.dtype}; threshold or segment the image first")
+    hint = "; pass one slice, e.g. volume[z]" if ndim == 2 and getattr(solid, "ndim", 0) == 3 else ""
+    solid = to_numpy(check_segmentation(solid, name, ndim, hint))
     return solid if solid.dtype == bool else solid != 0
-
-
-def _check_voxel_size(voxel_size: Any, n: int = 3, name: str = "voxel_size") -> tuple[float, ...]:
-    axes = "(z, y, x)" if n == 3 else "(y, x)"
-    try:
-        values = tuple(float(v) for v in voxel_size)
-    except (TypeError, ValueError) as err:
-        raise InvalidVolumeError(f"{name} must be {n} positive numbers {axes}; got {voxel_size!r}") from err
-    if len(values) != n or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidVolumeError(f"{name} must be {n} positive numbers {axes}; got {voxel_size!r}")
-    return values
 
 
 def _check_n_directions(n_directions: Any) -> int:
@@ -210,7 +191,7 @@ def crofton_weights(voxel_size=(1.0, 1.0, 1.0), n_directions: int = 49):
     weights : (n,) float64 ndarray
         Solid-angle fraction of the spherical Voronoi cells of ``±d_i`` (sum 1).
     """
-    vs = np.array(_check_voxel_size(voxel_size))
+    vs = np.array(check_voxel_size(voxel_size))
     d = _directions(_check_n_directions(n_directions))
     v = d * vs
     return d.copy(), np.linalg.norm(v, axis=1), voronoi_weights(v)
@@ -362,7 +343,7 @@ def specific_surface_area(counts: dict, voxel_size=(1.0, 1.0, 1.0), *, edge_corr
 def surface_area(solid, voxel_size=(1.0, 1.0, 1.0), *, n_directions: int = 49) -> float:
     """Interface area of a whole volume (unit of `voxel_size` squared): S_V × volume."""
     s = _check_solid(solid)
-    vs = _check_voxel_size(voxel_size)
+    vs = check_voxel_size(voxel_size)
     sv = specific_surface_area(surface_counts(s, n_directions=n_directions), vs)
     return sv * s.size * math.prod(vs)
 

@@ -67,6 +67,7 @@ from scipy import ndimage as _ndi
 
 from ..engine.backend import get_array_module, ndimage_module, to_numpy
 from ..errors import InvalidVolumeError
+from ._checks import check_segmentation, check_voxel_size
 
 #: Gaussian smoothing of the solid indicator (voxels per axis) that locates the
 #: interface at a sub-voxel position along a chord. 0.7 gave the smallest worst-case
@@ -97,27 +98,11 @@ class NoStrutWarning(RuntimeWarning):
 
 # --------------------------------------------------------------------------- checks
 def _check_voxel_size(voxel_size: Any) -> np.ndarray:
-    try:
-        vs = np.asarray([float(v) for v in voxel_size], dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise InvalidVolumeError(
-            f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}") from err
-    if vs.shape != (3,) or not np.all(np.isfinite(vs) & (vs > 0)):
-        raise InvalidVolumeError(f"voxel_size must be 3 positive numbers (z, y, x); got {voxel_size!r}")
-    return vs
+    return np.asarray(check_voxel_size(voxel_size), dtype=np.float64)
 
 
 def _check_solid(solid: Any):
-    if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
-        raise TypeError(f"solid must be a 3-D array (1 = solid); got {type(solid).__name__}")
-    if solid.ndim != 3:
-        raise InvalidVolumeError(
-            f"solid must be 3-D (z, y, x); got {solid.ndim}-D of shape {tuple(solid.shape)}; "
-            "pass a volume, or a 2-D slice as solid[None]")
-    if solid.dtype != bool and not np.issubdtype(solid.dtype, np.integer):
-        raise TypeError(f"solid must be a bool or integer segmentation (nonzero = solid); got "
-                        f"{solid.dtype}; threshold or segment the image first")
-    return solid != 0
+    return check_segmentation(solid, hint="; pass a volume, or a 2-D slice as solid[None]") != 0
 
 
 # --------------------------------------------------------------------------- halo

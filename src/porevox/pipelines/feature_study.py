@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine.cluster import chunk_bytes_budget, compute, worker_memory_limit
-from ..engine.storage import LABELS, check_voxel_size, discard, publish_array, remove_stale_tmp, tmp_group
+from ..engine.placement import resolve_source
+from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, tmp_group
 from ..errors import InvalidVolumeError
 from ..kernels import components, curvature, descriptors2d, fmm, integral, struts
 from ..kernels.conductivity import check_axis
@@ -421,22 +422,6 @@ def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- public API
-def _solid(solid, voxel_size, labels) -> tuple[Any, tuple[float, float, float], str]:
-    if isinstance(solid, (str, os.PathLike, Volume)):
-        volume = open_volume(solid, mode="r")
-        if labels not in volume.labels:
-            raise InvalidVolumeError(
-                f"{volume.path} has no label image {labels!r}; it has {volume.labels or 'none'}: "
-                "pass labels=<one of them> or segment the volume first")
-        return (volume.to_dask(f"{LABELS}/{labels}"), check_voxel_size(voxel_size or volume.voxel_size),
-                str(volume.path))
-    if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
-        raise TypeError(f"solid must be an array or a volume path; got {type(solid).__name__}")
-    if voxel_size is None:
-        logger.info("quantify: no voxel_size given; isotropic unit voxels assumed")
-    return solid, check_voxel_size(voxel_size or (1.0, 1.0, 1.0)), "array"
-
-
 def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None, order=2, sigma=None,
              shape_index_sigma=1.0, last_fraction=0.25, tortuosity_method="auto", features=None,
              chunks=None, distributions=False) -> dict:
@@ -487,7 +472,8 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
     options = make_options(axis=axis, directions=directions, order=order, sigma=sigma,
                            shape_index_sigma=shape_index_sigma, last_fraction=last_fraction,
                            tortuosity_method=tortuosity_method, features=features)
-    source, voxel_size, name = _solid(solid, voxel_size, labels)
+    source, voxel_size = resolve_source(solid, voxel_size, labels, what="quantify", log=logger)
+    name = str(open_volume(solid).path) if isinstance(solid, (str, os.PathLike, Volume)) else "array"
     source = as_dask(source, chunks=chunks)
     job = Job(source, voxel_size, options, name=name, explicit_chunks=chunks is not None)
     return run_jobs([job], distributions)[0]
