@@ -88,17 +88,20 @@ def quantify_study(study: str | os.PathLike, *, labels: str | list[str] = "truth
 
 def trend_summary(table, features=("relative_density", "specific_surface_area", "strut_diameter_mean",
                                    "tortuosity")) -> dict:
-    """Per paste and feature: the Spearman correlation with temperature and whether the
-    feature rises (+1) or falls (−1) from the lowest to the highest temperature (means
-    over VOIs)."""
+    """Per paste and feature: the Spearman correlation of the feature (mean over VOIs)
+    with temperature, over the temperatures where it is defined, and its values at the
+    lowest and highest temperature."""
     from scipy.stats import spearmanr
 
     out = {}
     for paste, part in table.groupby("paste"):
         means = part.groupby("temperature_c")[list(features)].mean().sort_index()
-        out[paste] = {f: {"spearman": float(spearmanr(means.index, means[f]).statistic),
-                          "first": float(means[f].iloc[0]), "last": float(means[f].iloc[-1])}
-                      for f in features}
+        out[paste] = {}
+        for f in features:
+            defined = means[f].dropna()
+            rho = spearmanr(defined.index, defined).statistic if len(defined) > 2 else math.nan
+            out[paste][f] = {"spearman": float(rho), "first": float(means[f].iloc[0]),
+                             "last": float(means[f].iloc[-1]), "temperatures": len(defined)}
     return out
 
 
