@@ -24,6 +24,19 @@ def check_voxel_size(voxel_size: Any, n: int = 3, name: str = "voxel_size") -> t
     return values
 
 
+def check_positive(value: Any, what: str, error: type[Exception] = InvalidVolumeError) -> float:
+    """`value` as a finite float > 0, else `error` saying "`what` must be a positive
+    number; got ..." (`what` names the argument and its unit)."""
+    message = f"{what} must be a positive number; got {value!r}"
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as err:
+        raise error(message) from err
+    if not (math.isfinite(out) and out > 0):
+        raise error(message)
+    return out
+
+
 def check_segmentation(solid: Any, name: str = "solid", ndim: int = 3, hint: str = ""):
     """`solid` itself (NumPy or CuPy, not converted) if it is an `ndim`-D bool or integer
     array (nonzero = solid); else TypeError / InvalidVolumeError naming the fix (`hint`

@@ -85,7 +85,7 @@ import numpy as np
 
 from ..engine.backend import get_array_module, ndimage_module
 from ..errors import InvalidVolumeError
-from ._checks import check_segmentation, check_voxel_size
+from ._checks import check_positive, check_segmentation, check_voxel_size
 
 _SIGMA_VOXELS = 1.5        # default σ, in units of the largest voxel size
 _BAND = 1.0                # band half-width ε, in voxel sizes along the normal (≤ h_max)
@@ -103,25 +103,11 @@ class NoInterfaceWarning(RuntimeWarning):
 def _check_sigma(sigma: Any, voxel_size) -> float:
     if sigma is None:
         return default_sigma(voxel_size)
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError) as err:
-        raise InvalidVolumeError(f"sigma must be a positive number (physical units) or None; "
-                                 f"got {sigma!r}") from err
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidVolumeError(f"sigma must be a positive number (physical units) or None; "
-                                 f"got {sigma!r}")
-    return value
+    return check_positive(sigma, "sigma (physical units, or None)")
 
 
 def _check_truncate(truncate: Any) -> float:
-    try:
-        value = float(truncate)
-    except (TypeError, ValueError) as err:
-        raise InvalidVolumeError(f"truncate must be a positive number; got {truncate!r}") from err
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidVolumeError(f"truncate must be a positive number; got {truncate!r}")
-    return value
+    return check_positive(truncate, "truncate")
 
 
 def default_sigma(voxel_size=(1.0, 1.0, 1.0)) -> float:

@@ -42,7 +42,7 @@ import warnings
 
 import numpy as np
 
-from ._checks import check_voxel_size
+from ._checks import check_positive, check_voxel_size
 from .integral import _check_solid, _geometry, _pair_counts, voronoi_weights
 
 #: The 4 directions, (y, x) steps: 0°, 45°, 90°, 135°.
@@ -57,13 +57,7 @@ class NoInterfaceWarning(RuntimeWarning):
 
 
 def _check_sigma(sigma) -> float:
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"sigma must be a positive number of pixels; got {sigma!r}") from err
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"sigma must be a positive number of pixels; got {sigma!r}")
-    return value
+    return check_positive(sigma, "sigma (pixels)", ValueError)
 
 
 def slice_depth(sigma: float = 1.0, truncate: float = _SKIMAGE_TRUNCATE) -> tuple[int, int, int]:

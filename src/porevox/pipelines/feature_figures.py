@@ -35,6 +35,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, title: str) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def _ci95(values: np.ndarray) -> float:
     """Half-width of the 95 % confidence interval of the mean (t distribution)."""
     from scipy import stats
@@ -73,11 +81,7 @@ def trends(table, path: Path, title: str = "") -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0, 0].legend()
-    fig.suptitle(title or "features against sinter temperature (means, 95 % CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title or "features against sinter temperature (means, 95 % CI)")
 
 
 def _grid(table):
@@ -119,11 +123,7 @@ def strut_histograms(table, dists: dict, path: Path) -> Path:
             ax.tick_params(labelsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("φ (µm)", fontsize=8)
-    fig.suptitle("strut diameters at skeleton voxels, with the log-normal fit (mean: dashed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, "strut diameters at skeleton voxels, with the log-normal fit (mean: dashed)")
 
 
 def kde_from_hist(hist: np.ndarray, g_edges: np.ndarray, m_edges: np.ndarray) -> np.ndarray:
@@ -180,11 +180,8 @@ def curvature_maps(table, dists: dict, path: Path) -> Path:
         ax.set_xlabel("G (µm⁻²)", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("M (µm⁻¹)", fontsize=8)
-    fig.suptitle("joint distributions of Gaussian and mean curvature (KDE; +: area-weighted means)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path,
+                 "joint distributions of Gaussian and mean curvature (KDE; +: area-weighted means)")
 
 
 def study_figures(table, dists: dict, out_dir: Path, suffix: str = "") -> dict:
