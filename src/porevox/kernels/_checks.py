@@ -24,10 +24,11 @@ def check_voxel_size(voxel_size: Any, n: int = 3, name: str = "voxel_size") -> t
     return values
 
 
-def check_positive(value: Any, what: str, error: type[Exception] = InvalidVolumeError) -> float:
-    """`value` as a finite float > 0, else `error` saying "`what` must be a positive
-    number; got ..." (`what` names the argument and its unit)."""
-    message = f"{what} must be a positive number; got {value!r}"
+def check_positive(value: Any, name: str, detail: str = "",
+                   error: type[Exception] = InvalidVolumeError) -> float:
+    """`value` as a finite float > 0, else `error` saying "`name` must be a positive
+    number`detail`; got ..." (`detail` names the unit)."""
+    message = f"{name} must be a positive number{detail}; got {value!r}"
     try:
         out = float(value)
     except (TypeError, ValueError) as err:

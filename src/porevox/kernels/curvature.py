@@ -103,7 +103,7 @@ class NoInterfaceWarning(RuntimeWarning):
 def _check_sigma(sigma: Any, voxel_size) -> float:
     if sigma is None:
         return default_sigma(voxel_size)
-    return check_positive(sigma, "sigma (physical units, or None)")
+    return check_positive(sigma, "sigma", " (physical units) or None")
 
 
 def _check_truncate(truncate: Any) -> float:

@@ -57,7 +57,7 @@ class NoInterfaceWarning(RuntimeWarning):
 
 
 def _check_sigma(sigma) -> float:
-    return check_positive(sigma, "sigma (pixels)", ValueError)
+    return check_positive(sigma, "sigma", " of pixels", ValueError)
 
 
 def slice_depth(sigma: float = 1.0, truncate: float = _SKIMAGE_TRUNCATE) -> tuple[int, int, int]:
