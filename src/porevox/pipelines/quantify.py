@@ -34,7 +34,7 @@ import numpy as np
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine.cluster import chunk_bytes_budget, compute, worker_memory_limit
-from ..engine.placement import resolve_source
+from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, tmp_group
 from ..errors import InvalidVolumeError
 from ..kernels import components, curvature, descriptors2d, fmm, integral, struts
@@ -58,9 +58,6 @@ FIRST_RADIUS_VOXELS = 12
 #: Reruns of struts blocks with grown halos (one suffices: a rerun gets the halo its
 #: core's largest radius asks for, and a larger halo can only lower that radius).
 MAX_ROUNDS = 2
-#: A whole-volume fast-marching solve goes to a worker if it needs at most this
-#: fraction of the worker's memory limit; else the block-decomposed solver runs.
-WORKER_FRACTION = 0.6
 
 
 class FeatureWarning(RuntimeWarning):
@@ -363,9 +360,7 @@ def _fits_one_task(need: int) -> tuple[bool, str]:
     limit = worker_memory_limit()
     if limit:
         return need <= WORKER_FRACTION * limit, f"workers have {limit / 2**20:.0f} MiB"
-    import psutil
-
-    free = psutil.virtual_memory().available
+    free = free_memory()
     return need <= WORKER_FRACTION * free, f"{free / 2**20:.0f} MiB free here"
 
 
