@@ -340,15 +340,11 @@ class Job:
 
 
 def _tortuosity_whole(solid, voxel_size, direction: str, order: int, last_fraction: float) -> dict:
-    """One direction's geodesic tortuosity by one fast-marching solve (a Dask task)."""
-    solid = np.asarray(solid) != 0
-    axis, sign = "zyx".index(direction[1]), (1 if direction[0] == "+" else -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")    # NaN is reported by the merge, in the caller
-        dist = fmm.inlet_distance(solid, axis=axis, direction=sign, voxel_size=voxel_size, order=order)
-        r = fmm.geodesic_tortuosity(dist, solid, axis=axis, direction=sign, voxel_size=voxel_size,
-                                    last_fraction=last_fraction)
-    r = r if isinstance(r, dict) else r.to_dict()
+    """One direction's geodesic tortuosity by one fast-marching solve (a Dask task);
+    a NaN τ is reported by the merge, in the caller."""
+    r = tortuosity_pipeline.direction_tortuosity(np.asarray(solid), direction=direction,
+                                                 voxel_size=voxel_size, order=order,
+                                                 last_fraction=last_fraction)
     return {"tortuosity": float(r["tau"]), "reachable_fraction": float(r["reachable_fraction"]),
             "profile": [float(v) for v in r["profile"]]}
 

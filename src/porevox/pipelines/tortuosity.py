@@ -268,12 +268,13 @@ def _whole(source, names, where, need, voxels, options) -> dict:
                 "direction, %s", voxels / 1e6, ", ".join(names), format_bytes(need),
                 "one task per direction on the Dask workers" if where == "worker"
                 else f"in this process ({threads} thread{'s' * (threads > 1)})")
-    runs = run_whole(_direction, source, [{"direction": n, **options} for n in names], where,
+    runs = run_whole(direction_tortuosity, source, [{"direction": n, **options} for n in names], where,
                      threads=threads)
     return {n: result for n, (result, _) in zip(names, runs)}
 
 
-def _direction(arr: np.ndarray, *, direction: str, voxel_size, order: int, last_fraction: float) -> dict:
+def direction_tortuosity(arr: np.ndarray, *, direction: str, voxel_size, order: int,
+                         last_fraction: float) -> dict:
     """τ along one signed direction on the whole array (a thread or a Dask task);
     a NaN τ is explained in ``note``, not warned (the caller warns)."""
     axis, sign = _axis_sign(direction)
@@ -497,4 +498,4 @@ def _block_sums(arr, solid_arr, core, axis, sign, voxel_size, shape) -> dict:
                            volume_shape=shape)
 
 
-__all__ = ["PAPER_DIRECTIONS", "BlockSolver", "parse_directions", "tortuosity"]
+__all__ = ["PAPER_DIRECTIONS", "BlockSolver", "direction_tortuosity", "parse_directions", "tortuosity"]
