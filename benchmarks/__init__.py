@@ -23,6 +23,7 @@ from . import (
     ingest_large_suite,
     io_suite,
     quantify_suite,
+    regression_suite,
     segmentation_suite,
     slic_suite,
     synthesis_suite,
@@ -39,6 +40,7 @@ SUITES = {
     "slic": slic_suite.run,
     "segmentation": segmentation_suite.run,
     "quantify": quantify_suite.run,
+    "regression": regression_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.

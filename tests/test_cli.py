@@ -89,7 +89,8 @@ def test_demo(tmp_path):
     r = run(*FAST, "demo", "--out", tmp_path / "d", "--epochs", "1", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert len(result["study"]["samples"]) == 18
+    samples = result["study"]["samples"]
+    assert len(samples) == 21 and sum(s["voi"] == 0 for s in samples) == 18    # + 3 test VOIs
     table = result["table1"]["table"]
     assert set(table) == {"CTA", "Hybrid", "U-Net CTA", "U-Net Hybrid"}
     assert table["Hybrid"]["recall_pore"]["mean"] > table["CTA"]["recall_pore"]["mean"]
@@ -108,7 +109,7 @@ def test_demo(tmp_path):
     assert feats["specific_surface_area"] > 0 and feats["tortuosity"] >= 1
     # the demo quantified every sample on the U-Net's labels and the truth
     rows = result["features"]["rows"]
-    assert {r["labels"] for r in rows} == {"unet", "truth"} and len(rows) == 36
+    assert {r["labels"] for r in rows} == {"unet", "truth"} and len(rows) == 42
     truth = [r for r in rows if r["labels"] == "truth"]
     assert [r["relative_density"] for r in truth] == pytest.approx(
         [s["relative_density"] for s in result["study"]["samples"]], abs=1e-6)
@@ -116,6 +117,16 @@ def test_demo(tmp_path):
         assert trends["relative_density"]["spearman"] > 0.9, paste
         assert trends["strut_diameter_mean"]["spearman"] > 0.7, paste
     assert (tmp_path / "d" / "study" / "features.parquet").exists()
+    # and fitted the structure–property models on both: 17 training samples (the
+    # non-percolating HPB 350 °C left out), the three test VOIs held out
+    for name in ("unet", "truth"):
+        reg = result["regression"][name]
+        assert len(reg["train_ids"]) == 17 and reg["dropped"] == [
+            "HPB-350C-voi0 (tortuosity, bruggeman_alpha)"]
+        assert reg["test_ids"] == ["HPA-225C-voi1", "HPB-400C-voi1", "NPC-350C-voi1"]
+        assert set(reg["paper_models"]) == set("ACIJNQR") and reg["subsets"] == 247
+        assert Path(reg["files"]["table2_md"]).is_file() and Path(reg["files"]["physics"]).is_file()
+    assert "structure–property models on labels/unet" not in r.stdout     # --json: JSON only
 
 
 def test_synth_and_quantify(tmp_path):
@@ -227,3 +238,40 @@ def test_quantify_bad_input_exit_2(study, args, message):
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_regress(tmp_path):
+    from tests.pipelines.test_regress import feature_table
+
+    table = feature_table()
+    table.to_csv(tmp_path / "features.csv", index=False)
+    r = run("regress", tmp_path / "features.csv", "--features", "D,SA", "--features", "alpha",
+            "--features", "beta", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["subsets"] == 11 and set(result["paper_models"]) == {"J", "Q"}
+    assert result["test_ids"] == ["HPA-225C-voi1", "HPB-400C-voi1", "NPC-350C-voi1"]
+    out = tmp_path / "regression" / "truth"                     # beside the table, per labels
+    assert result["files"]["table2_md"] == str(out / "table2.md") and (out / "figures").is_dir()
+    human = run("regress", tmp_path / "features.csv", "--test-samples", "NPC-400C-voi0",
+                "--max-features", "3", "--no-figures", "--out", tmp_path / "o")
+    assert human.returncode == 0, human.stderr
+    assert "| Q |" in human.stdout and "paper (model Q): α > SA > β" in human.stdout
+    assert "NPC-400C-voi0" in human.stdout and not (tmp_path / "o" / "figures").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "sigma"], "no target column 'sigma'"),
+    (["--features", "D,nope"], "no column 'nope'"),
+    (["--max-features", "20"], "7 training samples are too few for models of 8 features"),
+])
+def test_regress_bad_input_exit_2(tmp_path, args, message):
+    from tests.pipelines.test_regress import feature_table
+
+    table = feature_table().head(8)
+    table.to_csv(tmp_path / "f.csv", index=False)
+    r = run("regress", tmp_path / "f.csv", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "regression").exists()

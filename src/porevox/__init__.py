@@ -5,12 +5,13 @@ from .engine import cluster, histogram, ingest, open_volume
 from .errors import InvalidVolumeError, PorevoxError, StageError, VolumeNotFoundError
 from .pipelines import conductivity, synthesize_study
 from .pipelines.quantify import quantify
+from .pipelines.regress import regress
 from .pipelines.score import score
 from .pipelines.segment import segment
 from .pipelines.tortuosity import tortuosity
 
 __all__ = [
     "InvalidVolumeError", "PorevoxError", "StageError", "VolumeNotFoundError", "__version__",
-    "cluster", "conductivity", "histogram", "ingest", "open_volume", "quantify", "score", "segment",
-    "synthesize_study", "tortuosity",
+    "cluster", "conductivity", "histogram", "ingest", "open_volume", "quantify", "regress", "score",
+    "segment", "synthesize_study", "tortuosity",
 ]

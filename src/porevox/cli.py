@@ -215,8 +215,10 @@ def demo(
 ) -> None:
     """The study end to end on the cluster (so far: the twin study, its conductivities,
     the Table-1 analog of its segmentations, every sample's microstructure features with
-    figures, and a stack ingested as a user's TIFF)."""
+    figures, the Table-2 analog of structure–property models with SHAP, and a stack
+    ingested as a user's TIFF)."""
     from .pipelines import run_demo
+    from .pipelines.demo import FEATURE_LABELS
     from .pipelines.segmentation_study import markdown
 
     with _session(ctx):
@@ -241,6 +243,19 @@ def demo(
                            + ", ".join(f"{k} {v['spearman']:+.2f}" for k, v in feats.items()))
         typer.echo(f"features: {r['features']['csv']}, figures: "
                    + ", ".join(v for figs in r["features"]["figures"].values() for v in figs.values()))
+        from .pipelines.regress import markdown as table2
+        from .pipelines.regress import shap_summary
+
+        reg = r["regression"][FEATURE_LABELS[0]]
+        typer.echo(f"structure–property models on labels/{FEATURE_LABELS[0]} (the paper's Table 2):")
+        typer.echo(table2(reg))
+        typer.echo("SHAP (mean |SHAP|):")
+        for line in shap_summary(reg):
+            typer.echo(f"  {line}")
+        for name, other in r["regression"].items():
+            b = other["best"]
+            typer.echo(f"  best on labels/{name}: {', '.join(b['features'])}: LOOCV R² {b['loocv_r2']:.3f}"
+                       f", test R² {b['test_r2']:.3f}; files: {other['files']['table2_md']}")
         typer.echo("a twin image exported as TIFF and ingested like a user's stack:")
         _print_summary(r["ingested"])
         typer.echo(f"  gray value percentiles (1, 50, 99 %): {r['histogram_percentiles']}")
@@ -356,6 +371,61 @@ def quantify(
         result = quantify_volume(target, labels=labels, axis=axis, with_conductivity=with_conductivity,
                                  force=force, **options)
     _emit(result, as_json, _print_features)
+
+
+def _split_list(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated option values as one list (None when absent)."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _print_regression(r: dict) -> None:
+    from .pipelines.regress import markdown, shap_summary
+
+    typer.echo(markdown(r))
+    typer.echo("SHAP (mean |SHAP|):")
+    for line in shap_summary(r):
+        typer.echo(f"  {line}")
+    for name, path in r.get("files", {}).items():
+        typer.echo(f"{name:<18} {path}")
+
+
+@app.command()
+@_guard
+def regress(
+    ctx: typer.Context,
+    table: Path = typer.Argument(..., help="A feature table (features.csv or .parquet from quantify)."),
+    target: str = typer.Option("conductivity", "--target", help="The column to predict."),
+    features: list[str] = typer.Option(
+        None, "--features", help="Feature columns or the paper's symbols (D SA phi tau G M alpha beta), "
+                                 "comma-separated or repeated (default: the paper's eight)."),
+    labels: str | None = typer.Option(None, "--labels",
+                                      help="Rows of one segmentation (the table's 'labels' column)."),
+    test_samples: list[str] = typer.Option(
+        None, "--test-samples", help="Held-out rows by id, comma-separated or repeated (default: the "
+                                     "last VOI of every sample that has several)."),
+    min_features: int = typer.Option(2, "--min-features", help="Fewest features per model."),
+    max_features: int | None = typer.Option(
+        None, "--max-features", help="Most features per model (default: all, as samples allow)."),
+    drop_nan: bool = typer.Option(False, "--drop-nan", help="Leave out rows with NaN features."),
+    top: int = typer.Option(10, "--top", help="Models listed besides the paper's."),
+    out: Path | None = typer.Option(None, "--out",
+                                    help="Output folder (default: regression/<labels> beside TABLE)."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Skip the PNG figures."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Structure–property models (the paper's Table 2, Fig. 4): every feature subset as
+    StandardScaler + LinearRegression, LOOCV and test sets, SHAP."""
+    from .pipelines.regress import plan_regression, run_regression
+
+    plan = plan_regression(table, target=target, features=_split_list(features), labels=labels,
+                           test_samples=_split_list(test_samples), min_features=min_features,
+                           max_features=max_features, drop_nan=drop_nan, top=top,
+                           out=out or "auto", figures=not no_figures)
+    with _session(ctx) if plan.parallel else contextlib.nullcontext():
+        result = run_regression(plan)
+    _emit(result, as_json, _print_regression)
 
 
 @app.command()
@@ -475,7 +545,7 @@ def segment_study(
 def bench(
     suites: list[str] = typer.Argument(
         None, help="Suites: io, histogram, gaussian, conductivity, synthesis, slic, segmentation, "
-                   "quantify, ingest_large, or all."),
+                   "quantify, regression, ingest_large, or all."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Folder for results.json and results.md."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes, for a smoke run."),
 ) -> None:

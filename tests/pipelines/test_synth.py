@@ -23,8 +23,11 @@ def test_manifest_and_volumes(study):
     assert yaml.safe_load((out / "study.yaml").read_text()) == {
         k: v for k, v in manifest.items() if k != "preview"}
     samples = manifest["samples"]
-    assert [(s["paste"], s["temperature_c"]) for s in samples] == [
+    assert [(s["paste"], s["temperature_c"]) for s in samples if s["voi"] == 0] == [
         (p, t) for p in PASTES for t in TEMPERATURES]
+    # a second VOI of one sample per paste: the held-out test sets of the regression
+    assert [s["id"] for s in samples if s["voi"] == 1] == ["HPA-225C-voi1", "HPB-400C-voi1",
+                                                          "NPC-350C-voi1"]
     for s in samples:
         vol = open_volume(out / s["path"], mode="r")
         assert vol.image.dtype == np.uint8 and vol.image.shape == (48, 128, 128)
@@ -67,7 +70,7 @@ def test_rerun_skips_finished_samples(study, caplog):
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.zarr/image/zarr.json")}
     with caplog.at_level("INFO", logger="porevox"):
         again = synthesize_study(out, preset="demo", seed=0)
-    assert "0 of 18 samples to generate" in caplog.text
+    assert "0 of 21 samples to generate" in caplog.text
     assert again["samples"] == manifest["samples"]
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("*.zarr/image/zarr.json")}
 

@@ -6,6 +6,7 @@ from .demo import run_demo
 from .feature_study import quantify_study
 from .preprocess import preprocess as preprocess_volume
 from .quantify import quantify_volume
+from .regress import plan_regression, run_regression
 from .score import score_volume
 from .segment import segment_volume
 from .segmentation_study import segmentation_study
@@ -14,7 +15,7 @@ from .train import train_unet_volumes
 from .transport import conductivity
 from .volumes import ingest_volume, plan_ingest, volume_histogram, volume_info
 
-__all__ = ["conductivity", "contact_sheet", "ingest_volume", "plan_ingest", "preprocess_volume",
-           "quantify_study", "quantify_volume", "run_demo", "score_volume", "segment_volume",
-           "segmentation_study", "session", "synthesize_study", "train_unet_volumes",
-           "volume_histogram", "volume_info"]
+__all__ = ["conductivity", "contact_sheet", "ingest_volume", "plan_ingest", "plan_regression",
+           "preprocess_volume", "quantify_study", "quantify_volume", "run_demo",
+           "run_regression", "score_volume", "segment_volume", "segmentation_study", "session",
+           "synthesize_study", "train_unet_volumes", "volume_histogram", "volume_info"]

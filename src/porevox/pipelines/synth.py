@@ -2,6 +2,10 @@
 with image, truth and sample metadata, and a ``study.yaml`` manifest with a
 "measured" conductivity per sample.
 
+The demo preset has one VOI per sample (the 18 training samples of the paper's
+Table 2) and a second VOI of three samples, one per paste: the paper's three held-out
+test sets. The paper preset has three VOIs per sample.
+
 Every sample is generated block by block on the cluster from its particle list
 (:mod:`porevox.synthetic`), never whole in one process; its volume is built under a
 temporary name and published when complete, and a rerun skips finished samples.
@@ -46,11 +50,14 @@ class Preset:
     voxel_size: tuple[float, float, float]
     vois: int
     dtype: str = "uint8"
+    #: (paste, temperature) samples with one more VOI: held-out test sets for regression
+    test_vois: tuple[tuple[str, int], ...] = ()
 
 
 PRESETS = {
     # small enough to synthesise all 18 samples in under a minute on two cores
-    "demo": Preset((48, 128, 128), (0.05, 0.0372, 0.0372), vois=1),
+    "demo": Preset((48, 128, 128), (0.05, 0.0372, 0.0372), vois=1,
+                   test_vois=(("HPA", 225), ("HPB", 400), ("NPC", 350))),
     # the paper's VOIs: 10 × 10 × 10 µm³, 538 × 538 × 400 voxels of 18.6 × 18.6 × 25 nm
     "paper": Preset((400, 538, 538), (0.025, 0.0186, 0.0186), vois=3),
 }
@@ -76,8 +83,9 @@ class SampleSpec:
 def study_specs(preset: str, seed: int) -> list[SampleSpec]:
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
-    return [SampleSpec(p, t, v, preset, seed) for p in PASTES for t in TEMPERATURES
-            for v in range(PRESETS[preset].vois)]
+    p = PRESETS[preset]
+    return [SampleSpec(paste, t, v, preset, seed) for paste in PASTES for t in TEMPERATURES
+            for v in range(p.vois + ((paste, t) in p.test_vois))]
 
 
 def prepare(spec: SampleSpec, model: FibSemModel,
