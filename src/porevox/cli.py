@@ -243,15 +243,8 @@ def demo(
                            + ", ".join(f"{k} {v['spearman']:+.2f}" for k, v in feats.items()))
         typer.echo(f"features: {r['features']['csv']}, figures: "
                    + ", ".join(v for figs in r["features"]["figures"].values() for v in figs.values()))
-        from .pipelines.regress import markdown as table2
-        from .pipelines.regress import shap_summary
-
-        reg = r["regression"][FEATURE_LABELS[0]]
         typer.echo(f"structure–property models on labels/{FEATURE_LABELS[0]} (the paper's Table 2):")
-        typer.echo(table2(reg))
-        typer.echo("SHAP (mean |SHAP|):")
-        for line in shap_summary(reg):
-            typer.echo(f"  {line}")
+        _print_regression(r["regression"][FEATURE_LABELS[0]], files=False)
         for name, other in r["regression"].items():
             b = other["best"]
             typer.echo(f"  best on labels/{name}: {', '.join(b['features'])}: LOOCV R² {b['loocv_r2']:.3f}"
@@ -380,14 +373,14 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def _print_regression(r: dict) -> None:
+def _print_regression(r: dict, files: bool = True) -> None:
     from .pipelines.regress import markdown, shap_summary
 
     typer.echo(markdown(r))
     typer.echo("SHAP (mean |SHAP|):")
     for line in shap_summary(r):
         typer.echo(f"  {line}")
-    for name, path in r.get("files", {}).items():
+    for name, path in r.get("files", {}).items() if files else ():
         typer.echo(f"{name:<18} {path}")
 
 

@@ -61,6 +61,16 @@ def test_default_split_holds_out_the_last_voi_of_samples_with_several():
     assert list(named.test["id"]) == ["NPC-400C-voi0"] and len(named.train) == 17  # 3 pairs averaged
 
 
+def test_rows_marked_held_out_are_the_test_set():
+    table = feature_table()
+    table["held_out"] = table["id"].isin(["HPA-175C-voi0", "NPC-400C-voi0"])
+    plan = rg.plan_regression(table)
+    assert list(plan.test["id"]) == ["HPA-175C-voi0", "NPC-400C-voi0"]
+    assert len(plan.train) == 21 - 2 - 3          # the three VOI pairs averaged
+    assert list(rg.plan_regression(table, test_samples=["HPB-175C-voi0"]).test["id"]) == [
+        "HPB-175C-voi0"]                         # named ids come first
+
+
 def test_training_vois_of_one_sample_are_averaged():
     """Three VOIs of HPA 250 °C: VOI 2 is held out, VOIs 0 and 1 become one training row
     (their mean), so leave-one-out leaves out the whole sample."""
@@ -251,3 +261,28 @@ def test_table_from_csv_and_parquet(tmp_path):
         rg.plan_regression(tmp_path / "f.txt")
     with pytest.raises(rg.InvalidTableError, match="no feature table at"):
         rg.plan_regression(tmp_path / "none.csv")
+
+
+def test_the_demo_twin_table_2():
+    """The README's Table-2 analog, from the demo twin's stored feature table (21
+    volumes, U-Net Hybrid labels and truth, as `make demo` wrote it)."""
+    from pathlib import Path
+
+    table = Path(__file__).parents[1] / "data" / "demo_twin_features.csv"
+    result = pv.regress(table, labels="unet", drop_nan=True)
+    assert result["test_ids"] == ["HPA-225C-voi1", "HPB-400C-voi1", "NPC-350C-voi1"]
+    assert len(result["train_ids"]) == 17 and result["subsets"] == 247
+    best = result["best"]
+    assert best["features"] == ["D", "SA", "τ", "G", "α"]
+    assert best["loocv_r2"] == pytest.approx(0.9742, abs=1e-4) and best["loocv_r2"] >= 0.95
+    assert best["test_r2"] == pytest.approx(0.956, abs=1e-3)
+    # models with an engineered feature lead: all of the top ten use α, the best
+    # raw-only model ranks 16th
+    ahead = result["engineered_ahead"]
+    assert ahead["top_with_engineered"] == 10 and ahead["best_raw"]["rank"] == 16
+    # the paper's own models do not carry over to the twin (see the README)
+    assert result["paper_models"]["Q"]["loocv_r2"] < 0
+    assert result["physics"]["loocv_r2"] == pytest.approx(0.9956, abs=1e-4)
+    truth = pv.regress(table, labels="truth", drop_nan=True)
+    assert truth["best"]["features"] == ["D", "τ", "G", "α"]
+    assert truth["best"]["loocv_r2"] == pytest.approx(0.9698, abs=1e-4)

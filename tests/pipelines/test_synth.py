@@ -28,6 +28,7 @@ def test_manifest_and_volumes(study):
     # a second VOI of one sample per paste: the held-out test sets of the regression
     assert [s["id"] for s in samples if s["voi"] == 1] == ["HPA-225C-voi1", "HPB-400C-voi1",
                                                           "NPC-350C-voi1"]
+    assert [s["id"] for s in samples if s["held_out"]] == [s["id"] for s in samples if s["voi"] == 1]
     for s in samples:
         vol = open_volume(out / s["path"], mode="r")
         assert vol.image.dtype == np.uint8 and vol.image.shape == (48, 128, 128)

@@ -24,8 +24,8 @@ from .segmentation_study import study_volumes
 logger = logging.getLogger(__name__)
 
 #: Sample metadata copied from study.yaml into the table.
-META = ("id", "path", "paste", "temperature_c", "voi", "conductivity", "relative_conductivity",
-        "tortuosity_factor")
+META = ("id", "path", "paste", "temperature_c", "voi", "held_out", "conductivity",
+        "relative_conductivity", "tortuosity_factor")
 
 
 def table_row(sample: dict, labels: str, features: dict) -> dict:

@@ -14,10 +14,11 @@ of σ the structure explains at all.
 Samples and test sets:
 
 - A sample is a (``paste``, ``temperature_c``) pair where the table has those columns,
-  else a row. By default the VOI with the highest ``voi`` of every sample that has
-  several is held out as a test set (the demo twin: three samples have a second VOI,
-  the paper's three test sets); ``test_samples`` names the held-out rows by ``id``
-  instead.
+  else a row. The test set is, first of all, the rows ``test_samples`` names by
+  ``id``; else the rows marked ``held_out`` (a column ``porevox synth`` writes into
+  ``study.yaml`` and quantify copies: the demo twin's three extra VOIs, the paper's
+  three test sets); else the VOI with the highest ``voi`` of every sample that has
+  several.
 - Where a sample keeps several training VOIs, they are averaged into one training
   row, so that leave-one-out leaves out a whole sample (VOIs of one sample share their
   measured conductivity; leaving one in would leak it).
@@ -236,7 +237,8 @@ def plan_regression(table, *, target: str = "conductivity", features=None, label
 
 
 def _split(table, test_samples):
-    """Training and test rows: the named ids, or the last VOI of samples with several."""
+    """Training and test rows: the named ids, else the rows marked ``held_out``, else
+    the last VOI of samples with several."""
     ids = np.array(_ids(table))
     if test_samples:
         if "id" not in table.columns:
@@ -246,6 +248,8 @@ def _split(table, test_samples):
             raise InvalidTableError(f"--test-samples: no row with id {', '.join(map(repr, unknown))} "
                                     f"(ids: {', '.join(ids[:8])}{' …' if len(ids) > 8 else ''})")
         held = np.isin(ids, list(test_samples))
+    elif "held_out" in table.columns and table["held_out"].eq(True).any():
+        held = table["held_out"].eq(True).to_numpy()
     elif "voi" in table.columns and all(k in table.columns for k in SAMPLE_KEY):
         last = table.groupby(list(SAMPLE_KEY))["voi"].transform("max")
         size = table.groupby(list(SAMPLE_KEY))["voi"].transform("size")
@@ -483,6 +487,13 @@ def markdown(result: dict) -> str:
                  f"{len(result['test_ids'])} test samples ({', '.join(result['test_ids']) or 'none'}); "
                  f"target {result['target']}" + (f", labels/{result['labels']}" if result["labels"] else "")
                  + ". Coefficients are b1…bn on standardised features.")
+    if result["dropped"]:
+        lines.append(f"Left out (NaN): {'; '.join(result['dropped'])}.")
+    by_paste = result["best"].get("loocv_r2_by_paste")
+    if by_paste:
+        lines.append("Best model's LOOCV R² per paste: "
+                     + ", ".join(f"{k} {_fmt(v, '.2f')}" for k, v in by_paste.items())
+                     + " (paper: " + ", ".join(f"{k} {v}" for k, v in PAPER_GROUP_R2.items()) + ").")
     return "\n".join(lines)
 
 

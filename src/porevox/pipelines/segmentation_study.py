@@ -7,7 +7,8 @@ hybrid annotation → ``labels/hybrid(_annotation)``. Then two U-Nets, each trai
 once for the whole study on every fifth slice of every sample: on the hybrid
 annotation (``models/unet-hybrid.pt``) and on the Otsu labels
 (``models/unet-cta.pt``); each is run over every sample (``labels/unet``,
-``labels/unet_cta``). No network ever sees the truth. Every step is a resumable
+``labels/unet_cta``). No network ever sees the truth, nor a sample marked
+``held_out`` in the study (a test set of later models). Every step is a resumable
 stage: a rerun redoes nothing that is done.
 """
 
@@ -69,10 +70,11 @@ def segmentation_study(study: str | os.PathLike, *, epochs: int = 30, patience: 
         segment_volume(p, "hybrid")
     models = folder / "models"
     trained = {}
+    train_on = [p for s, p in zip(samples, paths) if not s.get("held_out")]
     for labels, name in (("hybrid_annotation", "unet-hybrid"), ("otsu", "unet-cta")):
         out = models / f"{name}.pt"
         if not out.exists():
-            trained[name] = train_unet_volumes(paths, out, labels=labels, every=every, epochs=epochs,
+            trained[name] = train_unet_volumes(train_on, out, labels=labels, every=every, epochs=epochs,
                                                patience=patience, seed=seed, progress=progress)
         else:
             logger.info("segmentation study: %s exists; not retrained", out)

@@ -4,7 +4,8 @@ with image, truth and sample metadata, and a ``study.yaml`` manifest with a
 
 The demo preset has one VOI per sample (the 18 training samples of the paper's
 Table 2) and a second VOI of three samples, one per paste: the paper's three held-out
-test sets. The paper preset has three VOIs per sample.
+test sets, marked ``held_out: true`` in ``study.yaml`` (the U-Nets do not train on
+them, and regression tests on them). The paper preset has three VOIs per sample.
 
 Every sample is generated block by block on the cluster from its particle list
 (:mod:`porevox.synthetic`), never whole in one process; its volume is built under a
@@ -213,6 +214,7 @@ def _manifest(out_dir: Path, specs: list[SampleSpec], model: FibSemModel, preset
             "relative_conductivity": round(rel, 6),
             "tortuosity_factor": round(float(cond["tortuosity_factor"]), 6),
             "conductivity": round(measured, 3),
+            "held_out": spec.voi >= p.vois,     # a test VOI: no model trains on it
         })
     return {"name": f"porevox digital twin ({preset})", "preset": preset, "seed": seed,
             "voxel_size": list(p.voxel_size), "unit": "micrometer", "shape": list(p.shape),
