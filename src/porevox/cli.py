@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -46,20 +45,11 @@ def _guard(func):
     return wrapper
 
 
-def _finite(obj):
-    """JSON has no inf or NaN: they become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _emit(result: dict, as_json: bool, human) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(_finite(result), default=str, allow_nan=False) + "\n")
+    if as_json:   # JSON has no inf or NaN: they become null
+        from .pipelines import finite_json
+
+        sys.stdout.write(json.dumps(finite_json(result), default=str, allow_nan=False) + "\n")
     else:
         human(result)
 
@@ -396,8 +386,8 @@ def regress(
     labels: str | None = typer.Option(None, "--labels",
                                       help="Rows of one segmentation (the table's 'labels' column)."),
     test_samples: list[str] = typer.Option(
-        None, "--test-samples", help="Held-out rows by id, comma-separated or repeated (default: the "
-                                     "last VOI of every sample that has several)."),
+        None, "--test-samples", help="Held-out rows by id, comma-separated or repeated (default: rows "
+                                     "marked held_out, else the last VOI of samples with several)."),
     min_features: int = typer.Option(2, "--min-features", help="Fewest features per model."),
     max_features: int | None = typer.Option(
         None, "--max-features", help="Most features per model (default: all, as samples allow)."),

@@ -172,3 +172,14 @@ def test_killed_ingest_leaves_no_volume(tmp_path, rng):
     assert did
     np.testing.assert_array_equal(vol.image[:], data)
     assert not any(p.name.startswith(".o.zarr") for p in tmp_path.iterdir())
+
+
+def test_finite_makes_strict_json():
+    import json
+    import math
+
+    finite = provenance.finite
+    value = {"a": [1.0, math.nan, np.float64(np.inf), np.int64(3)], "b": (np.float32(2.5), "x"),
+             "c": np.array(-math.inf)}
+    assert finite(value) == {"a": [1.0, None, None, 3], "b": [2.5, "x"], "c": None}
+    json.dumps(finite(value), allow_nan=False)

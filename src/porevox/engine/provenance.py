@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,20 @@ def _digest(obj: Any) -> str:
 def jsonable(params: Mapping[str, Any]) -> dict:
     """Parameters as plain JSON values (tuples become lists, paths strings)."""
     return json.loads(json.dumps(dict(params), default=str))
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None and NumPy scalars as Python numbers, through
+    dicts, lists and tuples: what strict JSON (``allow_nan=False``) accepts."""
+    if hasattr(obj, "dtype") and getattr(obj, "shape", None) == ():
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:

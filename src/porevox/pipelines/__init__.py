@@ -2,6 +2,7 @@
 plus provenance, and is idempotent and resumable. The CLI calls these only."""
 
 from ..engine.cluster import cluster as session
+from ..engine.provenance import finite as finite_json
 from .demo import run_demo
 from .feature_study import quantify_study
 from .preprocess import preprocess as preprocess_volume
@@ -15,7 +16,7 @@ from .train import train_unet_volumes
 from .transport import conductivity
 from .volumes import ingest_volume, plan_ingest, volume_histogram, volume_info
 
-__all__ = ["conductivity", "contact_sheet", "ingest_volume", "plan_ingest", "plan_regression",
+__all__ = ["conductivity", "contact_sheet", "finite_json", "ingest_volume", "plan_ingest", "plan_regression",
            "preprocess_volume", "quantify_study", "quantify_volume", "run_demo",
            "run_regression", "score_volume", "segment_volume", "segmentation_study", "session",
            "synthesize_study", "train_unet_volumes", "volume_histogram", "volume_info"]

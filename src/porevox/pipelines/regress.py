@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.provenance import finite
 from ..errors import PorevoxError
 from ..models import regression as mvlr
 
@@ -351,9 +352,7 @@ def _group_r2(groups, y, pred) -> dict:
     out = {}
     for g in sorted(set(groups)):
         sel = (groups == g).to_numpy()
-        sst = np.sum((y[sel] - y[sel].mean()) ** 2)
-        out[str(g)] = float(1 - np.sum((pred[sel] - y[sel]) ** 2) / sst) if sel.sum() > 1 and sst > 0 \
-            else math.nan
+        out[str(g)] = float(mvlr.rmse_r2(y[sel], pred[sel])[1]) if sel.sum() > 1 else math.nan
     return out
 
 
@@ -536,7 +535,7 @@ def _write(plan: Plan, result: dict, ranking, explained) -> dict:
             figs = regress_figures.all_figures(result, explained, partial / "figures")
             files.update({k: str(Path("figures") / Path(v).name) for k, v in figs.items()})
         final = {k: str(out / v) for k, v in files.items()}
-        (partial / "table2.json").write_text(json.dumps(_jsonable({**result, "files": final}),
+        (partial / "table2.json").write_text(json.dumps(finite({**result, "files": final}),
                                                         indent=1, allow_nan=False))
         if out.exists():
             old = out.with_name(out.name + ".old")
@@ -550,18 +549,6 @@ def _write(plan: Plan, result: dict, ranking, explained) -> dict:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return final
-
-
-def _jsonable(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    return obj
 
 
 __all__ = ["ALIASES", "InvalidTableError", "PAPER_MODELS", "PAPER_SHAP", "PAPER_TABLE2", "Plan",
