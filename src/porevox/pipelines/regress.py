@@ -69,7 +69,7 @@ PHYSICS_COLUMN = "relative_conductivity"
 SAMPLE_KEY = ("paste", "temperature_c")
 PARALLEL_MIN = 20_000      # subsets: fewer are evaluated in this process
 TASK_SUBSETS = 20_000      # subsets per Dask task
-MAX_SUBSETS = 50_000_000
+MAX_SUBSETS = 5_000_000         # each ranked row holds its name: ~0.3 GB at the limit
 
 
 class InvalidTableError(PorevoxError, ValueError):
