@@ -1,0 +1,259 @@
+"""A conditional denoising diffusion probabilistic model (DDPM) for segmented 2-D
+microstructure slices (PyTorch).
+
+As in Wijaya et al. (2024), after Ho et al. (2020):
+
+* a linear β schedule over ``timesteps`` (1000) steps, ᾱ_t = Π_{s ≤ t} (1 − β_s);
+* the forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I);
+* a U-Net ε_θ(x_t, t, c) predicting the noise, trained on ‖ε − ε_θ‖².
+
+Beyond the paper: an exponential moving average of the weights (:class:`EMA`),
+deterministic DDIM sampling in a few steps (Song et al. 2021, η = 0) and
+classifier-free guidance (Ho & Salimans 2022): during training the condition is
+replaced by a learned null condition with probability ``p_uncond``, and sampling
+mixes the conditional and unconditional predictions, ε = ε_∅ + w (ε_c − ε_∅).
+
+Conditions are a class index (e.g. a (paste, temperature) pair) and/or one continuous
+value (e.g. a conductivity, scaled to about unit range by the caller). Images are
+single-channel, segmented (1 = copper, 0 = pore), mapped to {−1, +1}; generated
+images are thresholded back at 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The network and the noise schedule."""
+
+    image_size: int = 64
+    base: int = 32                      # channels at full resolution
+    mults: tuple[int, ...] = (1, 2, 2)  # channel multipliers per resolution (÷2 each)
+    n_classes: int = 0                  # class conditions; 0: none
+    continuous: bool = False            # one continuous condition
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    p_uncond: float = 0.1               # training: probability of the null condition
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["mults"] = list(self.mults)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiffusionConfig:
+        return cls(**{**d, "mults": tuple(d["mults"])})
+
+
+# --------------------------------------------------------------------------- schedule
+class Schedule:
+    """The linear β schedule and its closed forms (float64, returned as float32)."""
+
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        if not 0 < beta_start < beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1; got {beta_start}, {beta_end}")
+        self.timesteps = int(timesteps)
+        self.betas = np.linspace(beta_start, beta_end, self.timesteps, dtype=np.float64)
+        self.alphas = 1.0 - self.betas
+        self.alpha_bar = np.cumprod(self.alphas)
+
+    def _at(self, values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        out = torch.as_tensor(values, dtype=like.dtype, device=like.device)[t]
+        return out.view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0): √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
+        return (self._at(np.sqrt(self.alpha_bar), t, x0) * x0
+                + self._at(np.sqrt(1.0 - self.alpha_bar), t, x0) * noise)
+
+
+# --------------------------------------------------------------------------- network
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al.), ``(n, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, c), c)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb: int):
+        super().__init__()
+        self.n1, self.c1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.e = nn.Linear(emb, cout)
+        self.n2, self.c2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.c1(F.silu(self.n1(x)))
+        h = h + self.e(F.silu(emb))[:, :, None, None]
+        h = self.c2(F.silu(self.n2(h)))
+        return h + self.skip(x)
+
+
+class ConditionalUNet(nn.Module):
+    """ε_θ(x_t, t, class, value): a small U-Net with residual blocks; the timestep,
+    class and continuous-value embeddings are summed and added in every block.
+    Class index ``n_classes`` and a ``keep`` flag of 0 are the null condition."""
+
+    def __init__(self, config: DiffusionConfig):
+        super().__init__()
+        self.config = config
+        c, emb = config.base, 4 * config.base
+        self.time = nn.Sequential(nn.Linear(c, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.label = nn.Embedding(config.n_classes + 1, emb) if config.n_classes else None
+        if config.continuous:
+            self.value = nn.Sequential(nn.Linear(1, emb), nn.SiLU(), nn.Linear(emb, emb))
+            self.null_value = nn.Parameter(torch.zeros(emb))
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        widths = [c * m for m in config.mults]
+        self.down, self.pool = nn.ModuleList(), nn.ModuleList()
+        prev = c
+        for i, w in enumerate(widths):
+            self.down.append(_ResBlock(prev, w, emb))
+            self.pool.append(nn.Conv2d(w, w, 3, stride=2, padding=1) if i < len(widths) - 1
+                             else nn.Identity())
+            prev = w
+        self.mid = _ResBlock(prev, prev, emb)
+        self.up = nn.ModuleList()
+        for w in reversed(widths):
+            self.up.append(_ResBlock(prev + w, w, emb))
+            prev = w
+        self.head = nn.Sequential(_norm(prev), nn.SiLU(), nn.Conv2d(prev, 1, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (len(self.config.mults) - 1)
+
+    def embed(self, t, labels=None, values=None, keep=None) -> torch.Tensor:
+        e = self.time(timestep_embedding(t, self.config.base))
+        n = t.shape[0]
+        keep = torch.ones(n, dtype=torch.bool, device=t.device) if keep is None else keep
+        if self.label is not None:
+            if labels is None:
+                raise ValueError("this model is class-conditional: pass labels")
+            null = torch.full_like(labels, self.config.n_classes)
+            e = e + self.label(torch.where(keep, labels, null))
+        if self.config.continuous:
+            if values is None:
+                raise ValueError("this model is conditioned on a value: pass values")
+            v = self.value(values.float().view(n, 1))
+            e = e + torch.where(keep[:, None], v, self.null_value.expand(n, -1))
+        return e
+
+    def forward(self, x, t, labels=None, values=None, keep=None):
+        h, w = x.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"image size {h}×{w} must be a multiple of {self.stride}")
+        emb = self.embed(t, labels, values, keep)
+        h = self.stem(x)
+        skips = []
+        for block, pool in zip(self.down, self.pool):
+            h = block(h, emb)
+            skips.append(h)
+            h = pool(h)
+        h = self.mid(h, emb)
+        for block in self.up:
+            s = skips.pop()
+            if h.shape[-1] != s.shape[-1]:
+                h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, s], dim=1), emb)
+        return self.head(h)
+
+
+# --------------------------------------------------------------------------- training
+def to_signed(images) -> torch.Tensor:
+    """Segmented images (1 = copper, 0 = pore; ``(n, h, w)``) as ``(n, 1, h, w)`` in {−1, +1}."""
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    return (2.0 * x - 1.0).unsqueeze(1)
+
+
+def to_binary(x: torch.Tensor) -> np.ndarray:
+    """Generated ``(n, 1, h, w)`` in [−1, 1] as uint8 images (1 = copper)."""
+    return (x[:, 0] > 0).to(torch.uint8).cpu().numpy()
+
+
+def loss(model: ConditionalUNet, schedule: Schedule, x0: torch.Tensor, labels=None, values=None,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """The paper's ‖ε − ε_θ(x_t, t, c)‖² at uniformly drawn t, the condition dropped
+    (null) with probability ``p_uncond``."""
+    n = x0.shape[0]
+    t = torch.randint(0, schedule.timesteps, (n,), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    keep = torch.rand(n, generator=generator, device=x0.device) >= model.config.p_uncond
+    pred = model(schedule.q_sample(x0, t, noise), t, labels, values, keep)
+    return F.mse_loss(pred, noise)
+
+
+class EMA:
+    """An exponential moving average of a model's weights (``decay`` per update)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+            else:
+                e.copy_(p)
+
+
+# --------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def ddim_sample(model: ConditionalUNet, schedule: Schedule, n: int, *, labels=None, values=None,
+                steps: int = 50, guidance: float = 1.0, seed: int = 0, size: int | None = None,
+                device=None) -> torch.Tensor:
+    """``n`` images by deterministic DDIM (η = 0) over `steps` of the schedule's
+    timesteps, with classifier-free guidance weight `guidance` (1: the conditional
+    model alone; > 1: stronger conditioning). Returns ``(n, 1, size, size)`` in [−1, 1];
+    the same seed gives the same images."""
+    model.eval()
+    size = size or model.config.image_size
+    device = device or next(model.parameters()).device
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    x = torch.randn((n, 1, size, size), generator=g).to(device)
+    ts = np.unique(np.linspace(0, schedule.timesteps - 1, max(int(steps), 1)).round().astype(int))[::-1]
+    ab = schedule.alpha_bar
+
+    def as_tensor(v, dtype):
+        return None if v is None else torch.as_tensor(v, dtype=dtype, device=device).expand(n)
+
+    labels, values = as_tensor(labels, torch.long), as_tensor(values, torch.float32)
+    conditional = labels is not None or values is not None
+    for i, t in enumerate(ts):
+        tt = torch.full((n,), int(t), dtype=torch.long, device=device)
+        eps = model(x, tt, labels, values)
+        if conditional and guidance != 1.0:
+            uncond = model(x, tt, labels, values, torch.zeros(n, dtype=torch.bool, device=device))
+            eps = uncond + guidance * (eps - uncond)
+        a_t = float(ab[t])
+        a_prev = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
+        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+    return x.clamp(-1, 1)
+
+
+__all__ = ["ConditionalUNet", "DiffusionConfig", "EMA", "Schedule", "ddim_sample", "loss",
+           "timestep_embedding", "to_binary", "to_signed"]
