@@ -121,21 +121,28 @@ def test_conditioning_changes_the_output():
     assert density[1] - density[0] > 0.15, density
 
 
-def test_continuous_condition():
-    model, sched = small(continuous=True)
+def test_a_missing_or_dropped_condition_is_the_null_one():
+    """Class and value each have their own null: leaving one out (None) equals
+    dropping it (keep False), and differs from giving it."""
+    model, sched = small(n_classes=3, continuous=True)
+    with torch.no_grad():                       # the zero-initialised head hides the embedding
+        torch.nn.init.normal_(model.head[-1].weight, std=0.1)
     x = d.to_signed(blobs(0.5, 4))
-    values = torch.tensor([0.1, 0.5, 0.9, 1.3])
-    assert d.loss(model, sched, x, values=values).dim() == 0
+    t = torch.full((4,), 50)
+    labels, values = torch.tensor([0, 1, 2, 0]), torch.tensor([0.1, 0.5, 0.9, 1.3])
+    no = torch.zeros(4, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, None, values), model(x, t, labels, values, no, None))
+        torch.testing.assert_close(model(x, t, labels, None), model(x, t, labels, values, None, no))
+        torch.testing.assert_close(model(x, t), model(x, t, labels, values, no, no))
+        assert not torch.allclose(model(x, t, labels, values), model(x, t))
+    assert d.loss(model, sched, x, labels, values).dim() == 0
     out = d.ddim_sample(model, sched, 2, values=0.5, steps=4, seed=0, guidance=2.0)
     assert out.shape == (2, 1, 16, 16)
-    with pytest.raises(ValueError, match="conditioned on a value"):
-        model(x, torch.zeros(4, dtype=torch.long))
 
 
 def test_bad_inputs():
     model, _ = small(n_classes=2)
-    with pytest.raises(ValueError, match="class-conditional: pass labels"):
-        model(torch.zeros(1, 1, 16, 16), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="multiple of 2"):
         model(torch.zeros(1, 1, 15, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="beta_start < beta_end"):

@@ -108,7 +108,11 @@ class _ResBlock(nn.Module):
 class ConditionalUNet(nn.Module):
     """ε_θ(x_t, t, class, value): a small U-Net with residual blocks; the timestep,
     class and continuous-value embeddings are summed and added in every block.
-    Class index ``n_classes`` and a ``keep`` flag of 0 are the null condition."""
+
+    Each condition has its own null (a learned embedding): a condition that is not
+    given (None), or whose ``keep`` flag is False, is the null one. Trained with both
+    dropped independently, one model samples by class, by value, by both or by
+    neither."""
 
     def __init__(self, config: DiffusionConfig):
         super().__init__()
@@ -141,27 +145,29 @@ class ConditionalUNet(nn.Module):
     def stride(self) -> int:
         return 2 ** (len(self.config.mults) - 1)
 
-    def embed(self, t, labels=None, values=None, keep=None) -> torch.Tensor:
+    def embed(self, t, labels=None, values=None, keep_label=None, keep_value=None) -> torch.Tensor:
         e = self.time(timestep_embedding(t, self.config.base))
         n = t.shape[0]
-        keep = torch.ones(n, dtype=torch.bool, device=t.device) if keep is None else keep
         if self.label is not None:
-            if labels is None:
-                raise ValueError("this model is class-conditional: pass labels")
-            null = torch.full_like(labels, self.config.n_classes)
-            e = e + self.label(torch.where(keep, labels, null))
+            null = torch.full((n,), self.config.n_classes, dtype=torch.long, device=t.device)
+            labels = null if labels is None else labels
+            if keep_label is not None:
+                labels = torch.where(keep_label, labels, null)
+            e = e + self.label(labels)
         if self.config.continuous:
+            null = self.null_value.expand(n, -1)
             if values is None:
-                raise ValueError("this model is conditioned on a value: pass values")
-            v = self.value(values.float().view(n, 1))
-            e = e + torch.where(keep[:, None], v, self.null_value.expand(n, -1))
+                e = e + null
+            else:
+                v = self.value(values.float().view(n, 1))
+                e = e + (v if keep_value is None else torch.where(keep_value[:, None], v, null))
         return e
 
-    def forward(self, x, t, labels=None, values=None, keep=None):
+    def forward(self, x, t, labels=None, values=None, keep_label=None, keep_value=None):
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}×{w} must be a multiple of {self.stride}")
-        emb = self.embed(t, labels, values, keep)
+        emb = self.embed(t, labels, values, keep_label, keep_value)
         h = self.stem(x)
         skips = []
         for block, pool in zip(self.down, self.pool):
@@ -191,13 +197,13 @@ def to_binary(x: torch.Tensor) -> np.ndarray:
 
 def loss(model: ConditionalUNet, schedule: Schedule, x0: torch.Tensor, labels=None, values=None,
          generator: torch.Generator | None = None) -> torch.Tensor:
-    """The paper's ‖ε − ε_θ(x_t, t, c)‖² at uniformly drawn t, the condition dropped
-    (null) with probability ``p_uncond``."""
+    """The paper's ‖ε − ε_θ(x_t, t, c)‖² at uniformly drawn t, each condition dropped
+    (null) with probability ``p_uncond``, independently."""
     n = x0.shape[0]
     t = torch.randint(0, schedule.timesteps, (n,), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    keep = torch.rand(n, generator=generator, device=x0.device) >= model.config.p_uncond
-    pred = model(schedule.q_sample(x0, t, noise), t, labels, values, keep)
+    keep = torch.rand((2, n), generator=generator, device=x0.device) >= model.config.p_uncond
+    pred = model(schedule.q_sample(x0, t, noise), t, labels, values, keep[0], keep[1])
     return F.mse_loss(pred, noise)
 
 
@@ -245,7 +251,7 @@ def ddim_sample(model: ConditionalUNet, schedule: Schedule, n: int, *, labels=No
         tt = torch.full((n,), int(t), dtype=torch.long, device=device)
         eps = model(x, tt, labels, values)
         if conditional and guidance != 1.0:
-            uncond = model(x, tt, labels, values, torch.zeros(n, dtype=torch.bool, device=device))
+            uncond = model(x, tt)
             eps = uncond + guidance * (eps - uncond)
         a_t = float(ab[t])
         a_prev = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
