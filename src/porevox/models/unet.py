@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidVolumeError, PorevoxError, StageError
+from .progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -568,15 +569,6 @@ def _split(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[list[
     return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("U-Net"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.description}"), console=Console(stderr=True),
-                    disable=not enabled, transient=False)
-
-
 def train_unet(images, labels, config: UNetConfig = UNetConfig(), *, val_fraction: float = 0.2,
                epochs: int = 100, patience: int = 10, batch_size: int = 1, lr: float = 1e-3,
                patch: int | None = None, augment: bool = True, seed: int = 0, progress: bool = True,
@@ -692,7 +684,7 @@ def train_unet(images, labels, config: UNetConfig = UNetConfig(), *, val_fractio
                                    "val_slices": val_idx}
         best_loss, best_state, wait = math.inf, None, 0
         started = time.perf_counter()
-        with _progress(progress) as bar:
+        with progress_bar(progress, "U-Net") as bar:
             task = bar.add_task("", total=epochs)
             for epoch in range(epochs):
                 order = rng.permutation(len(train_x))
