@@ -1,0 +1,55 @@
+"""Training, resuming and sampling the generative models on a small study."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from porevox.errors import PorevoxError
+from porevox.pipelines.generate import Generator, train_generator, write_samples
+from tests.pipelines.test_crops import study  # noqa: F401  (the fixture)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "cgan"])
+def test_train_resume_and_sample(study, kind):  # noqa: F811
+    folder, _ = study
+    first = train_generator(folder, kind=kind, size=16, steps=6)
+    out = folder / "models" / kind
+    assert first["steps"] == 6 and first["trained_steps"] == 6 and first["classes"] == 2
+    assert (out / "checkpoint.pt").is_file() and (out / "loss.png").stat().st_size > 5000
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["pixel_size"] == [0.04, 0.04] and meta["value_scale"] == 200.0
+    assert [c["paste"] for c in meta["classes"]] == ["HPA", "NPC"]
+    assert train_generator(folder, kind=kind, size=16, steps=6)["trained_steps"] == 0   # done: resumed
+    assert train_generator(folder, kind=kind, size=16, steps=9)["trained_steps"] == 3
+    gen = Generator(out)
+    assert gen.steps_trained == 9
+    a = gen.sample(4, paste="NPC", temperature_c=400, seed=1, steps=5)
+    assert a.shape == (4, 16, 16) and a.dtype == np.uint8 and set(np.unique(a)) <= {0, 1}
+    np.testing.assert_array_equal(a, gen.sample(4, paste="NPC", temperature_c=400, seed=1, steps=5))
+    with pytest.raises(PorevoxError, match="no class HPB 250 °C in this model; it knows HPA 175, NPC 400"):
+        gen.sample(2, paste="HPB", temperature_c=250)
+    with pytest.raises(PorevoxError, match="--paste and --temperature together"):
+        gen.sample(2, paste="HPA")
+    if kind == "ddpm":
+        assert gen.sample(3, conductivity=150.0, steps=5).shape == (3, 16, 16)
+    else:
+        with pytest.raises(PorevoxError, match="conditioned on the class only"):
+            gen.sample(3, conductivity=150.0)
+
+
+def test_write_samples(tmp_path):
+    images = (np.random.default_rng(0).random((3, 16, 16)) > 0.5).astype(np.uint8)
+    files = write_samples(images, tmp_path / "s", {"paste": "NPC"})
+    assert len(files["pngs"]) == 3
+    np.testing.assert_array_equal(np.asarray(Image.open(files["pngs"][2])) // 255, images[2])
+    arr = zarr.open_array(files["zarr"])
+    np.testing.assert_array_equal(arr[:], images)
+    assert arr.attrs["porevox"] == {"paste": "NPC"}
+
+
+def test_no_model_here(tmp_path):
+    with pytest.raises(PorevoxError, match="no trained model in"):
+        Generator(tmp_path)
