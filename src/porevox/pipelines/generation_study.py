@@ -1,0 +1,196 @@
+"""`porevox generate evaluate` and `porevox generate design`: the generative models
+judged against the study's real crops (the paper's Table 3, Figs. 5 and 6), and
+inverse design from a target conductivity.
+
+Evaluate: per (paste, temperature) class, ``n`` real crops (drawn with a seed from
+the training samples) and ``n`` generated images per model, their D, SP2D and mean
+shape index (the quantification's 2-D kernel), S2 and chord lengths; the R² per
+paste (:mod:`generation_eval`); ``generation/table3.md/.json`` and
+``generation/figures/`` (``fig5_grid.png``: real, cGAN and DDPM per paste and
+temperature; ``fig6_descriptors.png``: each descriptor against temperature, mean ±
+sd).
+
+Design: for each target conductivity the DDPM generates ``n`` images conditioned on
+it; their 2-D descriptors go through a linear model of σ on the study's per-sample
+2-D descriptors (``pv.regress`` on ``features.csv``: D, SP2D, shape index, the best
+subset by LOOCV), which predicts σ back; the closed-loop error is predicted − target.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import generation_eval as ge
+from .crops import crop_index
+from .generate import Generator
+from .segmentation_study import study_volumes
+
+logger = logging.getLogger(__name__)
+
+#: The 2-D descriptors of features.csv and of descriptors_2d, for the design model.
+DESIGN_FEATURES = {"relative_density": "relative_density",
+                   "specific_perimeter_2d": "specific_perimeter",
+                   "shape_index_mean": "shape_index_mean"}
+
+
+def _real_crops(index, c: int, n: int, seed: int) -> np.ndarray:
+    members = np.flatnonzero(index.label == c)
+    pick = np.random.default_rng([seed, c]).choice(members, min(n, members.size), replace=False)
+    return index.load(sorted(int(i) for i in pick))
+
+
+def evaluate_generators(study, models, *, n: int = 32, seed: int = 0, steps: int = 50,
+                        guidance: float = 2.0, out=None, figures: bool = True) -> dict:
+    """The Table-3 analog of `models` (trained model folders) on `study`."""
+    folder, _ = study_volumes(study)
+    gens = {}
+    for path in models:
+        g = Generator(path)
+        gens["DDPM" if g.kind == "ddpm" else "cGAN"] = g
+    first = next(iter(gens.values()))
+    meta = first.meta
+    index = crop_index(study, labels=meta["labels"], size=meta["size"])
+    classes = index.classes
+    for name, g in gens.items():
+        if [(c["paste"], c["temperature_c"]) for c in g.classes] != \
+                [(c["paste"], c["temperature_c"]) for c in classes]:
+            raise ValueError(f"the {name} model was trained on other classes than {folder} has")
+    pixel = tuple(meta["pixel_size"])
+    real_images = [_real_crops(index, c, n, seed) for c in range(len(classes))]
+    real = [ge.class_statistics(im, pixel) for im in real_images]
+    generated_images = {name: [g.sample(n, paste=c["paste"], temperature_c=c["temperature_c"],
+                                        seed=seed + i, steps=steps, guidance=guidance)
+                               for i, c in enumerate(classes)] for name, g in gens.items()}
+    generated = {name: [ge.class_statistics(im, pixel) for im in ims]
+                 for name, ims in generated_images.items()}
+    table = ge.table3(classes, real, generated)
+    result = {"classes": [{k: c[k] for k in ("paste", "temperature_c", "conductivity")} for c in classes],
+              "n": n, "table3": table, "real": real, "generated": generated,
+              "models": {k: str(g.path) for k, g in gens.items()}, "paper": ge.PAPER_TABLE3}
+    out = Path(out) if out is not None else folder / "generation"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "table3.md").write_text(ge.markdown(table) + "\n")
+    (out / "table3.json").write_text(json.dumps(_clean(result), indent=1))
+    if figures:
+        figs = out / "figures"
+        result["figures"] = {
+            "fig5_grid": str(grid_figure(classes, real_images, generated_images, figs / "fig5_grid.png")),
+            "fig6_descriptors": str(descriptor_figure(classes, real, generated,
+                                                      figs / "fig6_descriptors.png"))}
+    result["files"] = {"table3_md": str(out / "table3.md"), "table3_json": str(out / "table3.json")}
+    return result
+
+
+def _clean(obj):
+    from ..engine.provenance import finite
+
+    return finite(obj)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def grid_figure(classes, real_images, generated_images, path: Path) -> Path:
+    """Fig. 5: one image per class, rows real / each model per paste, columns temperature."""
+    plt = _plt()
+    pastes = sorted({c["paste"] for c in classes})
+    temps = sorted({c["temperature_c"] for c in classes})
+    sources = [("real", real_images), *generated_images.items()]
+    rows = [(p, name, ims) for p in pastes for name, ims in sources]
+    fig, axes = plt.subplots(len(rows), len(temps), figsize=(1.6 * len(temps), 1.6 * len(rows)),
+                             squeeze=False)
+    for r, (paste, name, ims) in enumerate(rows):
+        for col, t in enumerate(temps):
+            ax = axes[r, col]
+            ax.set_axis_off()
+            k = next((i for i, c in enumerate(classes) if c["paste"] == paste and c["temperature_c"] == t),
+                     None)
+            if k is not None and len(ims[k]):
+                ax.imshow(ims[k][0], cmap="gray", vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(f"{t} °C", fontsize=8)
+            if col == 0:
+                ax.text(-0.1, 0.5, f"{paste}\n{name}", transform=ax.transAxes, ha="right", va="center",
+                        fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def descriptor_figure(classes, real, generated, path: Path) -> Path:
+    """Fig. 6: each descriptor against temperature per paste, mean ± sd, real and models."""
+    plt = _plt()
+    pastes = sorted({c["paste"] for c in classes})
+    fig, axes = plt.subplots(len(ge.DESCRIPTORS), len(pastes), figsize=(3.4 * len(pastes), 2.6 * 3),
+                             squeeze=False)
+    for col, paste in enumerate(pastes):
+        sel = [i for i, c in enumerate(classes) if c["paste"] == paste]
+        t = [classes[i]["temperature_c"] for i in sel]
+        for row, (key, label, unit) in enumerate(ge.DESCRIPTORS):
+            ax = axes[row, col]
+            for name, stats, style in (("real", real, "k-o"), *[(m, s, "--s") for m, s in generated.items()]):
+                m = [stats[i][key]["mean"] for i in sel]
+                sd = [stats[i][key]["sd"] for i in sel]
+                ax.errorbar(t, m, yerr=sd, fmt=style, ms=3, capsize=2, lw=1, label=name)
+            ax.set_title(f"{paste}: {label}", fontsize=9)
+            ax.set_xlabel("T (°C)", fontsize=8)
+            if unit:
+                ax.set_ylabel(unit, fontsize=8)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def design(study, model, targets, *, n: int = 32, seed: int = 0, steps: int = 50, guidance: float = 2.0,
+           features_table=None) -> dict:
+    """Inverse design: images for each target conductivity, and σ predicted back from
+    their 2-D descriptors; the closed-loop error per target."""
+    from ..models import regression as mvlr
+    from .regress import plan_regression, run_regression
+
+    folder, _ = study_volumes(study)
+    g = Generator(model)
+    if g.kind != "ddpm" or not g.config.continuous:
+        raise ValueError("inverse design needs the DDPM (conditioned on conductivity): "
+                         "porevox generate train STUDY --model ddpm")
+    table = features_table if features_table is not None else folder / "features.csv"
+    plan = plan_regression(table, labels=g.meta["labels"], features=list(DESIGN_FEATURES),
+                           min_features=1, drop_nan=True, figures=False)
+    best = run_regression(plan)["best"]
+    law = mvlr.fit(plan.train[best["columns"]].to_numpy(float), plan.train[plan.target].to_numpy(float))
+    pixel = tuple(g.meta["pixel_size"])
+    rows = []
+    for k, target in enumerate(targets):
+        images = g.sample(n, conductivity=float(target), seed=seed + k, steps=steps, guidance=guidance)
+        d = ge.image_descriptors(images, pixel)
+        x = np.column_stack([d[DESIGN_FEATURES[c]] for c in best["columns"]])
+        ok = np.isfinite(x).all(axis=1)
+        per_image = law.predict(x[ok]) if ok.any() else np.array([math.nan])
+        mean_x = np.nanmean(x, axis=0, keepdims=True)
+        predicted = float(law.predict(mean_x)[0])
+        rows.append({"target": float(target), "predicted": predicted, "error": predicted - float(target),
+                     "relative_error": (predicted - float(target)) / float(target) if target else math.nan,
+                     "per_image_sd": float(np.std(per_image)), "images": int(n),
+                     "descriptors": {c: float(np.nanmean(d[DESIGN_FEATURES[c]])) for c in DESIGN_FEATURES}})
+    return {"model": str(g.path), "regression": {"features": best["features"],
+                                                 "loocv_r2": best["loocv_r2"],
+                                                 "coefficients": best["coefficients"]},
+            "targets": rows}
+
+
+__all__ = ["DESIGN_FEATURES", "descriptor_figure", "design", "evaluate_generators", "grid_figure"]

@@ -1,0 +1,67 @@
+"""Evaluation (Table 3, Figs. 5–6) and inverse design on a small study."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from porevox.pipelines import generation_eval as ge
+from porevox.pipelines.generate import Generator, train_generator
+from porevox.pipelines.generation_study import design, evaluate_generators
+from tests.pipelines.test_crops import study  # noqa: F401  (the fixture)
+
+
+def test_evaluate_two_models(study):  # noqa: F811
+    folder, _ = study
+    for kind in ("ddpm", "cgan"):
+        train_generator(folder, kind=kind, size=16, steps=3)
+    result = evaluate_generators(folder, [folder / "models" / "ddpm", folder / "models" / "cgan"], n=3,
+                                 steps=3)
+    assert set(result["table3"]) == {"DDPM", "cGAN"}
+    assert set(result["table3"]["DDPM"]) == {"HPA", "NPC"}      # one temperature each: R² undefined
+    assert np.isnan(result["table3"]["DDPM"]["HPA"]["relative_density"])
+    assert [c["paste"] for c in result["classes"]] == ["HPA", "NPC"]
+    for stats in (result["real"][0], result["generated"]["DDPM"][1]):
+        assert stats["n"] == 3 and 0 <= stats["relative_density"]["mean"] <= 1
+    saved = json.loads((folder / "generation" / "table3.json").read_text())
+    assert saved["n"] == 3 and (folder / "generation" / "table3.md").read_text().startswith("| model |")
+    for path in result["figures"].values():
+        assert path.endswith(".png") and Path(path).stat().st_size > 5000
+
+
+def test_design_predicts_sigma_back_through_the_2d_law(study):  # noqa: F811
+    folder, _ = study
+    train_generator(folder, kind="ddpm", size=16, steps=3)
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0.4, 0.8, 12)
+    table = pd.DataFrame({"id": [f"s{i}" for i in range(12)], "labels": "unet", "relative_density": d,
+                          "specific_perimeter_2d": rng.uniform(3, 8, 12),
+                          "shape_index_mean": rng.uniform(-0.1, 0.1, 12), "conductivity": 300 * d})
+    table["conductivity"] += rng.normal(scale=2.0, size=12)
+    result = design(folder, folder / "models" / "ddpm", [50, 150], n=4, steps=3, features_table=table)
+    assert "D" in result["regression"]["features"] and result["regression"]["loocv_r2"] > 0.99
+    symbols = {"D": "relative_density", "specific_perimeter_2d": "specific_perimeter_2d",
+               "shape_index_mean": "shape_index_mean"}
+    cols = [symbols[f] for f in result["regression"]["features"]]
+    law = make_pipeline(StandardScaler(), LinearRegression()).fit(table[cols], table["conductivity"])
+    g = Generator(folder / "models" / "ddpm")
+    for k, row in enumerate(result["targets"]):
+        images = g.sample(4, conductivity=row["target"], seed=k, steps=3)
+        d = ge.image_descriptors(images, (0.04, 0.04))
+        key = {"relative_density": "relative_density", "specific_perimeter_2d": "specific_perimeter",
+               "shape_index_mean": "shape_index_mean"}
+        x = pd.DataFrame([[np.nanmean(d[key[c]]) for c in cols]], columns=cols)
+        assert row["predicted"] == pytest.approx(float(law.predict(x)[0]), rel=1e-9)
+        assert row["error"] == pytest.approx(row["predicted"] - row["target"])
+
+
+def test_design_needs_the_ddpm(study):  # noqa: F811
+    folder, _ = study
+    train_generator(folder, kind="cgan", size=16, steps=2)
+    with pytest.raises(ValueError, match="inverse design needs the DDPM"):
+        design(folder, folder / "models" / "cgan", [100])
