@@ -277,3 +277,50 @@ def test_regress_bad_input_exit_2(tmp_path, args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert not (tmp_path / "regression").exists()
+
+
+def test_generate_commands(tmp_path):
+    """train, sample, evaluate and design as a user runs them, on a small study."""
+    import pandas as pd
+    import yaml
+
+    from porevox.engine.storage import create_volume
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, (paste, t) in enumerate((("HPA", 175), ("HPA", 400), ("NPC", 175), ("NPC", 400))):
+        labels = (rng.random((3, 16, 32)) < 0.3 + 0.1 * k).astype(np.uint8)
+        vol = create_volume(tmp_path / f"s{k}.zarr", labels.shape, "uint8", (0.05, 0.04, 0.04))
+        vol.group.create_array("labels/unet", data=labels)
+        rows.append({"id": f"s{k}", "path": f"s{k}.zarr", "paste": paste, "temperature_c": t, "voi": 0,
+                     "conductivity": 20.0 + 40 * k})
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({"name": "t", "samples": rows}))
+    pd.DataFrame([{"id": f"x{i}", "labels": "unet", "relative_density": 0.3 + 0.04 * i,
+                   "specific_perimeter_2d": 5 + np.sin(i), "shape_index_mean": 0.01 * np.cos(i),
+                   "conductivity": 400 * (0.3 + 0.04 * i) + np.sin(3 * i)} for i in range(10)]).to_csv(
+        tmp_path / "features.csv", index=False)
+    for model in ("ddpm", "cgan"):
+        r = run("generate", "train", tmp_path, "--model", model, "--size", "16", "--steps", "3", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["steps"] == 3
+    r = run("generate", "sample", tmp_path / "models" / "ddpm", "--paste", "NPC", "--temperature", "400",
+            "--conductivity", "150", "-n", "3", "--steps", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    import zarr
+
+    assert zarr.open_array(out["zarr"]).shape == (3, 16, 16) and out["pngs"] == 3
+    r = run("generate", "evaluate", tmp_path, "-n", "2", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert "| DDPM | HPA |" in r.stdout and "| cGAN | NPC |" in r.stdout
+    r = run("generate", "design", tmp_path, "--conductivity", "100,200", "-n", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [t["target"] for t in json.loads(r.stdout)["targets"]] == [100.0, 200.0]
+    for args, message in ((["train", tmp_path, "--model", "vae"], "--model must be one of ddpm, cgan"),
+                          (["sample", tmp_path / "nope"], "no trained model in"),
+                          (["sample", tmp_path / "models" / "cgan", "--conductivity", "5"],
+                           "conditioned on the class only"),
+                          (["design", tmp_path, "--conductivity", "abc"], "--conductivity takes numbers")):
+        r = run("generate", *args)
+        assert r.returncode == 2 and r.stdout == "" and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
