@@ -96,8 +96,8 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
     run = None
     if checkpoint.exists():
         old = json.loads((out / "model.json").read_text()) if (out / "model.json").exists() else {}
-        if {k: old.get(k) for k in ("kind", "config", "classes", "labels", "size")} == \
-                {k: meta[k] for k in ("kind", "config", "classes", "labels", "size")}:
+        same = ("kind", "config", "classes", "labels", "size")
+        if json.dumps({k: old.get(k) for k in same}) == json.dumps({k: meta[k] for k in same}):
             run = generative.load_checkpoint(checkpoint, train)
             logger.info("%s: resuming at step %d of %d", kind, run.step, train.steps)
         else:
@@ -105,6 +105,8 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
     run = run or generative.new_run(kind, config, train)
     for net_ in run.nets.values():
         net_.to(device)
+    for opt in run.opts.values():           # reloading casts a resumed state to the weights' device
+        opt.load_state_dict(opt.state_dict())
     if run.ema is not None:
         run.ema.model.to(device)
     images = torch.from_numpy(index.load().astype(np.float32) * 2 - 1)[:, None].to(device)
