@@ -86,7 +86,8 @@ def test_usage_error_exit_2(stack):
 
 
 def test_demo(tmp_path):
-    r = run(*FAST, "demo", "--out", tmp_path / "d", "--epochs", "1", "--json")
+    r = run(*FAST, "demo", "--out", tmp_path / "d", "--epochs", "1", "--generate-steps", "3",
+            "--generate-n", "2", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     samples = result["study"]["samples"]
@@ -128,6 +129,16 @@ def test_demo(tmp_path):
         assert reg["test_ids"] == ["HPA-225C-voi1", "HPB-400C-voi1", "NPC-350C-voi1"]
         assert set(reg["paper_models"]) == set("ACIJNQR") and reg["subsets"] == 247
         assert Path(reg["files"]["table2_md"]).is_file() and Path(reg["files"]["physics"]).is_file()
+    # and trained both generative models on the U-Net's crops of the 18 training
+    # samples, judged them (Table 3) and designed for three conductivities
+    gen = result["generation"]
+    for kind in ("ddpm", "cgan"):
+        assert gen["training"][kind]["steps"] == 3 and gen["training"][kind]["classes"] == 18
+        assert (tmp_path / "d" / "study" / "models" / kind / "checkpoint.pt").is_file()
+    table3 = gen["evaluation"]["table3"]
+    assert set(table3) == {"DDPM", "cGAN"} and all(set(t) == {"HPA", "HPB", "NPC"} for t in table3.values())
+    assert (tmp_path / "d" / "study" / "generation" / "table3.md").is_file()
+    assert [t["target"] for t in gen["design"]["targets"]] == [50.0, 100.0, 200.0]
     assert "structure–property models on labels/unet" not in r.stdout     # --json: JSON only
 
 

@@ -201,18 +201,28 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files."),
     epochs: int = typer.Option(30, "--epochs", min=1,
                                help="Most U-Net epochs (early stopping may end sooner)."),
+    generate_minutes: float = typer.Option(3.0, "--generate-minutes", min=0.01,
+                                           help="Training time of each generative model."),
+    generate_steps: int | None = typer.Option(None, "--generate-steps", min=1,
+                                              help="Most training steps of each generative model "
+                                                   "(default: the cpu preset's)."),
+    generate_n: int = typer.Option(64, "--generate-n", min=2,
+                                   help="Generated images per class and per design target."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """The study end to end on the cluster (so far: the twin study, its conductivities,
-    the Table-1 analog of its segmentations, every sample's microstructure features with
-    figures, the Table-2 analog of structure–property models with SHAP, and a stack
-    ingested as a user's TIFF)."""
+    """The study end to end on the cluster: the twin study and its conductivities, the
+    Table-1 analog of its segmentations, every sample's microstructure features with
+    figures, the Table-2 analog of structure–property models with SHAP, the DDPM and
+    cGAN judged by the Table-3 analog with inverse design, and a stack ingested as a
+    user's TIFF."""
     from .pipelines import run_demo
     from .pipelines.demo import FEATURE_LABELS
     from .pipelines.segmentation_study import markdown
 
     with _session(ctx):
-        result = run_demo(out, epochs=epochs, progress=_progress() and not as_json)
+        result = run_demo(out, epochs=epochs, generate_minutes=generate_minutes,
+                          generate_steps=generate_steps, generate_n=generate_n,
+                          progress=_progress() and not as_json)
 
     def human(r):
         _print_study(r["study"])
@@ -239,6 +249,7 @@ def demo(
             b = other["best"]
             typer.echo(f"  best on labels/{name}: {', '.join(b['features'])}: LOOCV R² {b['loocv_r2']:.3f}"
                        f", test R² {b['test_r2']:.3f}; files: {other['files']['table2_md']}")
+        _print_generation(r["generation"])
         typer.echo("a twin image exported as TIFF and ingested like a user's stack:")
         _print_summary(r["ingested"])
         typer.echo(f"  gray value percentiles (1, 50, 99 %): {r['histogram_percentiles']}")
@@ -529,6 +540,34 @@ generate_app = typer.Typer(help="Conditional DDPM and cGAN microstructures: trai
 app.add_typer(generate_app, name="generate")
 
 
+def _print_table3(evaluation: dict) -> None:
+    from .pipelines.generation_eval import PAPER_TABLE3, markdown
+
+    typer.echo(markdown(evaluation["table3"]))
+    typer.echo("  the paper's average R² (HPA, HPB, NPC): " + "; ".join(
+        f"{m} {', '.join(f'{v[3]:.2f}' for v in rows.values())}" for m, rows in PAPER_TABLE3.items()))
+    figures = ", ".join(evaluation.get("figures", {}).values())
+    typer.echo(f"  files: {evaluation['files']['table3_md']}" + (f", figures: {figures}" if figures else ""))
+
+
+def _print_design(designed: dict) -> None:
+    typer.echo(f"  σ from 2-D descriptors: {', '.join(designed['regression']['features'])} "
+               f"(LOOCV R² {designed['regression']['loocv_r2']:.3f})")
+    for t in designed["targets"]:
+        typer.echo(f"  target {t['target']:>7.1f}  predicted {t['predicted']:>7.1f}  "
+                   f"error {t['error']:+7.1f} ({100 * t['relative_error']:+.0f} %)")
+
+
+def _print_generation(g: dict) -> None:
+    for kind, t in g["training"].items():
+        typer.echo(f"{kind}: {t['steps']} steps ({t['seconds']:.0f} s on {t['device']}), loss curve "
+                   f"{t['loss_curve']}")
+    typer.echo("generated against real microstructures, R² per paste (the paper's Table 3):")
+    _print_table3(g["evaluation"])
+    typer.echo("inverse design with the DDPM, σ predicted back:")
+    _print_design(g["design"])
+
+
 @generate_app.command("train")
 @_guard
 def generate_train(
@@ -537,6 +576,9 @@ def generate_train(
     preset: str = typer.Option("cpu", "--preset", help="cpu (64 px crops, < 10 min on 2 cores) or gpu."),
     labels: str = typer.Option("unet", "--labels", help="The segmentation to learn: labels/<NAME>."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps (default: the preset's)."),
+    minutes: float | None = typer.Option(None, "--minutes", min=0.01,
+                                         help="Stop after this long, with a checkpoint (default: "
+                                              "the preset's; resume to go on)."),
     size: int | None = typer.Option(None, "--size", help="Crop size in pixels (default: the preset's)."),
     out: Path | None = typer.Option(None, "--out", help="Model folder (default: STUDY/models/<model>)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -546,8 +588,8 @@ def generate_train(
     from .pipelines.generate import check_train, train_generator
 
     check_train(model, preset)
-    result = train_generator(study, kind=model, preset=preset, labels=labels, steps=steps, size=size,
-                             out=out, seed=seed, progress=_progress() and not as_json)
+    result = train_generator(study, kind=model, preset=preset, labels=labels, steps=steps, minutes=minutes,
+                             size=size, out=out, seed=seed, progress=_progress() and not as_json)
     _emit(result, as_json, lambda r: [typer.echo(f"{k:<14} {v}") for k, v in r.items()])
 
 
@@ -562,7 +604,7 @@ def generate_sample(
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs and samples.zarr."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same images."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
-    guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance weight."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance weight (1: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Generate binary microstructure images for a class and/or a conductivity."""
@@ -587,23 +629,22 @@ def generate_evaluate(
     study: Path = typer.Argument(..., help="A study folder or its study.yaml."),
     models: list[Path] = typer.Option(None, "--model", help="Model folders (default: STUDY/models/ddpm "
                                                              "and cgan, those that exist)."),
-    n: int = typer.Option(32, "-n", help="Images per class, real and generated."),
+    n: int = typer.Option(128, "-n", help="Generated images per class (against all the real crops)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance weight (1: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """The Table-3 analog: D, SP2D and shape index of real and generated images, R² per paste."""
     from .pipelines.generate import model_dir
-    from .pipelines.generation_eval import markdown
     from .pipelines.generation_study import evaluate_generators
 
     models = models or [p for p in (model_dir(study, "ddpm"), model_dir(study, "cgan"))
                         if (p / "model.json").exists()]
     if not models:
         raise PorevoxError(f"no trained models under {study}; run porevox generate train STUDY first")
-    result = evaluate_generators(study, models, n=n, seed=seed, steps=steps)
-    _emit(result, as_json, lambda r: (typer.echo(markdown(r["table3"])),
-                                      typer.echo(f"files: {r['files']}, figures: {r.get('figures')}")))
+    result = evaluate_generators(study, models, n=n, seed=seed, steps=steps, guidance=guidance)
+    _emit(result, as_json, _print_table3)
 
 
 @generate_app.command("design")
@@ -614,8 +655,9 @@ def generate_design(
                                            help="Target conductivities (µS/cm), comma-separated "
                                                 "or repeated."),
     model: Path | None = typer.Option(None, "--model", help="The DDPM folder (default: STUDY/models/ddpm)."),
-    n: int = typer.Option(32, "-n", help="Images per target."),
+    n: int = typer.Option(64, "-n", help="Images per target."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance weight (1: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Inverse design: microstructures for target conductivities, σ predicted back."""
@@ -626,16 +668,8 @@ def generate_design(
         targets = [float(v) for v in _split_list(conductivity)]
     except ValueError:
         raise PorevoxError(f"--conductivity takes numbers; got {conductivity}") from None
-    result = design(study, model or model_dir(study, "ddpm"), targets, n=n, seed=seed)
-
-    def human(r):
-        typer.echo(f"σ from 2-D descriptors: {', '.join(r['regression']['features'])} "
-                   f"(LOOCV R² {r['regression']['loocv_r2']:.3f})")
-        for t in r["targets"]:
-            typer.echo(f"  target {t['target']:>7.1f}  predicted {t['predicted']:>7.1f}  "
-                       f"error {t['error']:+7.1f} ({100 * t['relative_error']:+.0f} %)")
-
-    _emit(result, as_json, human)
+    result = design(study, model or model_dir(study, "ddpm"), targets, n=n, seed=seed, guidance=guidance)
+    _emit(result, as_json, _print_design)
 
 
 @app.command()

@@ -126,7 +126,7 @@ def test_a_missing_or_dropped_condition_is_the_null_one():
     dropping it (keep False), and differs from giving it."""
     model, sched = small(n_classes=3, continuous=True)
     with torch.no_grad():                       # the zero-initialised head hides the embedding
-        torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+        torch.nn.init.normal_(model.out[0].weight, std=0.1)
     x = d.to_signed(blobs(0.5, 4))
     t = torch.full((4,), 50)
     labels, values = torch.tensor([0, 1, 2, 0]), torch.tensor([0.1, 0.5, 0.9, 1.3])
@@ -152,3 +152,64 @@ def test_bad_inputs():
 def test_config_round_trip():
     cfg = d.DiffusionConfig(n_classes=18, mults=(1, 2, 4))
     assert d.DiffusionConfig.from_dict(cfg.as_dict()) == cfg
+
+
+def test_multiscale_mse():
+    """One scale is the plain MSE; each coarser term is k·avgpool_k of the error, so
+    white noise weighs the same (≈ 1) at every scale; a constant offset c, which is
+    c² at full resolution, weighs k²c² at scale k."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 1, 32, 32, generator=g), torch.randn(64, 1, 32, 32, generator=g)
+    assert float(d.multiscale_mse(a, b, 1)) == pytest.approx(float(torch.nn.functional.mse_loss(a, b)))
+    white = torch.randn(256, 1, 32, 32, generator=g) / math.sqrt(2)
+    for scales in (2, 3, 4):
+        assert float(d.multiscale_mse(white, torch.zeros_like(white), scales)) == pytest.approx(0.5, rel=0.05)
+    offset = torch.full((2, 1, 32, 32), 0.1)
+    expected = np.mean([(k * 0.1) ** 2 for k in (1, 2, 4)])
+    assert float(d.multiscale_mse(offset, torch.zeros_like(offset), 3)) == pytest.approx(expected, rel=1e-5)
+    assert float(d.multiscale_mse(offset, torch.zeros_like(offset), 20)) == pytest.approx(  # stops at 1 × 1
+        np.mean([(k * 0.1) ** 2 for k in (1, 2, 4, 8, 16, 32)]), rel=1e-4)
+
+
+def test_a_patched_network_keeps_the_image_size():
+    """Pixel-unshuffled by 4 and two levels below that: sizes must be multiples of 8;
+    the output has the input's shape, and a zero-initialised output layer gives 0."""
+    model, _ = small(patch=4)
+    assert model.stride == 8
+    x = torch.randn(3, 1, 24, 24)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 5, 100]))
+    assert out.shape == x.shape and float(out.abs().max()) == 0.0
+    with pytest.raises(ValueError, match="multiple of 8"):
+        model(torch.zeros(1, 1, 20, 20), torch.zeros(1, dtype=torch.long))
+
+
+def test_the_preconditioned_network_starts_at_the_best_linear_guess():
+    """ε_θ = √(1−ᾱ_t)·x_t + √ᾱ_t·F with F zero at initialisation: for x_0 in {−1, +1}
+    the expected loss at step t is then ᾱ_t, the variance left after the best linear
+    guess of ε from x_t; training lowers it."""
+    model, sched = small(precondition=True)
+    x = d.to_signed(blobs(0.5, 64))
+    g = torch.Generator().manual_seed(2)
+    for t in (5, 60, 199):
+        tt = torch.full((64,), t)
+        noise = torch.randn(x.shape, generator=g)
+        xt = sched.q_sample(x, tt, noise)
+        with torch.no_grad():
+            pred = model(xt, tt)
+        torch.testing.assert_close(pred, math.sqrt(1 - sched.alpha_bar[t]) * xt)
+        assert float(((pred - noise) ** 2).mean()) == pytest.approx(sched.alpha_bar[t], rel=0.05)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    fixed = (torch.full((64,), 20), torch.randn(x.shape, generator=g))
+
+    def fixed_loss():
+        with torch.no_grad():
+            return float(((model(sched.q_sample(x, fixed[0], fixed[1]), fixed[0]) - fixed[1]) ** 2).mean())
+
+    before = fixed_loss()
+    for _ in range(60):
+        loss = d.loss(model, sched, x[torch.randint(0, 64, (32,), generator=g)], generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert fixed_loss() < 0.5 * before

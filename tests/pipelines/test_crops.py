@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from porevox.engine.storage import create_volume
 from porevox.errors import InvalidVolumeError
-from porevox.pipelines.crops import CropDataset, crop_index
+from porevox.pipelines.crops import CropBatches, crop_index
 
 
 @pytest.fixture
@@ -50,14 +51,15 @@ def test_stride_every_and_held_out(study):
     assert index.classes[0]["samples"] == ["a0", "a1"] and index.classes[0]["conductivity"] == 12.0
 
 
-def test_dataset_streams_signed_images(study):
+def test_batches_read_signed_crops_like_the_stack(study):
     folder, _ = study
     index = crop_index(folder, size=16)
-    ds = CropDataset(index, value_scale=100.0)
-    image, label, value = ds[len(ds) - 1]
-    assert image.shape == (1, 16, 16) and set(image.unique().tolist()) <= {-1.0, 1.0}
-    np.testing.assert_array_equal(((image[0] + 1) / 2).numpy().astype(np.uint8), index.load([len(ds) - 1])[0])
-    assert label == 1 and value == pytest.approx(2.0)
+    batches = CropBatches(index)
+    stack = torch.from_numpy(index.load().astype(np.float32) * 2 - 1)[:, None]
+    pick = torch.tensor([len(index) - 1, 0, 5, 5])
+    assert batches.shape == tuple(stack.shape) and len(batches) == len(index)
+    torch.testing.assert_close(batches[pick], stack[pick], rtol=0, atol=0)
+    assert set(batches[pick].unique().tolist()) <= {-1.0, 1.0}
 
 
 def test_bad_requests(study):

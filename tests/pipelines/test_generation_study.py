@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from porevox.pipelines import generation_eval as ge
+from porevox.pipelines.crops import crop_index
 from porevox.pipelines.generate import Generator, train_generator
 from porevox.pipelines.generation_study import design, evaluate_generators
 from tests.pipelines.test_crops import study  # noqa: F401  (the fixture)
@@ -26,8 +27,13 @@ def test_evaluate_two_models(study):  # noqa: F811
     assert set(result["table3"]["DDPM"]) == {"HPA", "NPC"}      # one temperature each: R² undefined
     assert np.isnan(result["table3"]["DDPM"]["HPA"]["relative_density"])
     assert [c["paste"] for c in result["classes"]] == ["HPA", "NPC"]
+    index = crop_index(folder, size=16)
+    assert result["n_real"] == [int((index.label == c).sum()) for c in (0, 1)]   # every real crop
+    assert result["real"][0]["n"] == result["n_real"][0] and result["generated"]["DDPM"][1]["n"] == 3
+    real = ge.image_descriptors(index.load(np.flatnonzero(index.label == 1)), index.pixel_size)
+    assert result["real"][1]["relative_density"]["mean"] == pytest.approx(real["relative_density"].mean())
     for stats in (result["real"][0], result["generated"]["DDPM"][1]):
-        assert stats["n"] == 3 and 0 <= stats["relative_density"]["mean"] <= 1
+        assert 0 <= stats["relative_density"]["mean"] <= 1
     saved = json.loads((folder / "generation" / "table3.json").read_text())
     assert saved["n"] == 3 and (folder / "generation" / "table3.md").read_text().startswith("| model |")
     for path in result["figures"].values():
@@ -58,6 +64,9 @@ def test_design_predicts_sigma_back_through_the_2d_law(study):  # noqa: F811
         x = pd.DataFrame([[np.nanmean(d[key[c]]) for c in cols]], columns=cols)
         assert row["predicted"] == pytest.approx(float(law.predict(x)[0]), rel=1e-9)
         assert row["error"] == pytest.approx(row["predicted"] - row["target"])
+    saved = json.loads(Path(result["files"]["design_json"]).read_text())
+    assert [t["predicted"] for t in saved["targets"]] == [t["predicted"] for t in result["targets"]]
+    assert Path(result["files"]["figure"]).stat().st_size > 5000
 
 
 def test_design_needs_the_ddpm(study):  # noqa: F811

@@ -13,6 +13,20 @@ classifier-free guidance (Ho & Salimans 2022): during training the condition is
 replaced by a learned null condition with probability ``p_uncond``, and sampling
 mixes the conditional and unconditional predictions, ε = ε_∅ + w (ε_c − ε_∅).
 
+For a small CPU budget, three options of the network and the loss (all off by
+default, on in the ``cpu`` preset of :mod:`porevox.pipelines.generate`):
+
+* ``patch``: the image is pixel-unshuffled (space-to-depth) by this factor before
+  the first block and shuffled back after the last, so the U-Net runs at 1/patch²
+  of the pixels (as in Hoogeboom et al. 2023); the output keeps every pixel;
+* ``precondition``: ε_θ = √(1 − ᾱ_t)·x_t + √ᾱ_t·F(x_t, t, c), the best linear guess
+  of ε plus a learned rest (Karras et al. 2022). At high noise ε ≈ x_t, which an
+  unconditioned network must learn to copy through every block before its x_0
+  estimate stops amplifying its errors by 1/√ᾱ_t; here it is built in;
+* ``loss_scales``: the ε-MSE also at coarser resolutions (:func:`multiscale_mse`).
+
+The loss is the paper's ‖ε − ε_θ‖² in every case.
+
 Conditions are a class index (e.g. a (paste, temperature) pair) and/or one continuous
 value (e.g. a conductivity, scaled to about unit range by the caller). Images are
 single-channel, segmented (1 = copper, 0 = pore), mapped to {−1, +1}; generated
@@ -44,6 +58,9 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     p_uncond: float = 0.1               # training: probability of the null condition
+    patch: int = 1                      # pixel-unshuffle the image by this factor first
+    precondition: bool = False          # ε_θ = √(1−ᾱ_t)·x_t + √ᾱ_t·F (the identity built in)
+    loss_scales: int = 1                # ε-MSE at this many resolutions (1: the paper's)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -123,7 +140,8 @@ class ConditionalUNet(nn.Module):
         if config.continuous:
             self.value = nn.Sequential(nn.Linear(1, emb), nn.SiLU(), nn.Linear(emb, emb))
             self.null_value = nn.Parameter(torch.zeros(emb))
-        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        p = config.patch
+        self.stem = nn.Sequential(nn.PixelUnshuffle(p), nn.Conv2d(p * p, c, 3, padding=1))
         widths = [c * m for m in config.mults]
         self.down, self.pool = nn.ModuleList(), nn.ModuleList()
         prev = c
@@ -137,13 +155,19 @@ class ConditionalUNet(nn.Module):
         for w in reversed(widths):
             self.up.append(_ResBlock(prev + w, w, emb))
             prev = w
-        self.head = nn.Sequential(_norm(prev), nn.SiLU(), nn.Conv2d(prev, 1, 3, padding=1))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        # the head sees the (unshuffled) input beside the features: at high noise ε ≈ x_t,
+        # which is then one linear map, not a copy through every block
+        self.head = nn.Sequential(_norm(prev), nn.SiLU())
+        self.out = nn.Sequential(nn.Conv2d(prev + p * p, p * p, 3, padding=1), nn.PixelShuffle(p))
+        nn.init.zeros_(self.out[0].weight)
+        nn.init.zeros_(self.out[0].bias)
+        if config.precondition:
+            abar = Schedule(config.timesteps, config.beta_start, config.beta_end).alpha_bar
+            self.register_buffer("abar", torch.as_tensor(abar, dtype=torch.float32), persistent=False)
 
     @property
     def stride(self) -> int:
-        return 2 ** (len(self.config.mults) - 1)
+        return self.config.patch * 2 ** (len(self.config.mults) - 1)
 
     def embed(self, t, labels=None, values=None, keep_label=None, keep_value=None) -> torch.Tensor:
         e = self.time(timestep_embedding(t, self.config.base))
@@ -180,7 +204,15 @@ class ConditionalUNet(nn.Module):
             if h.shape[-1] != s.shape[-1]:
                 h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
             h = block(torch.cat([h, s], dim=1), emb)
-        return self.head(h)
+        out = self.out(torch.cat([self.head(h), self.stem[0](x)], dim=1))
+        if not self.config.precondition:
+            return out
+        # x_t = √ᾱ x_0 + √(1−ᾱ) ε with unit-variance x_0 ({−1, +1}) has unit variance,
+        # and √(1−ᾱ)·x_t is the best linear guess of ε: the network learns the rest
+        # (the preconditioning of Karras et al. 2022; for these images F is the
+        # v-prediction of Salimans & Ho 2022). The loss stays the paper's ‖ε − ε_θ‖².
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return torch.sqrt(1 - a) * x + torch.sqrt(a) * out
 
 
 # --------------------------------------------------------------------------- training
@@ -195,16 +227,35 @@ def to_binary(x: torch.Tensor) -> np.ndarray:
     return (x[:, 0] > 0).to(torch.uint8).cpu().numpy()
 
 
+def multiscale_mse(pred: torch.Tensor, target: torch.Tensor, scales: int = 1) -> torch.Tensor:
+    """The mean of the MSEs of ``k · avgpool_k(pred − target)`` for k = 1, 2, 4, …,
+    2^(scales−1): with ``scales=1`` the plain MSE. The factor k keeps white noise at
+    unit variance at every scale, so each resolution weighs the same: the coarse
+    components (a crop's mean density among them) are one pixel in thousands of the
+    plain MSE, and learnt far faster when weighed as much as the fine ones (the
+    multiscale loss of Hoogeboom et al. 2023, "simple diffusion")."""
+    diff = pred - target
+    terms = []
+    for i in range(max(int(scales), 1)):
+        k = 2 ** i
+        if k > min(diff.shape[-2:]):
+            break
+        d = diff if k == 1 else k * F.avg_pool2d(diff, k)
+        terms.append(d.pow(2).mean())
+    return torch.stack(terms).mean()
+
+
 def loss(model: ConditionalUNet, schedule: Schedule, x0: torch.Tensor, labels=None, values=None,
          generator: torch.Generator | None = None) -> torch.Tensor:
-    """The paper's ‖ε − ε_θ(x_t, t, c)‖² at uniformly drawn t, each condition dropped
-    (null) with probability ``p_uncond``, independently."""
+    """The paper's ‖ε − ε_θ(x_t, t, c)‖² at uniformly drawn t (at ``loss_scales``
+    resolutions, :func:`multiscale_mse`), each condition dropped (null) with
+    probability ``p_uncond``, independently."""
     n = x0.shape[0]
     t = torch.randint(0, schedule.timesteps, (n,), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     keep = torch.rand((2, n), generator=generator, device=x0.device) >= model.config.p_uncond
     pred = model(schedule.q_sample(x0, t, noise), t, labels, values, keep[0], keep[1])
-    return F.mse_loss(pred, noise)
+    return multiscale_mse(pred, noise, model.config.loss_scales)
 
 
 class EMA:
@@ -262,4 +313,4 @@ def ddim_sample(model: ConditionalUNet, schedule: Schedule, n: int, *, labels=No
 
 
 __all__ = ["ConditionalUNet", "DiffusionConfig", "EMA", "Schedule", "ddim_sample", "loss",
-           "timestep_embedding", "to_binary", "to_signed"]
+           "multiscale_mse", "timestep_embedding", "to_binary", "to_signed"]

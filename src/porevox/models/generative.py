@@ -103,10 +103,12 @@ def _schedule(config: diffusion.DiffusionConfig) -> diffusion.Schedule:
 
 def fit(run: Run, images, labels=None, values=None, *, checkpoint: str | os.PathLike | None = None,
         progress: bool = False) -> Run:
-    """Train `run` up to ``run.train.steps`` on `images` (``(n, 1, s, s)`` in {−1, +1}),
-    with per-image class `labels` and/or `values`; write `checkpoint` every
-    ``checkpoint_every`` steps and at the end."""
+    """Train `run` up to ``run.train.steps`` on `images` (``(n, 1, s, s)`` in {−1, +1}:
+    a tensor, or anything that returns such a batch when indexed by a tensor of
+    indices, e.g. crops read from Zarr), with per-image class `labels` and/or
+    `values`; write `checkpoint` every ``checkpoint_every`` steps and at the end."""
     n = images.shape[0]
+    device = next(next(iter(run.nets.values())).parameters()).device
     labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
     values = None if values is None else torch.as_tensor(values, dtype=torch.float32)
     started = time.time()
@@ -114,8 +116,8 @@ def fit(run: Run, images, labels=None, values=None, *, checkpoint: str | os.Path
         task = bar.add_task("", total=run.train.steps, completed=run.step)
         while run.step < run.train.steps:
             i = torch.randint(0, n, (run.train.batch,), generator=run.rng)
-            _step(run, images[i], None if labels is None else labels[i],
-                  None if values is None else values[i])
+            _step(run, images[i].to(device), None if labels is None else labels[i].to(device),
+                  None if values is None else values[i].to(device))
             run.step += 1
             last = {k: v[-1] for k, v in run.history.items()}
             bar.update(task, advance=1, description=" ".join(f"{k} {v:.4f}" for k, v in last.items()))

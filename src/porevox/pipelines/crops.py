@@ -4,7 +4,7 @@ study, labelled with their sample's paste, temperature and conductivity.
 Crops are cut, never resized, so a crop keeps the slice's pixel size (the paper:
 224 × 224 px of 18.6 nm; the CPU default here: 64 × 64). They tile each z-slice
 without overlap (``stride`` = ``size`` by default) and are read from Zarr when asked
-for (:class:`CropDataset`), so a study larger than memory streams. A class is a
+for (:class:`CropBatches`), so a study larger than memory streams. A class is a
 (paste, temperature) pair; its conductivity is the mean over its samples' VOIs.
 Samples marked ``held_out`` in ``study.yaml`` are left out unless asked for.
 """
@@ -107,22 +107,29 @@ def crop_index(study: str | os.PathLike, *, labels: str = "unet", size: int = 64
                      {"study": str(Path(folder)), "stride": stride, "every": every, "held_out": held_out})
 
 
-class CropDataset:
-    """A torch map-style dataset over a :class:`CropIndex`: ``(image, label, value)``
-    with the image as a float tensor ``(1, s, s)`` in {−1, +1}, read from Zarr per item
-    (each DataLoader worker opens its own arrays)."""
+class CropBatches:
+    """The crops of a :class:`CropIndex` as a lazily read stack of signed images:
+    ``batches[indices]`` reads those crops from Zarr and returns them as a float tensor
+    ``(n, 1, s, s)`` in {−1, +1}, as indexing the in-memory stack would. Training
+    draws its batches from this when the crops do not fit the memory allowed them,
+    so a study larger than memory streams."""
 
-    def __init__(self, index: CropIndex, value_scale: float = 1.0):
-        self.index, self.value_scale, self._arrays = index, float(value_scale), {}
+    def __init__(self, index: CropIndex):
+        self.index, self._arrays = index, {}
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.index), 1, self.index.size, self.index.size)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, indices):
         import torch
 
-        image = torch.from_numpy(self.index.read(i, self._arrays).astype(np.float32))
-        return (2 * image - 1)[None], int(self.index.label[i]), float(self.index.value[i]) / self.value_scale
+        idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        crops = np.stack([self.index.read(int(i), self._arrays) for i in idx])
+        return torch.from_numpy(crops.astype(np.float32) * 2 - 1)[:, None]
 
 
-__all__ = ["CropDataset", "CropIndex", "crop_index"]
+__all__ = ["CropBatches", "CropIndex", "crop_index"]

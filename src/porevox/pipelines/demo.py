@@ -10,9 +10,11 @@ paper's choice) and on the truth, into ``features.csv`` / ``.parquet`` and the
 figures of Fig. 2b–e and 3b–d; fit the structure–property models of Table 2 to the
 "measured" conductivity (18 training samples by LOOCV, three held-out test VOIs;
 the non-percolating sample, whose τ and α are undefined, left out) with SHAP
-(Fig. 4); then take one sample's image out as a multi-page TIFF, as a microscope
-would deliver it, and ingest it like a user's stack. The generation stage will
-extend this.
+(Fig. 4); train the conditional DDPM and the cGAN (``cpu`` preset, within a time
+budget) on the U-Net-segmented crops, judge both by the Table-3 analog (Figs. 5–6),
+and design microstructures for three target conductivities with the DDPM, σ
+predicted back; then take one sample's image out as a multi-page TIFF, as a
+microscope would deliver it, and ingest it like a user's stack.
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ logger = logging.getLogger(__name__)
 
 #: Segmentations the demo quantifies: the U-Net Hybrid's (the paper's) and the truth.
 FEATURE_LABELS = ("unet", "truth")
+#: Inverse-design targets (µS/cm), within the twin's measured range.
+DESIGN_TARGETS = (50.0, 100.0, 200.0)
+
+
+def generation_stage(study, *, minutes: float | None = None, steps: int | None = None, n: int = 64,
+                     seed: int = 0, progress: bool = False) -> dict:
+    """Train the DDPM and the cGAN (``cpu`` preset; `minutes` each at most, `steps`
+    at most), the Table-3 analog with `n` images per class, and inverse design."""
+    from .generate import train_generator
+    from .generation_study import design, evaluate_generators
+
+    trained = {kind: train_generator(study, kind=kind, preset="cpu", minutes=minutes, steps=steps,
+                                     seed=seed, progress=progress) for kind in ("ddpm", "cgan")}
+    evaluation = evaluate_generators(study, [t["model"] for t in trained.values()], n=n, seed=seed)
+    designed = design(study, trained["ddpm"]["model"], DESIGN_TARGETS, n=n, seed=seed)
+    return {"training": trained, "evaluation": evaluation, "design": designed}
 
 
 def export_tiff(volume: str | os.PathLike, path: str | os.PathLike, name: str = "image") -> Path:
@@ -48,9 +66,10 @@ def export_tiff(volume: str | os.PathLike, path: str | os.PathLike, name: str = 
 
 
 def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int = 30,
-             progress: bool = False) -> dict:
-    """The twin study under `out/study`, its Table-1 analog, and one of its images
-    ingested from TIFF."""
+             generate_minutes: float | None = 3.0, generate_steps: int | None = None,
+             generate_n: int = 64, progress: bool = False) -> dict:
+    """The twin study under `out/study` through every stage (see the module), and one
+    of its images ingested from TIFF."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = synthesize_study(out / "study", preset="demo", seed=seed, preview=True)
@@ -58,6 +77,8 @@ def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int 
     features = quantify_study(out / "study", labels=list(FEATURE_LABELS))
     regression = {name: regress(features["csv"], labels=name, drop_nan=True, out="auto")
                   for name in FEATURE_LABELS}
+    generation = generation_stage(out / "study", minutes=generate_minutes, steps=generate_steps,
+                                  n=generate_n, seed=seed, progress=progress)
     first = manifest["samples"][0]
     stack = out / f"{first['id']}.tif"
     if not stack.exists():
@@ -72,7 +93,8 @@ def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int 
     table = pd.DataFrame(features["rows"])
     trends = {name: trend_summary(table[table["labels"] == name]) for name in FEATURE_LABELS}
     result = {"study": manifest, "table1": table1, "features": features, "trends": trends,
-              "regression": regression, "ingested": summary, "histogram_percentiles": hist["percentiles"]}
+              "regression": regression, "generation": generation, "ingested": summary,
+              "histogram_percentiles": hist["percentiles"]}
     client = active_client()
     result["dashboard"] = client.dashboard_link if client is not None else None
     return result

@@ -10,8 +10,14 @@ Conditions: the DDPM is conditioned on the (paste, temperature) class and on the
 conductivity (divided by the study's largest, so about unit range), each dropped
 independently in training, so it samples by class, by conductivity or both; the
 cGAN, the paper's comparison for Table 3, on the class.
-Presets: ``cpu`` (64 × 64 crops, small networks, a step budget that trains in under
-10 minutes on two cores) and ``gpu`` (the paper's 224 × 224 crops, wider networks).
+Presets: ``cpu`` (64 × 64 crops; a DDPM on 4 × 4 pixel patches with the identity
+built into ε_θ and a three-scale ε loss, see :mod:`porevox.models.diffusion`; at
+most 10 minutes per model on two cores) and ``gpu`` (the paper's 224 × 224 crops,
+wider networks on 2 × 2 patches, 50 000 steps). Sampling uses classifier-free
+guidance ``GUIDANCE`` (1.0: none, the plain conditional model) by default.
+
+The crops are held in memory when they fit the memory allowed them, and read from
+Zarr batch by batch otherwise (the same batches, so the same weights).
 """
 
 from __future__ import annotations
@@ -25,22 +31,29 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidVolumeError, PorevoxError
-from .crops import crop_index
+from .crops import CropBatches, crop_index
 
 logger = logging.getLogger(__name__)
 
 PRESETS = {
     "cpu": {"size": 64,
-            "ddpm": {"net": {"base": 16, "mults": (1, 2, 2)},
-                     "train": {"steps": 2000, "batch": 32, "lr": 2e-3, "max_minutes": 10.0}},
+            "ddpm": {"net": {"base": 64, "mults": (1, 2, 2), "patch": 4, "precondition": True,
+                             "loss_scales": 3},
+                     "train": {"steps": 8000, "batch": 32, "lr": 1e-3, "max_minutes": 10.0}},
             "cgan": {"net": {"base": 32, "z_dim": 64, "emb": 32},
                      "train": {"steps": 2000, "batch": 32, "lr": 2e-4, "max_minutes": 10.0}}},
     "gpu": {"size": 224,
-            "ddpm": {"net": {"base": 64, "mults": (1, 2, 2, 4)},
+            "ddpm": {"net": {"base": 64, "mults": (1, 2, 2, 4), "patch": 2, "precondition": True,
+                             "loss_scales": 3},
                      "train": {"steps": 50_000, "batch": 32, "lr": 2e-4, "max_minutes": None}},
             "cgan": {"net": {"base": 64, "z_dim": 128, "emb": 64},
                      "train": {"steps": 50_000, "batch": 32, "lr": 2e-4, "max_minutes": None}}},
 }
+
+
+#: The default classifier-free guidance weight of sampling (1: none; on the demo twin
+#: 1.5 biased the low-density HPB classes lower still, see the README).
+GUIDANCE = 1.0
 
 
 def _torch_setup():
@@ -69,9 +82,12 @@ def check_train(kind: str, preset: str) -> None:
 
 
 def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: str = "unet",
-                    out=None, steps: int | None = None, seed: int = 0, size: int | None = None,
-                    progress: bool = False) -> dict:
-    """Train (or resume) a generative model on the crops of `study`'s training samples."""
+                    out=None, steps: int | None = None, minutes: float | None = None, seed: int = 0,
+                    size: int | None = None, memory_mb: float = 1024, progress: bool = False) -> dict:
+    """Train (or resume) a generative model on the crops of `study`'s training samples.
+
+    The crops are held in memory as float32 when they fit in `memory_mb`; otherwise
+    each batch is read from Zarr (the same batches either way)."""
     from ..models import cgan, diffusion, generative
 
     check_train(kind, preset)
@@ -88,7 +104,8 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
     net = dict(p[kind]["net"], image_size=size, n_classes=len(index.classes), continuous=kind == "ddpm")
     config = diffusion.DiffusionConfig(**net) if kind == "ddpm" else cgan.GANConfig(**net)
     train = generative.TrainConfig(**{**p[kind]["train"], "seed": seed,
-                                      **({"steps": steps} if steps is not None else {})})
+                                      **({"steps": steps} if steps is not None else {}),
+                                      **({"max_minutes": minutes} if minutes is not None else {})})
     meta = {"kind": kind, "preset": preset, "labels": labels, "size": size,
             "pixel_size": list(index.pixel_size), "classes": index.classes, "value_scale": scale,
             "config": config.as_dict(), "study": index.meta["study"], "crops": len(index)}
@@ -109,9 +126,14 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
         opt.load_state_dict(opt.state_dict())
     if run.ema is not None:
         run.ema.model.to(device)
-    images = torch.from_numpy(index.load().astype(np.float32) * 2 - 1)[:, None].to(device)
-    labels_t = torch.as_tensor(index.label, device=device)
-    values_t = torch.as_tensor(index.value / scale, dtype=torch.float32, device=device)
+    stream = len(index) * size * size * 4 > memory_mb * 2**20
+    if stream:
+        logger.info("%s: %d crops exceed %d MB; streaming them from Zarr", kind, len(index), memory_mb)
+        images = CropBatches(index)
+    else:
+        images = torch.from_numpy(index.load().astype(np.float32) * 2 - 1)[:, None].to(device)
+    labels_t = torch.as_tensor(index.label)
+    values_t = torch.as_tensor(index.value / scale, dtype=torch.float32)
     (out / "model.json").write_text(json.dumps(meta, indent=1))
     started = time.time()
     done_before = run.step
@@ -120,7 +142,7 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
     seconds = time.time() - started
     logger.info("%s: %d steps in %.0f s on %s", kind, run.step - done_before, seconds, device)
     return {"model": str(out), "kind": kind, "steps": run.step, "trained_steps": run.step - done_before,
-            "seconds": round(seconds, 1), "device": device, "crops": len(index),
+            "seconds": round(seconds, 1), "device": device, "crops": len(index), "streamed": stream,
             "classes": len(index.classes), "loss_curve": str(out / "loss.png"),
             "final_loss": {k: float(np.mean(v[-50:])) for k, v in run.history.items() if v}}
 
@@ -156,7 +178,7 @@ class Generator:
 
     def sample(self, n: int, *, paste: str | None = None, temperature_c: float | None = None,
                conductivity: float | None = None, seed: int = 0, steps: int = 50,
-               guidance: float = 2.0) -> np.ndarray:
+               guidance: float = GUIDANCE) -> np.ndarray:
         """``n`` binary images ``(n, size, size)`` uint8 (1 = copper) for a class, a
         conductivity (µS/cm, as in the study) or both."""
         from ..models import cgan, diffusion
@@ -204,4 +226,4 @@ def write_samples(images: np.ndarray, out: str | os.PathLike, meta: dict) -> dic
     return {"pngs": pngs, "zarr": str(store)}
 
 
-__all__ = ["Generator", "PRESETS", "check_train", "model_dir", "train_generator", "write_samples"]
+__all__ = ["GUIDANCE", "Generator", "PRESETS", "check_train", "model_dir", "train_generator", "write_samples"]

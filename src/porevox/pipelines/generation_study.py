@@ -2,8 +2,8 @@
 judged against the study's real crops (the paper's Table 3, Figs. 5 and 6), and
 inverse design from a target conductivity.
 
-Evaluate: per (paste, temperature) class, ``n`` real crops (drawn with a seed from
-the training samples) and ``n`` generated images per model, their D, SP2D and mean
+Evaluate: per (paste, temperature) class, the real crops of the training samples
+(all of them by default) and ``n`` generated images per model, their D, SP2D and mean
 shape index (the quantification's 2-D kernel), S2 and chord lengths; the R² per
 paste (:mod:`generation_eval`); ``generation/table3.md/.json`` and
 ``generation/figures/`` (``fig5_grid.png``: real, cGAN and DDPM per paste and
@@ -13,7 +13,8 @@ sd).
 Design: for each target conductivity the DDPM generates ``n`` images conditioned on
 it; their 2-D descriptors go through a linear model of σ on the study's per-sample
 2-D descriptors (``pv.regress`` on ``features.csv``: D, SP2D, shape index, the best
-subset by LOOCV), which predicts σ back; the closed-loop error is predicted − target.
+subset by LOOCV), which predicts σ back; the closed-loop error is predicted − target
+(``generation/design.json``, ``figures/design.png``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import generation_eval as ge
 from .crops import crop_index
-from .generate import Generator
+from .generate import GUIDANCE, Generator
 from .segmentation_study import study_volumes
 
 logger = logging.getLogger(__name__)
@@ -38,15 +39,19 @@ DESIGN_FEATURES = {"relative_density": "relative_density",
                    "shape_index_mean": "shape_index_mean"}
 
 
-def _real_crops(index, c: int, n: int, seed: int) -> np.ndarray:
+def _real_crops(index, c: int, n: int | None, seed: int) -> np.ndarray:
+    """Class `c`'s crops: all of them (``n`` None), or ``n`` drawn with `seed`."""
     members = np.flatnonzero(index.label == c)
-    pick = np.random.default_rng([seed, c]).choice(members, min(n, members.size), replace=False)
-    return index.load(sorted(int(i) for i in pick))
+    if n is not None and n < members.size:
+        members = np.random.default_rng([seed, c]).choice(members, n, replace=False)
+    return index.load(sorted(int(i) for i in members))
 
 
-def evaluate_generators(study, models, *, n: int = 32, seed: int = 0, steps: int = 50,
-                        guidance: float = 2.0, out=None, figures: bool = True) -> dict:
-    """The Table-3 analog of `models` (trained model folders) on `study`."""
+def evaluate_generators(study, models, *, n: int = 128, real: int | None = None, seed: int = 0,
+                        steps: int = 50, guidance: float = GUIDANCE, out=None, figures: bool = True) -> dict:
+    """The Table-3 analog of `models` (trained model folders) on `study`: ``n``
+    generated images per class and model against `real` crops of the class (default:
+    all of them, so the reference carries no sampling noise of its own)."""
     folder, _ = study_volumes(study)
     gens = {}
     for path in models:
@@ -61,7 +66,7 @@ def evaluate_generators(study, models, *, n: int = 32, seed: int = 0, steps: int
                 [(c["paste"], c["temperature_c"]) for c in classes]:
             raise ValueError(f"the {name} model was trained on other classes than {folder} has")
     pixel = tuple(meta["pixel_size"])
-    real_images = [_real_crops(index, c, n, seed) for c in range(len(classes))]
+    real_images = [_real_crops(index, c, real, seed) for c in range(len(classes))]
     real = [ge.class_statistics(im, pixel) for im in real_images]
     generated_images = {name: [g.sample(n, paste=c["paste"], temperature_c=c["temperature_c"],
                                         seed=seed + i, steps=steps, guidance=guidance)
@@ -70,7 +75,8 @@ def evaluate_generators(study, models, *, n: int = 32, seed: int = 0, steps: int
                  for name, ims in generated_images.items()}
     table = ge.table3(classes, real, generated)
     result = {"classes": [{k: c[k] for k in ("paste", "temperature_c", "conductivity")} for c in classes],
-              "n": n, "table3": table, "real": real, "generated": generated,
+              "n": n, "n_real": [len(im) for im in real_images], "table3": table, "real": real,
+              "generated": generated,
               "models": {k: str(g.path) for k, g in gens.items()}, "paper": ge.PAPER_TABLE3}
     out = Path(out) if out is not None else folder / "generation"
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -156,10 +162,12 @@ def descriptor_figure(classes, real, generated, path: Path) -> Path:
     return path
 
 
-def design(study, model, targets, *, n: int = 32, seed: int = 0, steps: int = 50, guidance: float = 2.0,
-           features_table=None) -> dict:
+def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50, guidance: float = GUIDANCE,
+           features_table=None, out=None, figures: bool = True) -> dict:
     """Inverse design: images for each target conductivity, and σ predicted back from
-    their 2-D descriptors; the closed-loop error per target."""
+    their 2-D descriptors; the closed-loop error per target. Writes ``design.json``
+    and ``figures/design.png`` (generated images per target) to `out` (default
+    ``<study>/generation``)."""
     from ..models import regression as mvlr
     from .regress import plan_regression, run_regression
 
@@ -174,9 +182,10 @@ def design(study, model, targets, *, n: int = 32, seed: int = 0, steps: int = 50
     best = run_regression(plan)["best"]
     law = mvlr.fit(plan.train[best["columns"]].to_numpy(float), plan.train[plan.target].to_numpy(float))
     pixel = tuple(g.meta["pixel_size"])
-    rows = []
+    rows, examples = [], []
     for k, target in enumerate(targets):
         images = g.sample(n, conductivity=float(target), seed=seed + k, steps=steps, guidance=guidance)
+        examples.append(images[:6])
         d = ge.image_descriptors(images, pixel)
         x = np.column_stack([d[DESIGN_FEATURES[c]] for c in best["columns"]])
         ok = np.isfinite(x).all(axis=1)
@@ -187,10 +196,37 @@ def design(study, model, targets, *, n: int = 32, seed: int = 0, steps: int = 50
                      "relative_error": (predicted - float(target)) / float(target) if target else math.nan,
                      "per_image_sd": float(np.std(per_image)), "images": int(n),
                      "descriptors": {c: float(np.nanmean(d[DESIGN_FEATURES[c]])) for c in DESIGN_FEATURES}})
-    return {"model": str(g.path), "regression": {"features": best["features"],
-                                                 "loocv_r2": best["loocv_r2"],
-                                                 "coefficients": best["coefficients"]},
-            "targets": rows}
+    result = {"model": str(g.path), "regression": {"features": best["features"],
+                                                   "loocv_r2": best["loocv_r2"],
+                                                   "coefficients": best["coefficients"]},
+              "targets": rows}
+    out = Path(out) if out is not None else folder / "generation"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "design.json").write_text(json.dumps(_clean(result), indent=1))
+    result["files"] = {"design_json": str(out / "design.json")}
+    if figures:
+        result["files"]["figure"] = str(design_figure(rows, examples, out / "figures" / "design.png"))
+    return result
 
 
-__all__ = ["DESIGN_FEATURES", "descriptor_figure", "design", "evaluate_generators", "grid_figure"]
+def design_figure(rows, examples, path: Path) -> Path:
+    """Generated images per target conductivity, titled with σ predicted back."""
+    plt = _plt()
+    cols = max(len(e) for e in examples)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols, 1.7 * len(rows)), squeeze=False)
+    for r, (row, images) in enumerate(zip(rows, examples)):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c < len(images):
+                ax.imshow(images[c], cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_title(f"target {row['target']:g}, predicted {row['predicted']:.0f} µS/cm",
+                             fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["DESIGN_FEATURES", "descriptor_figure", "design", "design_figure", "evaluate_generators",
+           "grid_figure"]
