@@ -70,3 +70,22 @@ def test_write_samples(tmp_path):
 def test_no_model_here(tmp_path):
     with pytest.raises(PorevoxError, match="no trained model in"):
         Generator(tmp_path)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_the_presets_build_networks_of_their_crop_size(preset):
+    """Each preset's DDPM and cGAN map crops of the preset's size to images of that size."""
+    import torch
+
+    from porevox.models import cgan, diffusion
+    from porevox.pipelines.generate import PRESETS
+
+    p = PRESETS[preset]
+    size = p["size"]
+    ddpm = diffusion.ConditionalUNet(diffusion.DiffusionConfig(**p["ddpm"]["net"], image_size=size,
+                                                               n_classes=18, continuous=True))
+    gen = cgan.Generator(cgan.GANConfig(**p["cgan"]["net"], image_size=size, n_classes=18))
+    with torch.no_grad():
+        eps = ddpm(torch.zeros(1, 1, size, size), torch.tensor([500]), torch.tensor([3]), torch.tensor([0.5]))
+        fake = cgan.sample(gen, 1, labels=3)
+    assert eps.shape == fake.shape == (1, 1, size, size)
