@@ -105,8 +105,7 @@ def evaluate(folder: str, n: int, out: str) -> dict:
                                  out=out)
     seconds = time.perf_counter() - t0
     index = crop_index(folder, labels=LABELS, size=64)
-    real = [ge.class_statistics(_real_crops(index, c, None, 0), index.pixel_size)
-            for c in range(len(index.classes))]
+    real = result["real"]                       # every real crop of each class
     drawn = [ge.class_statistics(_real_crops(index, c, n, 1), index.pixel_size)
              for c in range(len(index.classes))]
     ceiling = ge.table3(index.classes, real, {"real": drawn})["real"]
