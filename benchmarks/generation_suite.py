@@ -127,11 +127,10 @@ def run(cfg) -> list[dict]:
     log(f"  generation: the demo twin study in {folder}")
     if not (folder / "study.yaml").exists():
         prepared("the demo twin study", make_study, str(folder), timeout=900)
-    rows, trained = [], {}
+    rows = []
     for kind in ("ddpm", "cgan"):
         log(f"  generation: training the {kind} (cpu preset, at most {minutes:g} min)")
         res = isolated(train, str(folder), kind, minutes, steps, timeout=60 * minutes + 600)
-        trained[kind] = res
         rows.append(row("generation", f"{kind.upper() if kind == 'ddpm' else 'cGAN'} train",
                         shape=(res.get("crops", 0), 64, 64), dtype="uint8", pv=res, ref={},
                         reference="none (training time)",
