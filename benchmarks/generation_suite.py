@@ -9,7 +9,7 @@ Cases:
   (``$POREVOX_BENCH_GEN_MINUTES``, default 15 minutes per model; quick: 1). There is
   no reference code to train the same model faster, so these rows carry times, steps
   and peak memory, with the Table-3 analog in their notes.
-* ``DDPM sampling``: DDIM in 50 steps with the default guidance (porevox's
+* ``DDPM sampling``: DDIM in 50 steps with the default guidance and η (porevox's
   sampler) against the plain ancestral DDPM sampler of Ho et al. (2020), Algorithm 2,
   over all 1000 steps with the same network and guidance, on the same number of
   images: the ratio is the speed-up, the check the two samplers' mean densities.
@@ -119,6 +119,8 @@ def _summary(table: dict) -> str:
 
 
 def run(cfg) -> list[dict]:
+    from porevox.pipelines.generate import ETA
+
     minutes = float(os.environ.get(MINUTES_ENV, cfg.pick(15.0, 1.0)))
     steps = cfg.pick(None, 60)
     n = cfg.pick(128, 16)
@@ -145,7 +147,7 @@ def run(cfg) -> list[dict]:
                               "network and guidance, scaled to 64 images",
                     check=(f"density DDIM {s['ddim_density']:.3f}, ancestral {s['ancestral_density']:.3f}"
                            if "ddim_density" in s else ""),
-                    notes="64 images of NPC 250 °C; DDIM 50 steps (η = 0), the default guidance"))
+                    notes=f"64 images of NPC 250 °C; DDIM 50 steps (η = {ETA:g}), the default guidance"))
     log(f"  generation: Table-3 analog, {n} generated images per class")
     e = isolated(evaluate, str(folder), n, str(out), timeout=3600)
     if e.get("markdown"):

@@ -605,6 +605,7 @@ def generate_sample(
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same images."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance weight (1: none)."),
+    eta: float = typer.Option(1.0, "--eta", help="DDIM η: 1 adds fresh noise each step; 0: deterministic."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Generate binary microstructure images for a class and/or a conductivity."""
@@ -612,11 +613,11 @@ def generate_sample(
 
     gen = Generator(model)
     images = gen.sample(n, paste=paste, temperature_c=temperature, conductivity=conductivity, seed=seed,
-                        steps=steps, guidance=guidance)
+                        steps=steps, guidance=guidance, eta=eta)
     tag = "-".join(str(v) for v in (paste, temperature and int(temperature), conductivity) if v is not None)
     meta = {"model": str(model), "paste": paste, "temperature_c": temperature,
             "conductivity": conductivity, "seed": seed, "steps": steps, "guidance": guidance,
-            "pixel_size": gen.meta["pixel_size"]}
+            "eta": eta, "pixel_size": gen.meta["pixel_size"]}
     files = write_samples(images, out or Path(model) / "samples" / tag, meta)
     result = {**meta, "n": n, "relative_density": float(images.mean()), "zarr": files["zarr"],
               "pngs": len(files["pngs"])}
@@ -633,6 +634,7 @@ def generate_evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance weight (1: none)."),
+    eta: float = typer.Option(1.0, "--eta", help="DDIM η: 1 adds fresh noise each step; 0: deterministic."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """The Table-3 analog: D, SP2D and shape index of real and generated images, R² per paste."""
@@ -643,7 +645,8 @@ def generate_evaluate(
                         if (p / "model.json").exists()]
     if not models:
         raise PorevoxError(f"no trained models under {study}; run porevox generate train STUDY first")
-    result = evaluate_generators(study, models, n=n, seed=seed, steps=steps, guidance=guidance)
+    result = evaluate_generators(study, models, n=n, seed=seed, steps=steps, guidance=guidance,
+                                 eta=eta)
     _emit(result, as_json, _print_table3)
 
 
@@ -658,6 +661,7 @@ def generate_design(
     n: int = typer.Option(64, "-n", help="Images per target."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance weight (1: none)."),
+    eta: float = typer.Option(1.0, "--eta", help="DDIM η: 1 adds fresh noise each step; 0: deterministic."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Inverse design: microstructures for target conductivities, σ predicted back."""
@@ -668,7 +672,8 @@ def generate_design(
         targets = [float(v) for v in _split_list(conductivity)]
     except ValueError:
         raise PorevoxError(f"--conductivity takes numbers; got {conductivity}") from None
-    result = design(study, model or model_dir(study, "ddpm"), targets, n=n, seed=seed, guidance=guidance)
+    result = design(study, model or model_dir(study, "ddpm"), targets, n=n, seed=seed, guidance=guidance,
+                    eta=eta)
     _emit(result, as_json, _print_design)
 
 

@@ -86,11 +86,14 @@ def test_ema_is_the_moving_average():
             torch.testing.assert_close(v, 0.9 * old[k] + 0.1 * model.state_dict()[k])
 
 
-def test_ddim_is_deterministic_for_a_seed_with_the_right_shape_and_range():
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_is_deterministic_for_a_seed_with_the_right_shape_and_range(eta):
     model, sched = small(n_classes=3)
-    a = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=4)
-    b = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=4)
-    c = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=5)
+    a = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=4, eta=eta)
+    b = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=4, eta=eta)
+    c = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=5, eta=eta)
+    other = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=4, eta=1.0 - eta)
+    assert not torch.equal(a, other)
     assert a.shape == (5, 1, 16, 16) and float(a.min()) >= -1 and float(a.max()) <= 1
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
@@ -98,6 +101,27 @@ def test_ddim_is_deterministic_for_a_seed_with_the_right_shape_and_range():
     assert binary.dtype == np.uint8 and set(np.unique(binary)) <= {0, 1}
     guided = d.ddim_sample(model, sched, 5, labels=1, steps=8, seed=4, guidance=3.0)
     assert guided.shape == a.shape
+
+
+@pytest.mark.parametrize("t", [1, 30, 150])
+def test_a_ddim_step_with_eta_one_is_the_ancestral_step(t):
+    """Between consecutive steps, η = 1 gives Ho et al.'s posterior q(x_{t−1} | x_t, x̂_0):
+    mean (√ᾱ_{t−1} β_t x̂_0 + √α_t (1 − ᾱ_{t−1}) x_t) / (1 − ᾱ_t), variance
+    β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t); η = 0 adds no noise."""
+    sched = d.Schedule(200)
+    a_t, a_prev, beta = sched.alpha_bar[t], sched.alpha_bar[t - 1], sched.betas[t]
+    g = torch.Generator().manual_seed(t)
+    x, eps = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64), \
+        torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
+    mean = (math.sqrt(a_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - a_prev) * x) / (1 - a_t)
+    var = beta * (1 - a_prev) / (1 - a_t)
+    zero, one = torch.zeros_like(x), torch.ones_like(x)
+    torch.testing.assert_close(d.ddim_step(x, eps, a_t, a_prev, 1.0, zero), mean, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(d.ddim_step(x, eps, a_t, a_prev, 1.0, one) - mean,
+                               torch.full_like(x, math.sqrt(var)), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(d.ddim_step(x, eps, a_t, a_prev, 0.0, one),
+                               d.ddim_step(x, eps, a_t, a_prev, 0.0, None), rtol=0, atol=0)
 
 
 def test_conditioning_changes_the_output():
@@ -171,10 +195,12 @@ def test_multiscale_mse():
         np.mean([(k * 0.1) ** 2 for k in (1, 2, 4, 8, 16, 32)]), rel=1e-4)
 
 
-def test_a_patched_network_keeps_the_image_size():
+@pytest.mark.parametrize("refine", [0, 8])
+def test_a_patched_network_keeps_the_image_size(refine):
     """Pixel-unshuffled by 4 and two levels below that: sizes must be multiples of 8;
-    the output has the input's shape, and a zero-initialised output layer gives 0."""
-    model, _ = small(patch=4)
+    the output has the input's shape (with or without the full-resolution block), and
+    a zero-initialised output layer gives 0."""
+    model, _ = small(patch=4, refine=refine)
     assert model.stride == 8
     x = torch.randn(3, 1, 24, 24)
     with torch.no_grad():
@@ -184,11 +210,12 @@ def test_a_patched_network_keeps_the_image_size():
         model(torch.zeros(1, 1, 20, 20), torch.zeros(1, dtype=torch.long))
 
 
-def test_the_preconditioned_network_starts_at_the_best_linear_guess():
+@pytest.mark.parametrize("net, steps", [({}, 60), ({"patch": 2, "refine": 8}, 150)])
+def test_the_preconditioned_network_starts_at_the_best_linear_guess(net, steps):
     """ε_θ = √(1−ᾱ_t)·x_t + √ᾱ_t·F with F zero at initialisation: for x_0 in {−1, +1}
     the expected loss at step t is then ᾱ_t, the variance left after the best linear
-    guess of ε from x_t; training lowers it."""
-    model, sched = small(precondition=True)
+    guess of ε from x_t; training lowers it (also through the full-resolution block)."""
+    model, sched = small(precondition=True, **net)
     x = d.to_signed(blobs(0.5, 64))
     g = torch.Generator().manual_seed(2)
     for t in (5, 60, 199):
@@ -207,7 +234,7 @@ def test_the_preconditioned_network_starts_at_the_best_linear_guess():
             return float(((model(sched.q_sample(x, fixed[0], fixed[1]), fixed[0]) - fixed[1]) ** 2).mean())
 
     before = fixed_loss()
-    for _ in range(60):
+    for _ in range(steps):
         loss = d.loss(model, sched, x[torch.randint(0, 64, (32,), generator=g)], generator=g)
         opt.zero_grad()
         loss.backward()

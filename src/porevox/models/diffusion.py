@@ -8,12 +8,13 @@ As in Wijaya et al. (2024), after Ho et al. (2020):
 * a U-Net ε_θ(x_t, t, c) predicting the noise, trained on ‖ε − ε_θ‖².
 
 Beyond the paper: an exponential moving average of the weights (:class:`EMA`),
-deterministic DDIM sampling in a few steps (Song et al. 2021, η = 0) and
+DDIM sampling in a few steps (Song et al. 2021; η = 0 deterministic, η = 1 with
+fresh noise at each step as the ancestral sampler) and
 classifier-free guidance (Ho & Salimans 2022): during training the condition is
 replaced by a learned null condition with probability ``p_uncond``, and sampling
 mixes the conditional and unconditional predictions, ε = ε_∅ + w (ε_c − ε_∅).
 
-For a small CPU budget, three options of the network and the loss (all off by
+For a small CPU budget, four options of the network and the loss (all off by
 default, on in the ``cpu`` preset of :mod:`porevox.pipelines.generate`):
 
 * ``patch``: the image is pixel-unshuffled (space-to-depth) by this factor before
@@ -23,7 +24,10 @@ default, on in the ``cpu`` preset of :mod:`porevox.pipelines.generate`):
   of ε plus a learned rest (Karras et al. 2022). At high noise ε ≈ x_t, which an
   unconditioned network must learn to copy through every block before its x_0
   estimate stops amplifying its errors by 1/√ᾱ_t; here it is built in;
-* ``loss_scales``: the ε-MSE also at coarser resolutions (:func:`multiscale_mse`).
+* ``loss_scales``: the ε-MSE also at coarser resolutions (:func:`multiscale_mse`);
+* ``refine``: with patches, the features are shuffled back to full resolution as
+  ``refine`` channels and one residual block there, which sees x_t and the embeddings,
+  makes the per-pixel output.
 
 The loss is the paper's ‖ε − ε_θ‖² in every case.
 
@@ -61,6 +65,7 @@ class DiffusionConfig:
     patch: int = 1                      # pixel-unshuffle the image by this factor first
     precondition: bool = False          # ε_θ = √(1−ᾱ_t)·x_t + √ᾱ_t·F (the identity built in)
     loss_scales: int = 1                # ε-MSE at this many resolutions (1: the paper's)
+    refine: int = 0                     # channels of a full-resolution output block (0: none)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -158,9 +163,18 @@ class ConditionalUNet(nn.Module):
         # the head sees the (unshuffled) input beside the features: at high noise ε ≈ x_t,
         # which is then one linear map, not a copy through every block
         self.head = nn.Sequential(_norm(prev), nn.SiLU())
-        self.out = nn.Sequential(nn.Conv2d(prev + p * p, p * p, 3, padding=1), nn.PixelShuffle(p))
-        nn.init.zeros_(self.out[0].weight)
-        nn.init.zeros_(self.out[0].bias)
+        k = config.refine or 1
+        self.out = nn.Sequential(nn.Conv2d(prev + p * p, p * p * k, 3, padding=1), nn.PixelShuffle(p))
+        last = self.out[0]
+        if config.refine:
+            # per-pixel decisions (the sign of a nearly clean x_t) at full resolution,
+            # which a linear map from patch features draws as speckle and blocks
+            self.refine = nn.Conv2d(k + 1, k, 3, padding=1)
+            self.refine_block = _ResBlock(k, k, emb)
+            self.final = nn.Sequential(_norm(k), nn.SiLU(), nn.Conv2d(k, 1, 3, padding=1))
+            last = self.final[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         if config.precondition:
             abar = Schedule(config.timesteps, config.beta_start, config.beta_end).alpha_bar
             self.register_buffer("abar", torch.as_tensor(abar, dtype=torch.float32), persistent=False)
@@ -205,6 +219,8 @@ class ConditionalUNet(nn.Module):
                 h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
             h = block(torch.cat([h, s], dim=1), emb)
         out = self.out(torch.cat([self.head(h), self.stem[0](x)], dim=1))
+        if self.config.refine:
+            out = self.final(self.refine_block(self.refine(torch.cat([out, x], dim=1)), emb))
         if not self.config.precondition:
             return out
         # x_t = √ᾱ x_0 + √(1−ᾱ) ε with unit-variance x_0 ({−1, +1}) has unit variance,
@@ -277,14 +293,30 @@ class EMA:
 
 
 # --------------------------------------------------------------------------- sampling
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float, eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One DDIM update from ᾱ = `a_t` to `a_prev` (Song et al. 2021, Eq. 12): the x_0
+    estimate, clipped to [−1, 1], and the noise it implies, recombined at `a_prev`
+    with the share σ² = η² (1 − ᾱ_prev)/(1 − ᾱ_t) (1 − ᾱ_t/ᾱ_prev) of fresh `noise`.
+    For η = 1 and consecutive steps this is the ancestral step of Ho et al. (2020)."""
+    x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
+    eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    var = eta ** 2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - var, 0.0)) * eps
+    return x if noise is None or var == 0 else x + math.sqrt(var) * noise
+
+
 @torch.no_grad()
 def ddim_sample(model: ConditionalUNet, schedule: Schedule, n: int, *, labels=None, values=None,
-                steps: int = 50, guidance: float = 1.0, seed: int = 0, size: int | None = None,
-                device=None) -> torch.Tensor:
-    """``n`` images by deterministic DDIM (η = 0) over `steps` of the schedule's
-    timesteps, with classifier-free guidance weight `guidance` (1: the conditional
-    model alone; > 1: stronger conditioning). Returns ``(n, 1, size, size)`` in [−1, 1];
-    the same seed gives the same images."""
+                steps: int = 50, guidance: float = 1.0, eta: float = 0.0, seed: int = 0,
+                size: int | None = None, device=None) -> torch.Tensor:
+    """``n`` images by DDIM over `steps` of the schedule's timesteps (Song et al. 2021),
+    with classifier-free guidance weight `guidance` (1: the conditional model alone;
+    > 1: stronger conditioning). `eta` = 0 is the deterministic sampler; `eta` = 1
+    draws fresh noise at each step as the ancestral DDPM sampler does, which corrects
+    the errors a deterministic path carries on (on binary microstructures they show
+    as speckle). Returns ``(n, 1, size, size)`` in [−1, 1]; the same seed gives the
+    same images."""
     model.eval()
     size = size or model.config.image_size
     device = device or next(model.parameters()).device
@@ -304,13 +336,11 @@ def ddim_sample(model: ConditionalUNet, schedule: Schedule, n: int, *, labels=No
         if conditional and guidance != 1.0:
             uncond = model(x, tt)
             eps = uncond + guidance * (eps - uncond)
-        a_t = float(ab[t])
         a_prev = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
-        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
-        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+        noise = torch.randn(x.shape, generator=g).to(device) if eta > 0 and a_prev < 1 else None
+        x = ddim_step(x, eps, float(ab[t]), a_prev, eta, noise)
     return x.clamp(-1, 1)
 
 
-__all__ = ["ConditionalUNet", "DiffusionConfig", "EMA", "Schedule", "ddim_sample", "loss",
+__all__ = ["ConditionalUNet", "DiffusionConfig", "EMA", "Schedule", "ddim_sample", "ddim_step", "loss",
            "multiscale_mse", "timestep_embedding", "to_binary", "to_signed"]

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import generation_eval as ge
 from .crops import crop_index
-from .generate import GUIDANCE, Generator
+from .generate import ETA, GUIDANCE, Generator
 from .segmentation_study import study_volumes
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def _real_crops(index, c: int, n: int | None, seed: int) -> np.ndarray:
 
 
 def evaluate_generators(study, models, *, n: int = 128, real: int | None = None, seed: int = 0,
-                        steps: int = 50, guidance: float = GUIDANCE, out=None, figures: bool = True) -> dict:
+                        steps: int = 50, guidance: float = GUIDANCE, eta: float = ETA, out=None,
+                        figures: bool = True) -> dict:
     """The Table-3 analog of `models` (trained model folders) on `study`: ``n``
     generated images per class and model against `real` crops of the class (default:
     all of them, so the reference carries no sampling noise of its own)."""
@@ -69,7 +70,7 @@ def evaluate_generators(study, models, *, n: int = 128, real: int | None = None,
     real_images = [_real_crops(index, c, real, seed) for c in range(len(classes))]
     real = [ge.class_statistics(im, pixel) for im in real_images]
     generated_images = {name: [g.sample(n, paste=c["paste"], temperature_c=c["temperature_c"],
-                                        seed=seed + i, steps=steps, guidance=guidance)
+                                        seed=seed + i, steps=steps, guidance=guidance, eta=eta)
                                for i, c in enumerate(classes)] for name, g in gens.items()}
     generated = {name: [ge.class_statistics(im, pixel) for im in ims]
                  for name, ims in generated_images.items()}
@@ -163,7 +164,7 @@ def descriptor_figure(classes, real, generated, path: Path) -> Path:
 
 
 def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50, guidance: float = GUIDANCE,
-           features_table=None, out=None, figures: bool = True) -> dict:
+           eta: float = ETA, features_table=None, out=None, figures: bool = True) -> dict:
     """Inverse design: images for each target conductivity, and σ predicted back from
     their 2-D descriptors; the closed-loop error per target. Writes ``design.json``
     and ``figures/design.png`` (generated images per target) to `out` (default
@@ -184,7 +185,8 @@ def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50
     pixel = tuple(g.meta["pixel_size"])
     rows, examples = [], []
     for k, target in enumerate(targets):
-        images = g.sample(n, conductivity=float(target), seed=seed + k, steps=steps, guidance=guidance)
+        images = g.sample(n, conductivity=float(target), seed=seed + k, steps=steps, guidance=guidance,
+                          eta=eta)
         examples.append(images[:6])
         d = ge.image_descriptors(images, pixel)
         x = np.column_stack([d[DESIGN_FEATURES[c]] for c in best["columns"]])
