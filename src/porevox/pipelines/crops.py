@@ -125,11 +125,10 @@ class CropBatches:
         return len(self.index)
 
     def __getitem__(self, indices):
-        import torch
+        from ..models.diffusion import to_signed
 
         idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
-        crops = np.stack([self.index.read(int(i), self._arrays) for i in idx])
-        return torch.from_numpy(crops.astype(np.float32) * 2 - 1)[:, None]
+        return to_signed(np.stack([self.index.read(int(i), self._arrays) for i in idx]))
 
 
 __all__ = ["CropBatches", "CropIndex", "crop_index"]

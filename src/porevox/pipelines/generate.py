@@ -11,10 +11,12 @@ conductivity (divided by the study's largest, so about unit range), each dropped
 independently in training, so it samples by class, by conductivity or both; the
 cGAN, the paper's comparison for Table 3, on the class.
 Presets: ``cpu`` (64 × 64 crops; a DDPM on 4 × 4 pixel patches with the identity
-built into ε_θ and a three-scale ε loss, see :mod:`porevox.models.diffusion`; at
-most 10 minutes per model on two cores) and ``gpu`` (the paper's 224 × 224 crops,
-wider networks on 2 × 2 patches, 50 000 steps). Sampling uses classifier-free
-guidance ``GUIDANCE`` (1.0: none, the plain conditional model) by default.
+built into ε_θ, a three-scale ε loss and a full-resolution output block, see
+:mod:`porevox.models.diffusion`; at most 10 minutes per model on two cores) and
+``gpu`` (the paper's 224 × 224 crops, wider networks on 2 × 2 patches, 50 000
+steps). Sampling uses classifier-free guidance ``GUIDANCE`` (1.0: none, the plain
+conditional model) and DDIM with η = ``ETA`` (1.0: fresh noise at each step) by
+default.
 
 The crops are held in memory when they fit the memory allowed them, and read from
 Zarr batch by batch otherwise (the same batches, so the same weights).
@@ -134,7 +136,7 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
         logger.info("%s: %d crops exceed %d MB; streaming them from Zarr", kind, len(index), memory_mb)
         images = CropBatches(index)
     else:
-        images = torch.from_numpy(index.load().astype(np.float32) * 2 - 1)[:, None].to(device)
+        images = diffusion.to_signed(index.load()).to(device)
     labels_t = torch.as_tensor(index.label)
     values_t = torch.as_tensor(index.value / scale, dtype=torch.float32)
     (out / "model.json").write_text(json.dumps(meta, indent=1))
