@@ -24,6 +24,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/porevox demo --out $(DEMO_OUT)
+	@echo "report: $(abspath $(DEMO_OUT))/study/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

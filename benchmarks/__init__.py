@@ -25,10 +25,12 @@ from . import (
     histogram_suite,
     ingest_large_suite,
     io_suite,
+    outofcore_suite,
     quantify_suite,
     regression_suite,
     segmentation_suite,
     slic_suite,
+    study_suite,
     synthesis_suite,
 )
 from .harness import Config, run_suites
@@ -45,10 +47,12 @@ SUITES = {
     "quantify": quantify_suite.run,
     "regression": regression_suite.run,
     "generation": generation_suite.run,
+    "outofcore": outofcore_suite.run,
+    "study": study_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.
-EXPLICIT_ONLY = ("ingest_large", "generation")
+EXPLICIT_ONLY = ("ingest_large", "generation", "outofcore", "study")
 
 
 def run(suites: list[str], out: Path, quick: bool = False) -> list[dict]:

@@ -159,7 +159,7 @@ def local_cluster(n_workers: int = 2, memory_limit: str | int = "4GB"):
     from porevox.engine import cluster
 
     with cluster(n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit,
-                 dashboard_address=":0") as client:
+                 dashboard_address="127.0.0.1:0") as client:
         client.wait_for_workers(n_workers, timeout=120)
         yield client
 

@@ -1,5 +1,14 @@
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+# A tuned configuration on this machine (porevox bench --tune) would change chunk
+# sizes and layouts under the tests: point porevox (and the processes the tests
+# start) at one that does not exist. The tuning's own tests set their own.
+os.environ["POREVOX_CONFIG"] = str(Path(tempfile.gettempdir()) / f"porevox-tests-{os.getpid()}-none.yaml")
 
 
 @pytest.fixture
@@ -13,7 +22,7 @@ def local_cluster():
     from distributed import LocalCluster
 
     with LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1,
-                      memory_limit="2GB", dashboard_address=":0") as lc:
+                      memory_limit="2GB", dashboard_address="127.0.0.1:0") as lc:
         yield lc
 
 

@@ -86,60 +86,70 @@ def test_usage_error_exit_2(stack):
 
 
 def test_demo(tmp_path):
+    import pandas as pd
+
     r = run(*FAST, "demo", "--out", tmp_path / "d", "--epochs", "1", "--generate-steps", "3",
             "--generate-n", "2", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
+    study = tmp_path / "d" / "study"
     samples = result["study"]["samples"]
     assert len(samples) == 21 and sum(s["voi"] == 0 for s in samples) == 18    # + 3 test VOIs
-    table = result["table1"]["table"]
+    # porevox run did every stage: 21 tomograms x 8 steps + 2 U-Nets, Table 1, the
+    # feature table, 2 regressions and generation
+    record = result["run"]
+    assert record["tomograms"] == 21 and record["ran"] == len(record["steps"]) == 21 * 8 + 7
+    assert record["cluster"]["dashboard"].startswith("http://127.0.0.1:")
+    assert Path(record["report"]) == study / "report.html" and (study / record["performance_reports"][0]).is_file()
+    table = json.loads((study / "table1.json").read_text())["table"]
     assert set(table) == {"CTA", "Hybrid", "U-Net CTA", "U-Net Hybrid"}
     assert table["Hybrid"]["recall_pore"]["mean"] > table["CTA"]["recall_pore"]["mean"]
-    assert (tmp_path / "d" / "study" / "table1.md").exists()
-    assert (tmp_path / "d" / "study" / "study.yaml").exists()
-    assert (tmp_path / "d" / "study" / "contact_sheet.png").exists()
+    assert (study / "study.yaml").exists() and (study / "contact_sheet.png").exists()
     assert result["ingested"]["shape"] == [48, 128, 128]
-    assert result["dashboard"].startswith("http://127.0.0.1:")
-    first = result["study"]["samples"][0]
-    q = run(*FAST, "quantify", tmp_path / "d" / "study" / first["path"], "--labels", "truth",
+    first = samples[0]
+    q = run(*FAST, "quantify", study / first["path"], "--labels", "truth",
             "--axis", "y", "--conductivity", "--json")
     assert q.returncode == 0, q.stderr
     feats = json.loads(q.stdout)
     assert feats["relative_density"] == pytest.approx(first["relative_density"], abs=1e-6)
     assert feats["relative_conductivity"] == pytest.approx(first["relative_conductivity"], rel=1e-4)
     assert feats["specific_surface_area"] > 0 and feats["tortuosity"] >= 1
-    # the demo quantified every sample on the U-Net's labels and the truth
-    rows = result["features"]["rows"]
-    assert {r["labels"] for r in rows} == {"unet", "truth"} and len(rows) == 42
-    truth = [r for r in rows if r["labels"] == "truth"]
-    assert [r["relative_density"] for r in truth] == pytest.approx(
-        [s["relative_density"] for s in result["study"]["samples"]], abs=1e-6)
-    for paste, trends in result["trends"]["truth"].items():      # the paper's trends, per paste
+    # the run quantified every sample on the U-Net's labels and the truth
+    rows = pd.read_csv(study / "features.csv")
+    assert set(rows["labels"]) == {"unet", "truth"} and len(rows) == 42
+    truth = rows[rows["labels"] == "truth"]
+    assert list(truth["relative_density"]) == pytest.approx(
+        [s["relative_density"] for s in samples], abs=1e-6)
+    from porevox.pipelines.feature_study import trend_summary
+
+    for paste, trends in trend_summary(truth).items():      # the paper's trends, per paste
         assert trends["relative_density"]["spearman"] > 0.9, paste
         assert trends["strut_diameter_mean"]["spearman"] > 0.7, paste
-    assert (tmp_path / "d" / "study" / "features.parquet").exists()
+    assert (study / "features.parquet").exists()
     # and fitted the structure–property models on both, the three test VOIs held out;
     # on the truth, the non-percolating HPB 350 °C is left out (a 1-epoch U-Net's
     # labels may percolate elsewhere)
-    truth = result["regression"]["truth"]
-    assert len(truth["train_ids"]) == 17 and truth["dropped"] == [
+    reg = {name: json.loads((study / "regression" / name / "table2.json").read_text())
+           for name in ("unet", "truth")}
+    assert len(reg["truth"]["train_ids"]) == 17 and reg["truth"]["dropped"] == [
         "HPB-350C-voi0 (tortuosity, bruggeman_alpha)"]
     for name in ("unet", "truth"):
-        reg = result["regression"][name]
-        assert reg["test_ids"] == ["HPA-225C-voi1", "HPB-400C-voi1", "NPC-350C-voi1"]
-        assert set(reg["paper_models"]) == set("ACIJNQR") and reg["subsets"] == 247
-        assert Path(reg["files"]["table2_md"]).is_file() and Path(reg["files"]["physics"]).is_file()
+        assert reg[name]["test_ids"] == ["HPA-225C-voi1", "HPB-400C-voi1", "NPC-350C-voi1"]
+        assert set(reg[name]["paper_models"]) == set("ACIJNQR") and reg[name]["subsets"] == 247
+        assert Path(reg[name]["files"]["table2_md"]).is_file()
     # and trained both generative models on the U-Net's crops of the 18 training
     # samples, judged them (Table 3) and designed for three conductivities
-    gen = result["generation"]
+    gen = record["results"]["generate"]
     for kind in ("ddpm", "cgan"):
-        assert gen["training"][kind]["steps"] == 3 and gen["training"][kind]["classes"] == 18
-        assert (tmp_path / "d" / "study" / "models" / kind / "checkpoint.pt").is_file()
-    table3 = gen["evaluation"]["table3"]
+        assert gen["training"][kind]["steps"] == 3
+        assert json.loads((study / "models" / kind / "model.json").read_text())["crops"] > 0
+        assert (study / "models" / kind / "checkpoint.pt").is_file()
+    table3 = json.loads((study / "generation" / "table3.json").read_text())["table3"]
     assert set(table3) == {"DDPM", "cGAN"} and all(set(t) == {"HPA", "HPB", "NPC"} for t in table3.values())
-    assert (tmp_path / "d" / "study" / "generation" / "table3.md").is_file()
-    assert [t["target"] for t in gen["design"]["targets"]] == [50.0, 100.0, 200.0]
-    assert "structure–property models on labels/unet" not in r.stdout     # --json: JSON only
+    assert [t["target"] for t in gen["design"]] == [50.0, 100.0, 200.0]
+    html = (study / "report.html").read_text()
+    assert all(h in html for h in ("Table 1", "Table 2", "Table 3"))
+    assert "report:" not in r.stdout     # --json: JSON only
 
 
 def test_synth_and_quantify(tmp_path):

@@ -3,7 +3,7 @@
 from ._version import __version__
 from .engine import cluster, histogram, ingest, open_volume
 from .errors import InvalidVolumeError, PorevoxError, StageError, VolumeNotFoundError
-from .pipelines import conductivity, synthesize_study
+from .pipelines import conductivity, run_study, synthesize_study
 from .pipelines.quantify import quantify
 from .pipelines.regress import regress
 from .pipelines.score import score
@@ -13,5 +13,5 @@ from .pipelines.tortuosity import tortuosity
 __all__ = [
     "InvalidVolumeError", "PorevoxError", "StageError", "VolumeNotFoundError", "__version__",
     "cluster", "conductivity", "histogram", "ingest", "open_volume", "quantify", "regress", "score",
-    "segment", "synthesize_study", "tortuosity",
+    "run_study", "segment", "synthesize_study", "tortuosity",
 ]

@@ -194,6 +194,54 @@ def info(
     _emit(volume_info(volume), as_json, _print_summary)
 
 
+def _print_run(r: dict) -> None:
+    """A finished run: what ran, the tables it made, where the report is."""
+    folder = Path(r["study"]).parent
+    typer.echo(f"{r['name']}: {r['tomograms']} tomograms, {r['ran']} steps ran, {r['skipped']} "
+               f"were done before, {r['seconds']:.0f} s")
+    if (folder / "table1.md").exists():
+        typer.echo("segmentation against the truth (the paper's Table 1):")
+        typer.echo((folder / "table1.md").read_text().rstrip())
+    for table in sorted(folder.glob("regression/*/table2.json")):
+        b = json.loads(table.read_text())["best"]
+        typer.echo(f"structure–property model on labels/{table.parent.name} (Table 2's best): "
+                   f"{', '.join(b['features'])}: LOOCV R² {b['loocv_r2']:.3f}"
+                   + (f", test R² {b['test_r2']:.3f}" if b.get("test_r2") is not None else ""))
+    if (folder / "generation" / "table3.md").exists():
+        typer.echo("generated against real microstructures, R² per paste (the paper's Table 3):")
+        typer.echo((folder / "generation" / "table3.md").read_text().rstrip())
+    for t in (r.get("results", {}).get("generate") or {}).get("design", []):
+        typer.echo(f"  design: target {t['target']:>7.1f} µS/cm, predicted {t['predicted']:>7.1f} "
+                   f"({100 * t['relative_error']:+.0f} %)")
+    for perf in r.get("performance_reports", [])[-1:]:
+        typer.echo(f"Dask performance report: {folder / perf}")
+    if r.get("cluster"):
+        typer.echo(f"Dask dashboard (while it ran): {r['cluster']['dashboard']}")
+    if r.get("report"):
+        typer.echo(f"report: {r['report']}")
+
+
+@app.command("run")
+@_guard
+def run_cmd(
+    ctx: typer.Context,
+    study: Path = typer.Argument(..., help="A study.yaml (or its folder); porevox synth writes one."),
+    parallel: int | None = typer.Option(None, "--parallel", min=1,
+                                        help="Steps in flight at once (default: twice the worker threads)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the run record) on stdout."),
+) -> None:
+    """Every stage of a study for every tomogram, ordered by their data, resumable:
+    a rerun redoes only what had not finished. Writes report.html beside the study."""
+    from .pipelines.run import run_study
+    from .pipelines.studyfile import load_study
+
+    load_study(study)          # a bad study file fails before any cluster starts
+    with _session(ctx) as client:
+        typer.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
+        record = run_study(study, parallel=parallel, progress=_progress() and not as_json)
+    _emit(record, as_json, _print_run)
+
+
 @app.command()
 @_guard
 def demo(
@@ -201,7 +249,7 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files."),
     epochs: int = typer.Option(30, "--epochs", min=1,
                                help="Most U-Net epochs (early stopping may end sooner)."),
-    generate_minutes: float = typer.Option(3.0, "--generate-minutes", min=0.01,
+    generate_minutes: float = typer.Option(2.0, "--generate-minutes", min=0.01,
                                            help="Training time of each generative model."),
     generate_steps: int | None = typer.Option(None, "--generate-steps", min=1,
                                               help="Most training steps of each generative model "
@@ -210,16 +258,14 @@ def demo(
                                    help="Generated images per class and per design target."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """The study end to end on the cluster: the twin study and its conductivities, the
-    Table-1 analog of its segmentations, every sample's microstructure features with
-    figures, the Table-2 analog of structure–property models with SHAP, the DDPM and
-    cGAN judged by the Table-3 analog with inverse design, and a stack ingested as a
-    user's TIFF."""
+    """The twin study end to end: porevox synth (demo preset), then porevox run on the
+    embedded cluster — Table 1 of its segmentations, every sample's features with
+    figures, Table 2 with SHAP, the DDPM and cGAN judged by Table 3 with inverse
+    design — and report.html; then a stack ingested as a user's TIFF."""
     from .pipelines import run_demo
-    from .pipelines.demo import FEATURE_LABELS
-    from .pipelines.segmentation_study import markdown
 
-    with _session(ctx):
+    with _session(ctx) as client:
+        typer.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
         result = run_demo(out, epochs=epochs, generate_minutes=generate_minutes,
                           generate_steps=generate_steps, generate_n=generate_n,
                           progress=_progress() and not as_json)
@@ -227,33 +273,10 @@ def demo(
     def human(r):
         _print_study(r["study"])
         typer.echo(f"  contact sheet: {r['study']['preview']}")
-        typer.echo("segmentation against the twin's truth (the paper's Table 1):")
-        typer.echo(markdown(r["table1"]["table"], len(r["table1"]["samples"])))
-        import pandas as pd
-
-        from .pipelines.feature_study import markdown as feature_table
-
-        rows = pd.DataFrame(r["features"]["rows"])
-        for name in r["trends"]:
-            typer.echo(f"microstructure features of labels/{name} (mean over VOIs):")
-            typer.echo(feature_table(rows[rows["labels"] == name]))
-            typer.echo("  with temperature (Spearman ρ per paste):")
-            for paste, feats in r["trends"][name].items():
-                typer.echo(f"    {paste}: "
-                           + ", ".join(f"{k} {v['spearman']:+.2f}" for k, v in feats.items()))
-        typer.echo(f"features: {r['features']['csv']}, figures: "
-                   + ", ".join(v for figs in r["features"]["figures"].values() for v in figs.values()))
-        typer.echo(f"structure–property models on labels/{FEATURE_LABELS[0]} (the paper's Table 2):")
-        _print_regression(r["regression"][FEATURE_LABELS[0]], files=False)
-        for name, other in r["regression"].items():
-            b = other["best"]
-            typer.echo(f"  best on labels/{name}: {', '.join(b['features'])}: LOOCV R² {b['loocv_r2']:.3f}"
-                       f", test R² {b['test_r2']:.3f}; files: {other['files']['table2_md']}")
-        _print_generation(r["generation"])
+        _print_run(r["run"])
         typer.echo("a twin image exported as TIFF and ingested like a user's stack:")
         _print_summary(r["ingested"])
         typer.echo(f"  gray value percentiles (1, 50, 99 %): {r['histogram_percentiles']}")
-        typer.echo(f"Dask dashboard (while it ran): {r['dashboard']}")
 
     _emit(result, as_json, human)
 
@@ -558,16 +581,6 @@ def _print_design(designed: dict) -> None:
                    f"error {t['error']:+7.1f} ({100 * t['relative_error']:+.0f} %)")
 
 
-def _print_generation(g: dict) -> None:
-    for kind, t in g["training"].items():
-        typer.echo(f"{kind}: {t['steps']} steps ({t['seconds']:.0f} s on {t['device']}), loss curve "
-                   f"{t['loss_curve']}")
-    typer.echo("generated against real microstructures, R² per paste (the paper's Table 3):")
-    _print_table3(g["evaluation"])
-    typer.echo("inverse design with the DDPM, σ predicted back:")
-    _print_design(g["design"])
-
-
 @generate_app.command("train")
 @_guard
 def generate_train(
@@ -680,18 +693,37 @@ def generate_design(
 @app.command()
 @_guard
 def bench(
+    ctx: typer.Context,
     suites: list[str] = typer.Argument(
         None, help="Suites: io, histogram, gaussian, conductivity, synthesis, slic, segmentation, "
-                   "quantify, regression, ingest_large, or all."),
-    out: Path = typer.Option(Path("bench-out"), "--out", help="Folder for results.json and results.md."),
+                   "quantify, regression, or all; and, only when named, ingest_large, generation, "
+                   "outofcore, study."),
+    out: Path = typer.Option(
+        Path("bench-out"), "--out",
+        help="Folder for results.json and results.md (with --tune: tune.md and tune.json)."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes, for a smoke run."),
+    tune: bool = typer.Option(
+        False, "--tune", help="Measure worker/thread layouts and chunk sizes of the main stages here "
+                              "(or on --scheduler's cluster) and write the fastest to the tuned "
+                              "configuration ($POREVOX_CONFIG, else ~/.config/porevox/tuned.yaml) "
+                              "that later runs use."),
 ) -> None:
-    """Run benchmark suites: porevox against the plain reference code, same run."""
+    """Run benchmark suites: porevox against the plain reference code, same run; or
+    with --tune, tune layouts and chunk sizes for this machine."""
     try:
         import benchmarks
     except ImportError:
         raise PorevoxError("the benchmark suites live in the source checkout; run from the "
                            "porevox repository root (make bench)") from None
+    if tune:
+        if suites:
+            raise PorevoxError(f"--tune measures its own stages; drop the suite names {' '.join(suites)}")
+        from benchmarks.tune import tune as run_tune
+
+        result = run_tune(out, quick=quick, scheduler=(ctx.obj or {}).get("scheduler"))
+        typer.echo(result["markdown"])
+        typer.echo(f"tuned configuration: {result['config_path']}")
+        return
     benchmarks.run(suites or ["all"], out, quick=quick)
 
 

@@ -13,5 +13,14 @@ class VolumeNotFoundError(PorevoxError, FileNotFoundError):
     """A path that should hold a volume or a source stack does not exist."""
 
 
+class StudyFileError(InvalidVolumeError):
+    """A study file (``study.yaml``) is malformed or names missing data; the message
+    reads ``file:line: field: problem; fix``."""
+
+
+class ChunkError(InvalidVolumeError):
+    """A chunk of a stored array is corrupt or missing."""
+
+
 class StageError(PorevoxError, RuntimeError):
     """A pipeline stage could not complete (not caused by bad input)."""

@@ -33,7 +33,7 @@ def test_local_cluster_limits_threads_and_logs_dashboard(caplog):
                                              "MALLOC_MMAP_THRESHOLD_")}
     with caplog.at_level(logging.INFO, logger="porevox"):
         with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB",
-                     dashboard_address=":0") as c:
+                     dashboard_address="127.0.0.1:0") as c:
             # the workers' limits are theirs: this process's environment is unchanged
             # (the nannies write them into it; numba here would refuse a changed value)
             assert {k: os.environ.get(k) for k in before} == before
@@ -90,7 +90,7 @@ def test_ingest_sizes_chunks_for_small_workers(tmp_path):
     data = np.zeros((80, 512, 512), np.uint16)          # 40 MiB: one chunk by default
     np.save(tmp_path / "s.npy", data)
     assert chunk_bytes_budget() == DEFAULT_CHUNK_BYTES  # no cluster: the default
-    with cluster(n_workers=1, threads_per_worker=1, memory_limit="512MB", dashboard_address=":0"):
+    with cluster(n_workers=1, threads_per_worker=1, memory_limit="512MB", dashboard_address="127.0.0.1:0"):
         budget = chunk_bytes_budget()
         assert budget == int((0.6 * 512e6 - 150 * 2**20) / 4.5)
         vol, _ = ingest(tmp_path / "s.npy", tmp_path / "o.zarr", (1, 1, 1))
@@ -98,3 +98,20 @@ def test_ingest_sizes_chunks_for_small_workers(tmp_path):
     assert np.prod(chunks) * 2 <= budget < data.nbytes
     assert vol.provenance["ingest"]["chunks"] == list(chunks)
     assert vol.provenance["ingest"]["params"]["chunks"] == "auto"
+
+
+def test_local_cluster_listens_on_loopback_only():
+    """Scheduler, workers, nannies and the dashboard: every socket porevox's
+    LocalCluster listens on (this process's and its worker processes') is 127.0.0.1."""
+    import psutil
+
+    with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB") as c:
+        assert c.dashboard_link.startswith("http://127.0.0.1:")
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        listening = [conn.laddr for p in procs for conn in p.net_connections(kind="inet")
+                     if conn.status == psutil.CONN_LISTEN]
+        ports = {a.port for a in listening}
+        dashboard = int(c.dashboard_link.split(":")[2].split("/")[0])
+        scheduler = int(c.scheduler.address.rsplit(":", 1)[1])
+        assert {dashboard, scheduler} <= ports and len(ports) >= 6   # + 2 workers, 2 nannies
+        assert {a.ip for a in listening} == {"127.0.0.1"}, listening

@@ -149,7 +149,7 @@ def test_in_process_local_cluster_solves_here(solid, expected):
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc):
+                      dashboard_address="127.0.0.1:0") as lc, Client(lc):
         out = conductivity(da.from_array(solid, chunks=9), voxel_size=VS)
     assert out["ran_on"] == "driver"
     assert out["relative_conductivity"] == pytest.approx(expected, rel=1e-12)

@@ -34,6 +34,7 @@ from .backend import resolve as resolve_backend
 from .cluster import compute
 from .storage import (
     Volume,
+    checked_dask,
     choose_chunks,
     discard,
     open_volume,
@@ -60,7 +61,7 @@ def as_dask(image: Any, chunks: Sequence[int] | None = None) -> da.Array:
     if isinstance(image, (str, os.PathLike)):
         image = open_volume(image, mode="r").to_dask()
     elif isinstance(image, zarr.Array):
-        image = da.from_zarr(image, chunks=chunks or image.chunks)
+        image = checked_dask(image, str(image.store), image.path)
     elif not isinstance(image, da.Array):
         if not hasattr(image, "shape") or not hasattr(image, "dtype"):
             raise TypeError(f"image must be an array or a volume path; got {type(image).__name__}")

@@ -19,6 +19,7 @@ import psutil
 
 from ..errors import PorevoxError
 from .storage import DEFAULT_CHUNK_BYTES
+from .tuning import load_tuned
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +87,18 @@ def worker_memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
-def chunk_bytes_budget(default: int = DEFAULT_CHUNK_BYTES) -> int:
+def chunk_bytes_budget(default: int | None = None) -> int:
     """Chunk size (bytes) the active cluster's workers process comfortably.
 
     A task holds its chunk, a read buffer and Zarr's encode copies — about 4.5 times
     the chunk, measured in ``benchmarks/`` — on top of some 150 MiB of interpreter and
     libraries, and should stay well under Dask's pause threshold (80 % of the limit).
+    `default` (the most it returns) falls back to the chunk size tuned by
+    ``porevox bench --tune`` (:mod:`porevox.engine.tuning`), else ``DEFAULT_CHUNK_BYTES``.
     """
+    if default is None:
+        tuned = load_tuned()
+        default = tuned["chunk_bytes"] if tuned is not None else DEFAULT_CHUNK_BYTES
     limit = worker_memory_limit()
     if limit is None:
         return default
@@ -103,19 +109,32 @@ def chunk_bytes_budget(default: int = DEFAULT_CHUNK_BYTES) -> int:
 def balanced_depth(nz: int, most: int) -> int:
     """Slices per block: at most `most` (the memory budget), and few enough that every
     worker thread of the active cluster (this machine's cores without one) gets about
-    four blocks — heavy per-slice work must not leave workers idle at the end."""
-    client = active_client()
-    threads = (sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-               if client is not None else (os.cpu_count() or 1))
+    four blocks — heavy per-slice work must not leave workers idle at the end. A run
+    pins the thread count (``porevox.threads`` in Dask's config) so that a worker
+    lost midway changes no block, hence no result."""
+    import dask
+
+    threads = dask.config.get("porevox.threads", None)   # pinned for a whole run (run_study)
+    if not threads:
+        client = active_client()
+        threads = (sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+                   if client is not None else (os.cpu_count() or 1))
     return max(1, min(nz, int(most), -(-nz // (4 * max(threads, 1)))))
 
 
 def default_layout() -> dict:
-    """Workers, threads and memory for this machine: one worker process per core, at
-    most four (more cores become threads), and 80 % of memory shared among them."""
+    """Workers, threads and memory for this machine: the layout of
+    ``porevox bench --tune`` where it measured a LocalCluster here, else one worker
+    process per core, at most four (more cores become threads); 80 % of memory shared
+    among the workers."""
     cores = os.cpu_count() or 1
-    n_workers = max(1, min(cores, 4))
-    threads = max(1, cores // n_workers)
+    tuned = load_tuned()
+    if tuned is not None and tuned.get("scheduler") is None:
+        n_workers = tuned["layout"]["n_workers"]
+        threads = tuned["layout"]["threads_per_worker"]
+    else:
+        n_workers = max(1, min(cores, 4))
+        threads = max(1, cores // n_workers)
     memory = int(psutil.virtual_memory().total * 0.8 / n_workers)
     return {"n_workers": n_workers, "threads_per_worker": threads, "memory_limit": memory}
 

@@ -64,6 +64,13 @@ class IngestPlan:
     params: dict
     inputs: dict
     done: bool
+    box: tuple[tuple[int, int], ...] | None = None   # the VOI ((z0, z1), (y0, y1), (x0, x1))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        if self.box is None:
+            return tuple(self.source.shape)
+        return tuple(b - a for a, b in self.box)
 
 
 def plan_ingest(
@@ -80,6 +87,7 @@ def plan_ingest(
     offset: int = 0,
     byte_order: str = "little",
     overwrite: bool = False,
+    box: Sequence[Sequence[int]] | None = None,
 ) -> IngestPlan:
     """Check everything about an ingest before any work: the source, the voxel size,
     the chunks and the output path. Raises a one-line error naming the fix."""
@@ -88,11 +96,15 @@ def plan_ingest(
                          byte_order=byte_order)
     voxel_size = check_voxel_size(voxel_size)
     unit = check_unit(unit)
-    chunks = check_chunks(chunks, source.shape) if chunks is not None else None
+    box = check_box(box, source.shape) if box is not None else None
+    shape = tuple(b - a for a, b in box) if box else source.shape
+    chunks = check_chunks(chunks, shape) if chunks is not None else None
     sample = dict(sample or {})
     params = {"kind": source.kind, "voxel_size": voxel_size, "unit": unit,
               "chunks": list(chunks) if chunks else "auto",
               "sample": sample, "offset": source.offset, "byte_order": source.byte_order}
+    if box:
+        params["box"] = [list(b) for b in box]
     inputs = {"source": provenance.fingerprint_files(source.fingerprint_paths())}
     done = False
     if out.exists():
@@ -106,7 +118,19 @@ def plan_ingest(
                 f"{out} already exists and holds other data; pass --overwrite to replace "
                 "it or choose another output path"
             )
-    return IngestPlan(source, out, voxel_size, unit, sample, chunks, params, inputs, done)
+    return IngestPlan(source, out, voxel_size, unit, sample, chunks, params, inputs, done, box)
+
+
+def check_box(box: Sequence[Sequence[int]], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """A VOI ``((z0, z1), (y0, y1), (x0, x1))`` inside `shape`, or raise."""
+    try:
+        pairs = tuple((int(a), int(b)) for a, b in box)
+    except (TypeError, ValueError) as err:
+        raise InvalidVolumeError(f"box must be [[z0, z1], [y0, y1], [x0, x1]]; got {box!r}") from err
+    if len(pairs) != 3 or any(not 0 <= a < b <= n for (a, b), n in zip(pairs, shape)):
+        raise InvalidVolumeError(f"box {[list(p) for p in pairs]} must lie within the stack's shape "
+                                 f"{tuple(shape)} with start < stop on every axis")
+    return pairs
 
 
 def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
@@ -117,15 +141,21 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
         logger.info("ingest of %s into %s already done with these parameters; nothing to do",
                     source.path, out)
         return open_volume(out), False
-    chunks = plan.chunks or choose_chunks(source.shape, source.dtype, chunk_bytes_budget())
+    shape = plan.shape
+    chunks = plan.chunks or choose_chunks(shape, source.dtype, chunk_bytes_budget())
     started = time.time()
     logger.info("ingesting %s (%s, %s %s, %.1f MB) into %s, chunks %s", source.path, source.kind,
                 source.shape, np.dtype(source.dtype).name, source.nbytes / 1e6, out, chunks)
     with building(out) as tmp:
-        volume = create_volume(tmp, source.shape, source.dtype, plan.voxel_size, unit=plan.unit,
+        volume = create_volume(tmp, shape, source.dtype, plan.voxel_size, unit=plan.unit,
                                sample=plan.sample, chunks=chunks,
                                name=out.name.removesuffix(".zarr"))
-        compute(da.store(source_to_dask(source, chunks), volume.image, lock=False, compute=False))
+        if plan.box is None:
+            data = source_to_dask(source, chunks)
+        else:   # read whole chunks of the VOI from the stack, one output chunk per task
+            data = source_to_dask(source, chunks)[tuple(slice(a, b) for a, b in plan.box)]
+            data = data.rechunk(chunks)
+        compute(da.store(data, volume.image, lock=False, compute=False))
         provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
                                 source=str(Path(source.path).absolute()), chunks=list(chunks))
     return open_volume(out), True

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from .._version import __version__
-from ..errors import InvalidVolumeError, VolumeNotFoundError
+from ..errors import ChunkError, InvalidVolumeError, VolumeNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"), 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 LABELS = "labels"
 TMP_PREFIX = ".tmp-"
+#: Array attribute of arrays porevox writes with every chunk stored (zarr otherwise
+#: skips chunks equal to the fill value): in those, a chunk file that is not there
+#: is missing, not empty.
+DENSE = "porevox_dense"
 UNITS = {"micrometer", "nanometer", "millimeter", "meter", "angstrom"}
 
 
@@ -176,7 +180,7 @@ class Volume:
     # -- arrays --------------------------------------------------------------------
     @property
     def image(self) -> zarr.Array:
-        return self.group["image"]
+        return self.array("image")
 
     @property
     def labels(self) -> list[str]:
@@ -198,14 +202,12 @@ class Volume:
             ) from None
         if not isinstance(node, zarr.Array):
             raise InvalidVolumeError(f"{self.path}/{name} is a group, not an array")
-        return node
+        return _dense(node) if node.attrs.get(DENSE) else node
 
     def to_dask(self, name: str = "image"):
-        """The array as a Dask array whose chunks are the storage chunks."""
-        import dask.array as da
-
-        arr = self.array(name)
-        return da.from_zarr(arr, chunks=arr.chunks)
+        """The array as a Dask array whose chunks are the storage chunks; a chunk that
+        cannot be read, or is missing, raises :class:`ChunkError` naming it."""
+        return checked_dask(self.array(name), self.path.name.removesuffix(".zarr"), name)
 
     def summary(self) -> dict:
         img = self.image
@@ -272,9 +274,7 @@ def create_volume(
             },
         },
     )
-    group.create_array(
-        "image", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, dimension_names=AXES
-    )
+    dense_array(group, "image", shape=shape, dtype=dtype, chunks=chunks)
     group.require_group(LABELS)
     return Volume(path, group)
 
@@ -304,6 +304,85 @@ def open_volume(path: str | os.PathLike | Volume, mode: str = "r+") -> Volume:
     return Volume(path, group)
 
 
+# --------------------------------------------------------------------------- chunks on disk
+def _dense(arr: zarr.Array) -> zarr.Array:
+    return arr.with_config({"write_empty_chunks": True})
+
+
+def dense_array(group: zarr.Group, name: str, *, shape, dtype, chunks, dimension_names=AXES,
+                fill_value=0) -> zarr.Array:
+    """Create an array whose writes store every chunk, so that a chunk file that is
+    not there later is known to be missing (:data:`DENSE`)."""
+    arr = group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks),
+                             fill_value=fill_value, dimension_names=dimension_names,
+                             attributes={DENSE: True})
+    return _dense(arr)
+
+
+class _CheckedChunks:
+    """A Zarr array as Dask reads it (``da.from_array``, one block per storage
+    chunk), whose read of a block names the tomogram, the array and the chunk when
+    the chunk cannot be decoded, or when it is missing from an array porevox wrote
+    densely."""
+
+    def __init__(self, arr: zarr.Array, tomogram: str, name: str):
+        self.arr, self.tomogram, self.name = arr, tomogram, name
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+        self.dense = bool(arr.attrs.get(DENSE))
+
+    def _chunk(self, key) -> tuple[int, ...]:
+        key = key if isinstance(key, tuple) else (key,)
+        return tuple((k.start or 0) // c if isinstance(k, slice) else int(k) // c
+                     for k, c in zip(key, self.arr.chunks))
+
+    def _file(self, chunk) -> str:
+        return str(Path(self.arr.store.root if hasattr(self.arr.store, "root") else "")
+                   / self.arr.path / "c" / "/".join(map(str, chunk)))
+
+    def __getitem__(self, key):
+        try:
+            block = self.arr[key]
+        except Exception as err:
+            chunk = self._chunk(key)
+            raise ChunkError(
+                f"tomogram {self.tomogram}: array {self.name}: chunk {chunk} cannot be read "
+                f"({type(err).__name__}: {err}); restore {self._file(chunk)} from a backup or "
+                "ingest the tomogram again") from None
+        if self.dense and block.size and not np.any(block != self.arr.fill_value):
+            chunk = self._chunk(key)
+            if not os.path.exists(self._file(chunk)):
+                raise ChunkError(
+                    f"tomogram {self.tomogram}: array {self.name}: chunk {chunk} is missing "
+                    f"({self._file(chunk)}); restore it from a backup or ingest the tomogram again")
+        return block
+
+
+def checked_dask(arr: zarr.Array, tomogram: str, name: str):
+    """`arr` as a Dask array over its storage chunks that names a corrupt or missing
+    chunk (see :class:`_CheckedChunks`)."""
+    import dask.array as da
+
+    return da.from_array(_CheckedChunks(arr, tomogram, name), chunks=arr.chunks, asarray=False,
+                         fancy=False, meta=np.empty((0,) * arr.ndim, arr.dtype),
+                         name=f"zarr-{tomogram}-{name}-{_array_token(arr)}")
+
+
+def _array_token(arr: zarr.Array) -> str:
+    """Changes whenever the array is written again (its metadata file's time)."""
+    import dask.base
+
+    return dask.base.tokenize(str(arr.store), arr.path, arr.shape, str(arr.dtype), arr.chunks,
+                              _meta_mtime(arr))
+
+
+def _meta_mtime(arr: zarr.Array) -> int:
+    root = getattr(arr.store, "root", None)
+    try:
+        return (Path(root) / arr.path / "zarr.json").stat().st_mtime_ns if root else 0
+    except OSError:
+        return 0
+
+
 # --------------------------------------------------------------------------- publishing
 def tmp_array(
     volume: Volume, name: str, shape: Sequence[int], dtype: Any, chunks: Sequence[int]
@@ -314,10 +393,9 @@ def tmp_array(
     `name` once it is completely written.
     """
     tmp_name = _tmp_name(volume, name)
-    arr = volume.group.create_array(
-        tmp_name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks),
-        fill_value=0, dimension_names=(("c",) * (len(shape) - 3) + AXES)[-len(shape):],
-    )
+    arr = dense_array(volume.group, tmp_name, shape=tuple(shape), dtype=np.dtype(dtype),
+                      chunks=tuple(chunks),
+                      dimension_names=(("c",) * (len(shape) - 3) + AXES)[-len(shape):])
     return arr, tmp_name
 
 

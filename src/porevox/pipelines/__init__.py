@@ -8,6 +8,8 @@ from .feature_study import quantify_study
 from .preprocess import preprocess as preprocess_volume
 from .quantify import quantify_volume
 from .regress import plan_regression, run_regression
+from .report import write_report
+from .run import run_study
 from .score import score_volume
 from .segment import segment_volume
 from .segmentation_study import segmentation_study
@@ -18,5 +20,5 @@ from .volumes import ingest_volume, plan_ingest, volume_histogram, volume_info
 
 __all__ = ["conductivity", "contact_sheet", "finite_json", "ingest_volume", "plan_ingest", "plan_regression",
            "preprocess_volume", "quantify_study", "quantify_volume", "run_demo",
-           "run_regression", "score_volume", "segment_volume", "segmentation_study", "session",
-           "synthesize_study", "train_unet_volumes", "volume_histogram", "volume_info"]
+           "run_regression", "run_study", "score_volume", "segment_volume", "segmentation_study", "session",
+           "synthesize_study", "train_unet_volumes", "volume_histogram", "volume_info", "write_report"]

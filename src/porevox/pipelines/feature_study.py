@@ -33,7 +33,7 @@ def table_row(sample: dict, labels: str, features: dict) -> dict:
     row = {k: sample.get(k) for k in META if k in sample}
     row["labels"] = labels
     for key, value in features.items():
-        if key in ("volume", "labels", "shape", "voxel_size", "directions", "features"):
+        if key in ("volume", "labels", "shape", "voxel_size", "directions", "features", "seconds"):
             continue
         if key == "strut_diameter_ci95":
             row["strut_diameter_ci95_lo"], row["strut_diameter_ci95_hi"] = (

@@ -39,6 +39,26 @@ DESIGN_FEATURES = {"relative_density": "relative_density",
                    "shape_index_mean": "shape_index_mean"}
 
 
+#: Inverse-design targets (µS/cm), within the twin's measured range.
+DESIGN_TARGETS = (50.0, 100.0, 200.0)
+
+
+def generation_stage(study, *, kinds=("ddpm", "cgan"), minutes: float | None = None,
+                     steps: int | None = None, n: int = 64, seed: int = 0,
+                     targets=DESIGN_TARGETS, progress: bool = False) -> dict:
+    """Train the `kinds` of model (``cpu`` preset; `minutes` each at most, `steps` at
+    most), the Table-3 analog with `n` images per class, and inverse design for the
+    target conductivities with the DDPM (where there is one and `targets`)."""
+    from .generate import train_generator
+
+    trained = {kind: train_generator(study, kind=kind, preset="cpu", minutes=minutes, steps=steps,
+                                     seed=seed, progress=progress) for kind in kinds}
+    evaluation = evaluate_generators(study, [t["model"] for t in trained.values()], n=n, seed=seed)
+    designed = (design(study, trained["ddpm"]["model"], targets, n=n, seed=seed)
+                if "ddpm" in trained and targets else None)
+    return {"training": trained, "evaluation": evaluation, "design": designed}
+
+
 def _real_crops(index, c: int, n: int | None, seed: int) -> np.ndarray:
     """Class `c`'s crops: all of them (``n`` None), or ``n`` drawn with `seed`."""
     members = np.flatnonzero(index.label == c)

@@ -98,6 +98,8 @@ def summarize(per_sample: list[dict]) -> dict:
     """Mean and sd over samples of every metric, per method."""
     table = {}
     for method, _ in ROWS:
+        if not all(method in r for r in per_sample):
+            continue
         table[method] = {}
         for _, key in COLUMNS:
             values = np.array([r[method][key] for r in per_sample], dtype=np.float64)
@@ -109,10 +111,10 @@ def summarize(per_sample: list[dict]) -> dict:
 def markdown(table: dict, n: int | None = None) -> str:
     head = "| method | " + " | ".join(c for c, _ in COLUMNS) + " |"
     lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
-    for method, _ in ROWS:
+    for method in (m for m, _ in ROWS if m in table):
         cells = [f"{table[method][k]['mean']:.3f} ± {table[method][k]['sd']:.3f}" for _, k in COLUMNS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    for method, _ in ROWS:
+    for method in (m for m, _ in ROWS if m in table):
         lines.append(f"| *paper: {method}* | " + " | ".join(f"*{v:.2f}*" for v in PAPER[method]) + " |")
     if n:
         lines.append(f"\nmean ± sd over {n} samples; paper rows: its Table 1 (manual ground truth).")
@@ -126,7 +128,7 @@ def write_tables(folder: Path, result: dict) -> None:
     with open(folder / "table1.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", *[f"{k}_{s}" for _, k in COLUMNS for s in ("mean", "sd")]])
-        for method, _ in ROWS:
+        for method in (m for m, _ in ROWS if m in table):
             w.writerow([method, *[table[method][k][s] for _, k in COLUMNS for s in ("mean", "sd")]])
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from ..engine import provenance
 from ..engine.cluster import chunk_bytes_budget, compute
-from ..engine.storage import AXES, LABELS, building, choose_chunks, create_volume, open_volume
+from ..engine.storage import LABELS, building, choose_chunks, create_volume, dense_array, open_volume
 from ..synthetic.fibsem import FibSemModel, image_threshold, render_box
 from ..synthetic.microstructure import (
     PASTES,
@@ -119,9 +119,19 @@ def sample_arrays(ms: Microstructure, model: FibSemModel, seed: int, threshold: 
 
 
 def synthesize_study(out_dir: str | os.PathLike, *, preset: str = "demo", seed: int = 0,
-                     model: FibSemModel | None = None, preview: bool = False) -> dict:
-    """Write the twin study under `out_dir`; return the manifest (also ``study.yaml``)."""
+                     model: FibSemModel | None = None, preview: bool = False,
+                     stages: dict | None = None) -> dict:
+    """Write the twin study under `out_dir`; return the manifest (also ``study.yaml``).
+    Its ``stages`` (what ``porevox run`` does) are `stages`, else those of an existing
+    ``study.yaml`` there, else the defaults, written out in full for editing."""
     out_dir = Path(out_dir)
+    if stages is None:
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+            stages = yaml.safe_load((out_dir / "study.yaml").read_text()).get("stages")
+    if stages is None:
+        from .studyfile import DEFAULT_STAGES
+
+        stages = DEFAULT_STAGES
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model or FibSemModel()
     specs = study_specs(preset, seed)
@@ -131,7 +141,7 @@ def synthesize_study(out_dir: str | os.PathLike, *, preset: str = "demo", seed: 
     if todo:
         prepared = compute(*[dask.delayed(prepare)(s, model) for s in todo])
         _write_samples(out_dir, todo, prepared, model)
-    manifest = _manifest(out_dir, specs, model, preset, seed)
+    manifest = {**_manifest(out_dir, specs, model, preset, seed), "stages": stages}
     tmp = out_dir / ".study.yaml.tmp"
     tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
     os.replace(tmp, out_dir / "study.yaml")
@@ -173,9 +183,8 @@ def _write_samples(out_dir: Path, todo: list[SampleSpec], prepared, model: FibSe
                       "target_relative_density": round(target_density(spec.paste,
                                                                       spec.temperature_c), 6)}
             vol = create_volume(tmp, p.shape, p.dtype, p.voxel_size, sample=sample, chunks=chunks)
-            labels = [vol.group.create_array(f"{LABELS}/{name}", shape=p.shape, dtype="uint8",
-                                             chunks=chunks, fill_value=0, dimension_names=AXES)
-                      for name in ("truth", "truth_annotation")]
+            labels = [dense_array(vol.group, f"{LABELS}/{name}", shape=p.shape, dtype="uint8",
+                                  chunks=chunks) for name in ("truth", "truth_annotation")]
             arrays += [data[2], data[0].astype(np.uint8), data[1].astype(np.uint8)]
             targets += [vol.image, *labels]
             volumes.append((vol, spec, ms, threshold))

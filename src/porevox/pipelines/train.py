@@ -96,10 +96,14 @@ def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid
     import torch
 
     device = "cuda" if torch.cuda.is_available() else None   # the GPU where there is one
+    # Training runs in this (the client) process, on every core: said explicitly, since
+    # torch otherwise sizes its pool from OMP_NUM_THREADS, which a nanny restarting a
+    # worker writes into this process's environment — and another thread count sums
+    # in another order, giving other weights.
     model, history = unet.train_unet(images, targets, config, val_fraction=val_fraction,
                                      epochs=epochs, patience=patience, patch=patch, seed=seed,
                                      progress=progress, loss_png=out.with_suffix(".png"),
-                                     device=device)
+                                     device=device, threads=os.cpu_count())
     metadata = {"labels": labels, "every": every, "classes": {"copper": 0, "pore": 1, **(
         {"shine_through": 2} if n_classes == 3 else {})}, "normalization":
         "per volume: (x - p0.1) / (p99.9 - p0.1) of its gray-value histogram",
