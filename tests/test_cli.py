@@ -100,7 +100,8 @@ def test_demo(tmp_path):
     record = result["run"]
     assert record["tomograms"] == 21 and record["ran"] == len(record["steps"]) == 21 * 8 + 7
     assert record["cluster"]["dashboard"].startswith("http://127.0.0.1:")
-    assert Path(record["report"]) == study / "report.html" and (study / record["performance_reports"][0]).is_file()
+    assert Path(record["report"]) == study / "report.html"
+    assert (study / record["performance_reports"][0]).is_file()
     table = json.loads((study / "table1.json").read_text())["table"]
     assert set(table) == {"CTA", "Hybrid", "U-Net CTA", "U-Net Hybrid"}
     assert table["Hybrid"]["recall_pore"]["mean"] > table["CTA"]["recall_pore"]["mean"]

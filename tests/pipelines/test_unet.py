@@ -19,7 +19,8 @@ def trained(tmp_path_factory, twin_arrays):
 
     folder = tmp_path_factory.mktemp("unet")
     vol = twin_volume(folder / "train.zarr", twin_arrays, (8, 64, 80))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as lc, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address="127.0.0.1:0") as lc, \
             Client(lc):
         segment_volume(vol.path, "hybrid")
         result = train_unet_volumes([vol.path], folder / "model.pt", every=2, epochs=8, patience=8,
