@@ -1,90 +1,115 @@
 """Suite ``outofcore`` (runs only when named): segment + quantify of a twin volume
 whose float32 working set is at least four times the memory of all the workers.
 
-The claim measured (DESIGN.md, Scale: "memory per worker is bounded by chunk size,
-not volume size"): a volume of N voxels, ``4 N`` bytes as float32, goes through
-``segment_volume(path, "otsu")``, ``segment_volume(path, "hybrid")`` and
-``quantify_volume(path, labels="hybrid")`` on a LocalCluster of 2 workers x 1 thread
-x M memory limit with ``4 N >= 4 x 2 M`` — with no worker killed or restarted for
-memory. There is no reference implementation to ratio against: the reference is the
-memory limit, and every stage reports its peak per worker over that limit.
+    python -m benchmarks outofcore --out bench-ooc [--quick]
 
-Sizes (defaults; see "Choices" below for why):
+The claim measured (DESIGN.md, Scale: "memory per worker is bounded by chunk size,
+not volume size"): a volume of N voxels (``4 N`` bytes as float32) goes through
+``segment_volume(path, "otsu")``, ``segment_volume(path, "hybrid")`` and
+``quantify_volume(path, labels=...)`` on a LocalCluster (``porevox.engine.cluster``)
+of 2 workers x 1 thread x M memory limit with ``4 N >= 4 x 2 M``, with no worker
+killed or restarted for memory. There is no reference implementation to ratio
+against: the reference is the memory limit, and every stage reports its peak per
+worker over that limit.
+
+Defaults (environment variables override them; reasons under "Choices"):
 
 * workers: 2 x 1 thread x **512 MiB** (``$POREVOX_BENCH_OOC_MEMORY``, e.g. ``1GiB``);
-* volume: **1024 x 1024 x 1024 uint8** (1 GiB on disk before compression; float32
-  working set 4 GiB = 4.0 x the workers' 1 GiB). By default the depth is the
-  smallest multiple of the slab (below) with voxels >= total worker memory in
-  bytes, i.e. float32 working set >= 4 x; ``$POREVOX_BENCH_OOC_SHAPE`` (``ZxYxX``)
-  overrides it. Quick (``--quick``): 2 x 512 MiB and 64 x 512 x 512 (a smoke test:
-  its ratio is far below 4);
-* features quantified: ``density, surface, slices, curvature`` — the local and
-  halo passes (``$POREVOX_BENCH_OOC_FEATURES``: a comma list, or ``all``);
-* segmentations: ``otsu,hybrid`` (``$POREVOX_BENCH_OOC_METHODS``); quantify reads the
-  last one's labels (``$POREVOX_BENCH_OOC_LABELS`` overrides).
+* volume: **1024 x 1024 x 1024 uint8** (1 GiB; float32 working set 4 GiB = 4.0 x
+  the workers' 1 GiB): the plane is 1024 x 1024 and the depth the smallest multiple
+  of 32 with voxels >= the workers' total memory in bytes
+  (``$POREVOX_BENCH_OOC_SHAPE`` = ``ZxYxX`` overrides). ``--quick``: 2 x 512 MiB and
+  64 x 512 x 512, a smoke test far below 4 x;
+* segmentations: ``otsu,hybrid`` (``$POREVOX_BENCH_OOC_METHODS``);
+* quantified: ``labels/otsu`` (``$POREVOX_BENCH_OOC_LABELS``, a comma list, one
+  quantify stage each) with the features ``density, surface, slices`` — the local
+  pass, whose connected components are merged globally in the driver
+  (``$POREVOX_BENCH_OOC_FEATURES``: a comma list, or ``all``);
+* storage chunks: the render blocks, as ``porevox synth`` writes a twin
+  (``$POREVOX_BENCH_OOC_CHUNKS=ingest``: those porevox's ingest would choose,
+  ``choose_chunks(shape, uint8, chunk_bytes_budget())``; see below);
+* ``$POREVOX_BENCH_OOC_TIMEOUT_S``: the measuring process's limit (default 4 h).
 
 The volume. A digital twin (HPA paste, 250 °C, the demo voxel size) rendered block
-by block on the same cluster and written as a porevox volume (``image`` and
-``labels/truth``) with the chunks porevox's ingest gives a volume of this shape on
-these workers (``choose_chunks(shape, uint8, chunk_bytes_budget())``); no process
-ever holds it whole. ``porevox.pipelines.synth.sample_arrays`` cannot make it at
-this size: it passes the sample's whole particle list to every block (one Dask key
-that every worker holds), and the list grows with the volume — about 0.7 M
-particles (21 MB pickled) for 32 x 1024 x 1024 voxels, so about 23 M (0.7 GB) for
-1024^3, more than a 512 MiB worker holds, and every block filters all of it (an
-(N, 3) float64 temporary per comparison); its preparation (``prepare``: particle
-placement, density calibration, image threshold) also took 43 s for the 32-slice
-slab on this machine. So the suite prepares **one slab** of ``SLAB`` = 32 slices x
-the full plane and tiles it along z, every other slab mirrored in z (the structure
-is continuous across slab faces: reflection-periodic with period 64 slices) and
-each slab with its own noise seed (``render_box(..., seed + k)``); the render
-blocks (``choose_chunks(slab, float64, chunk_bytes_budget() // 4)``, as
-``sample_arrays`` sizes them) are rechunked to the storage chunks before the write.
+by block on the same cluster (``porevox.synthetic.fibsem.render_box``) and written
+as a porevox volume (``image`` and ``labels/truth``); no process ever holds it
+whole. ``porevox.pipelines.synth.sample_arrays`` cannot make it at this size: it
+passes the sample's whole particle list to every block (one Dask key every worker
+holds) and every block filters all of it with (N, 3) float64 temporaries; the list
+grows with the volume (0.67 M particles, 21 MB pickled, for 32 x 1024 x 1024; ~23 M,
+~0.7 GB, for 1024^3) — more than a 512 MiB worker holds; a 64 x 1024 x 1024 render
+that way (a 32-slice slab tiled in z) already left both workers paused for good
+above 80 % of their limit. Preparing it (``prepare``: particles, density
+calibration, image threshold) also took 74 s for a 64 x 1024 x 1024 slab here. So
+the suite prepares one **tile** of 32 x 256 x 256 voxels (55 k particles, ~2 s)
+and tiles the volume with it, mirrored along each axis where the tile index is odd
+(the structure is continuous across tile faces: reflection-periodic with period
+64 x 512 x 512), each tile with its own noise seed. The render blocks are sized as
+``sample_arrays`` sizes them (``choose_chunks(tile, float64, chunk_bytes_budget()
+// 4)``: 32 x 128 x 256 at 512 MiB) and are the storage chunks. With ingest's chunks
+instead (64 x 512 x 1024, 32 MiB, at 512 MiB), the set-up's rechunk-merge-store of
+a 32 MiB chunk killed workers (exceeded 95 %) four times and failed with
+KilledWorker: a worker that has run porevox's numba kernels idles at 240-300 MiB,
+while ``chunk_bytes_budget`` assumes 150 MiB of interpreter.
 
 Measured per stage (render; segment otsu; segment hybrid; quantify) — the first is
 the set-up, reported for completeness:
 
-* wall seconds (one run: this suite runs each stage once) and voxels/s;
-* peak memory per worker: the kernel's ``VmHWM`` of each worker process, reset at
-  the stage's start (``/proc/self/clear_refs``), so it is that stage's own peak;
-  the RSS sampled every 0.5 s by ``psutil`` from the driver (the max kept); Dask's
-  own view (the scheduler's ``WorkerState.memory``: process, managed, spilled;
-  max over the samples); and the lifetime ``ru_maxrss`` at the stage's end;
-* peak / limit (the reference of this suite);
-* workers killed or restarted: the worker pids seen per worker name over the
-  stage (a nanny restart gives a new pid and address), the scheduler's worker set
-  before and after, ``KilledWorker`` or other errors of the stage, and the
-  worker/nanny log lines about memory (pauses, "exceeded ... budget", restarts,
-  spills: ``harness.worker_memory_events``), new in the stage;
-* spill to disk: bytes the workers' spill buffers wrote in the stage
-  (``SpillBuffer.cumulative_metrics["disk-write", "bytes"]``) and the largest
-  number of bytes held on disk at a sample;
-* the driver's peak (``ru_maxrss``, lifetime) — quantify merges the per-block
+* wall seconds (each stage runs once) and voxels/s;
+* peak memory per worker: each worker process's ``VmHWM``, reset at the stage's
+  start (``/proc/self/clear_refs``), so it is that stage's own peak; its RSS sampled
+  every 0.5 s by ``psutil`` from the driver (the max kept); Dask's own view (the
+  scheduler's ``WorkerState.memory``: process, managed, spilled; max over the
+  samples); the lifetime ``ru_maxrss`` at the stage's end (``workers`` in
+  results.json). ``porevox peak MiB (max worker)`` in the table is the stage's
+  largest VmHWM or sampled RSS; ``peak_over_limit`` that over the limit;
+* workers killed or restarted: the pids seen per worker name during the stage (a
+  nanny restart gives a new pid and address), the scheduler's workers before and
+  after, the stage's error (e.g. ``KilledWorker``), and the worker and nanny log
+  lines about memory new in the stage (pauses, "exceeded 95% memory budget",
+  restarts, spills: ``harness.worker_memory_events``);
+* spill to disk: bytes the workers' spill buffers wrote during the stage
+  (``SpillBuffer.cumulative_metrics["disk-write", "bytes"]``) and the most held on
+  disk at a sample;
+* the driver's RSS (sampled) and ``ru_maxrss`` — quantify merges the per-block
   results there;
-* checks: each segmentation's voxel agreement with the twin's truth, and the
-  quantified values (untimed, after the stage's peaks are taken).
+* checks, untimed, after the stage's peaks are taken: each segmentation's voxel
+  agreement with the twin's truth; the quantified values.
 
 Global operators. ``quantify_volume`` decides per operator whether the whole volume
-fits one task (``_fits_one_task``: need <= 60 % of a worker's memory limit). At
-this size nothing global fits: tortuosity would run the block-decomposed fast
-marching (:class:`porevox.pipelines.tortuosity.BlockSolver`: blocks of ~2.3 M voxels
-at 512 MiB, iterated to convergence, two float64 scratch arrays per direction on
-disk, 16 GB at 1024^3), and struts run in blocks with halos of twice the largest
-radius, regrown where short. Both are in ``all`` but not in the default features,
-because measured on this machine with 2 x 512 MiB workers they run at about 0.04-0.05
-M voxels/s (struts: 209 s for 128 x 256 x 256; block tortuosity: 156 s for
-32 x 512 x 512, 58 iterations) — some 6-7 hours each at 1024^3. The notes of the
-quantify row give the plan quantify makes for them at this size.
+fits one task (``_fits_one_task``: need <= 60 % of a worker's memory limit), and
+logs it. At this size nothing global fits: tortuosity would run the
+block-decomposed fast marching (:class:`porevox.pipelines.tortuosity.BlockSolver`:
+~470 blocks of ~2.3 M voxels at 512 MiB, iterated to convergence, two float64
+scratch arrays per direction on disk, 16 GiB at 1024^3), and struts run in blocks
+with halos of twice the largest radius, regrown where short. Connected components
+(density, percolation) are merged from per-block face labels in the driver. Struts
+and tortuosity are in ``all`` but not in the defaults: measured here with 2 x 512
+MiB workers they run at 0.03-0.05 M voxels/s (128 x 256 x 256: struts 209-280 s,
+block tortuosity 255 s against 6 s whole) — six to nine hours each at 1024^3.
+Curvature runs at ~0.85 M voxels/s (20 min at 1024^3); add it with
+``$POREVOX_BENCH_OOC_FEATURES``. The quantify row's notes give the plan quantify
+makes for tortuosity and struts at this size.
 
-Choices. The issue asks for 2 x 1 GB workers (float32 working set >= 8 GiB, 2.1 G
-voxels). Measured throughput on these 2 shared cores (other jobs running; numbers
-noisy): rendering ~1-4.6 M voxels/s, otsu ~15-50, hybrid ~2-5, quantify's local
-pass ~2.4-5.5, curvature ~0.8-3 — at 2.1 G voxels well over an hour. 2 x 512 MiB
-halves the volume to the smallest that still gives 4 x; less than 512 MiB is not
-realistic: an idle worker with porevox's kernels imported holds ~160 MiB and the
-quantify kernels' workers peak at 370-440 MiB at 512 MiB (Dask pauses a worker at
-80 % and kills it at 95 % of its limit). Even so a full run is far beyond 15
-minutes here (see the report in results.md).
+Choices. The issue's example is 2 x 1 GB workers (float32 working set >= 8 GiB,
+2.1 G voxels); measured on these 2 shared cores at 64 x 1024 x 1024 with 2 x 512
+MiB (other jobs running: numbers noisy) — render 2.8 M voxels/s, otsu 54, hybrid
+2.6, quantify's local pass 3.1, curvature 0.85 — 2.1 G voxels would take well over
+an hour. 2 x 512 MiB halves the volume to the smallest that still gives 4 x; less
+is not workable: a warmed worker idles at 240-300 MiB, and at 384 MiB (pause at
+307 MiB) the render stalled with both workers paused. Even so the default run
+takes about 20-25 minutes here (render ~6 min, hybrid ~7, quantify ~6), above the
+~15 minutes aimed at; it is the smallest run that meets 4 x.
+
+``labels/hybrid`` is not quantified by default because it fails at 512 MiB: the
+hybrid labels are stored in the SLIC stage's chunks, whole slices 1 deep at this
+budget (1 x 1024 x 1024), so quantify's local pass runs per slice: each task holds
+a 5-slice block (with its halo) and peaked +173 MiB above the worker's baseline,
+and returns the block's uint32 face label planes (8 MiB a slice, 8 x the uint8
+volume; ~8 GiB of results at 1024^3, gathered in the driver). At 64 x 1024 x 1024
+both workers exceeded 95 % repeatedly and quantify raised ``KilledWorker``.
+``$POREVOX_BENCH_OOC_LABELS=otsu,hybrid`` runs it. (On ``labels/otsu``, chunks
+32 x 128 x 256: +5 MiB per task, 0.36 MiB of results.)
 """
 
 from __future__ import annotations
@@ -116,12 +141,14 @@ FEATURES_ENV = "POREVOX_BENCH_OOC_FEATURES"
 METHODS_ENV = "POREVOX_BENCH_OOC_METHODS"
 LABELS_ENV = "POREVOX_BENCH_OOC_LABELS"
 TIMEOUT_ENV = "POREVOX_BENCH_OOC_TIMEOUT_S"
+CHUNKS_ENV = "POREVOX_BENCH_OOC_CHUNKS"
 
 N_WORKERS = 2
-SLAB = 32                      # slices of the prepared twin slab (a power of two)
+TILE = (32, 256, 256)          # the prepared twin tile (powers of two), mirrored
 SPEC = ("HPA", 250)
-DEFAULT_FEATURES = ("density", "surface", "slices", "curvature")
+DEFAULT_FEATURES = ("density", "surface", "slices")
 DEFAULT_METHODS = ("otsu", "hybrid")
+DEFAULT_LABELS = "otsu"
 SAMPLE_S = 0.5
 
 
@@ -140,7 +167,7 @@ def settings(cfg) -> dict:
         shape = (64, *plane)
     else:   # voxels >= total worker memory in bytes: float32 working set >= 4 x
         nz = -(-N_WORKERS * memory // (plane[0] * plane[1]))
-        shape = (-(-nz // SLAB) * SLAB, *plane)
+        shape = (-(-nz // TILE[0]) * TILE[0], *plane)
     methods = tuple(m.strip() for m in (os.environ.get(METHODS_ENV) or ",".join(DEFAULT_METHODS))
                     .split(",") if m.strip())
     raw = os.environ.get(FEATURES_ENV) or ",".join(DEFAULT_FEATURES)
@@ -148,28 +175,38 @@ def settings(cfg) -> dict:
 
     features = FEATURES if raw.strip() == "all" else tuple(f.strip() for f in raw.split(",")
                                                              if f.strip())
-    labels = os.environ.get(LABELS_ENV) or (methods[-1] if methods else "truth")
+    labels = tuple(x.strip() for x in (os.environ.get(LABELS_ENV) or DEFAULT_LABELS).split(",")
+                   if x.strip())
     timeout = float(os.environ.get(TIMEOUT_ENV) or 4 * 3600)
     return {"memory": memory, "shape": shape, "methods": methods, "features": tuple(features),
             "labels": labels, "timeout": timeout}
 
 
 # --------------------------------------------------------------------------- the twin
-def _render_slab_block(ms, model, threshold, slab, seed, block_info=None):
-    """One block of the tiled twin: slab k = z // slab of the prepared slab `ms`,
-    mirrored in z for odd k (so the structure is continuous across slab faces),
-    noise seeded by ``seed + k``. Returns (3, z, y, x): truth, annotation, image."""
+def _tile_range(lo: int, hi: int, tile: int) -> tuple[int, int, int, bool]:
+    """Tile index of the volume range [lo, hi) (inside one tile), and the range in
+    the prepared tile: mirrored for odd tiles."""
+    k = lo // tile
+    a, b = lo - k * tile, hi - k * tile
+    if k % 2:
+        a, b = tile - b, tile - a
+    return k, a, b, bool(k % 2)
+
+
+def _render_tile_block(ms, model, threshold, seed, grid, block_info=None):
+    """One block of the tiled twin: the prepared tile `ms`, mirrored along every
+    axis where the block's tile index is odd (so the structure is continuous across
+    tile faces), with noise seeded per tile. Returns (3, z, y, x): truth,
+    annotation, image."""
     from porevox.synthetic.fibsem import render_box
 
-    (z0, z1), (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
-    k = z0 // slab
-    a, b = z0 - k * slab, z1 - k * slab
-    mirror = k % 2 == 1
-    if mirror:
-        a, b = slab - b, slab - a
-    out = render_box(ms, model, seed + k, (slice(a, b), slice(y0, y1), slice(x0, x1)),
+    loc = block_info[None]["array-location"][1:]
+    parts = [_tile_range(lo, hi, t) for (lo, hi), t in zip(loc, ms.shape)]
+    tile_seed = seed + 1 + int(np.ravel_multi_index(tuple(p[0] for p in parts), grid))
+    out = render_box(ms, model, tile_seed, tuple(slice(a, b) for _, a, b, _ in parts),
                      threshold, "uint8")
-    return np.ascontiguousarray(out[:, ::-1]) if mirror else out
+    flip = (slice(None),) + tuple(slice(None, None, -1) if m else slice(None) for *_, m in parts)
+    return np.ascontiguousarray(out[flip])
 
 
 def render_twin(path: str, shape, ms, model, threshold, seed: int) -> dict:
@@ -181,23 +218,29 @@ def render_twin(path: str, shape, ms, model, threshold, seed: int) -> dict:
     from porevox.engine.cluster import chunk_bytes_budget, compute
     from porevox.engine.storage import AXES, LABELS, choose_chunks
 
-    slab = ms.shape[0]
-    render = choose_chunks(ms.shape, np.float64, chunk_bytes_budget() // 4)
-    if slab % render[0]:
-        render = (slab, *render[1:])
-    storage = choose_chunks(shape, np.uint8, chunk_bytes_budget())
+    tile = ms.shape
+    # as sample_arrays sizes its blocks, and dividing the tile (blocks never straddle one)
+    render = tuple(c if t % c == 0 else t for c, t in
+                   zip(choose_chunks(tile, np.float64, chunk_bytes_budget() // 4), tile))
+    # storage chunks: the render blocks, as `porevox synth` writes a twin (default), or
+    # those porevox's ingest gives this shape on these workers ("ingest")
+    storage = (choose_chunks(shape, np.uint8, chunk_bytes_budget())
+               if os.environ.get(CHUNKS_ENV, "render") == "ingest" else render)
+    grid = tuple(-(-n // t) for n, t in zip(shape, tile))
     chunks = da.core.normalize_chunks(render, tuple(shape))
-    data = da.map_blocks(_render_slab_block, ms, model, threshold, slab, seed,
+    data = da.map_blocks(_render_tile_block, ms, model, threshold, seed, grid,
                          chunks=((3,), *chunks), dtype=np.uint8,
                          meta=np.empty((0, 0, 0, 0), np.uint8))
     vol = create_volume(path, shape, "uint8", ms.voxel_size, chunks=storage,
-                        sample={"material": "sintered porous copper (digital twin, tiled slabs)",
+                        sample={"material": "sintered porous copper (digital twin, mirrored tiles)",
                                 "paste": SPEC[0], "temperature_c": SPEC[1]})
     truth = vol.group.create_array(f"{LABELS}/truth", shape=tuple(shape), dtype="uint8",
                                    chunks=storage, fill_value=0, dimension_names=AXES)
-    compute(da.store([data[2].rechunk(storage), data[0].rechunk(storage)], [vol.image, truth],
-                     lock=False, compute=False))
-    return {"render_chunks": list(render), "storage_chunks": list(storage),
+    image, solid = data[2], data[0]
+    if storage != render:
+        image, solid = image.rechunk(storage), solid.rechunk(storage)
+    compute(da.store([image, solid], [vol.image, truth], lock=False, compute=False))
+    return {"tile": list(tile), "render_chunks": list(render), "storage_chunks": list(storage),
             "render_tasks": int(np.prod([len(c) for c in chunks]))}
 
 
@@ -419,7 +462,7 @@ def _global_plan(shape) -> dict:
             "tortuosity_scratch_bytes_per_direction": 2 * 8 * voxels + voxels}
 
 
-def run_outofcore(path: str, shape, memory: int, methods, features, labels: str, seed: int = 0) -> dict:
+def run_outofcore(path: str, shape, memory: int, methods, features, labels, seed: int = 0) -> dict:
     """The measuring process: prepare the slab, start the cluster, run the stages."""
     from porevox.pipelines import segment_volume
     from porevox.pipelines.quantify import quantify_volume
@@ -432,12 +475,13 @@ def run_outofcore(path: str, shape, memory: int, methods, features, labels: str,
     plog.addHandler(logs)
 
     shape = tuple(int(s) for s in shape)
-    slab = min(SLAB, shape[0])
+    tile = tuple(min(t, n) for t, n in zip(TILE, shape))
     model = FibSemModel()
     t0 = time.perf_counter()
-    ms, threshold = prepare(SampleSpec(*SPEC, 0, "demo", seed), model, shape=(slab, *shape[1:]))
+    ms, threshold = prepare(SampleSpec(*SPEC, 0, "demo", seed), model, shape=tile)
     prepare_s = time.perf_counter() - t0
-    log(f"  prepared the {slab}-slice slab in {prepare_s:.1f} s: {ms.radii.size} particles")
+    log(f"  prepared the {'x'.join(map(str, tile))} tile in {prepare_s:.1f} s: {ms.radii.size} "
+        "particles")
     particles = int(ms.radii.size)
     driver_before_cluster = peak()
     stages, checks = [], {}
@@ -461,12 +505,14 @@ def run_outofcore(path: str, shape, memory: int, methods, features, labels: str,
                         done.append(method)
                         checks[method] = _agreement(path, method)
                         log(f"    check {method}: {checks[method]}")
-            use = labels if labels in done or labels == "truth" else (done[-1] if done else None)
             plan = _global_plan(shape)
-            if use is not None and not render["error"]:
+            for use in labels:
+                if render["error"] or (use not in done and use != "truth"):
+                    log(f"  quantify labels/{use}: skipped (no such segmentation made)")
+                    continue
                 st = _stage(client, monitor, logs, f"quantify labels/{use}",
-                            lambda: quantify_volume(path, labels=use, features=list(features),
-                                                    force=True))
+                            lambda u=use: quantify_volume(path, labels=u, features=list(features),
+                                                          force=True))
                 st["labels"], st["plan"] = use, plan
                 stages.append(st)
         finally:
@@ -485,7 +531,7 @@ def run_outofcore(path: str, shape, memory: int, methods, features, labels: str,
         if isinstance(v, dict):
             st["result"] = {k: val for k, val in v.items() if not isinstance(val, (list, dict))
                             or k in ("thresholds", "written", "tortuosity_by_axis", "shape",
-                                     "render_chunks", "storage_chunks")}
+                                     "tile", "render_chunks", "storage_chunks")}
     return {"stages": stages, "checks": checks, "prepare_s": prepare_s, "particles": particles,
             "threshold": float(threshold), "peak": peak(), "driver_before_cluster": driver_before_cluster,
             "workers_start": {k: list(v) for k, v in workers_start.items()},
@@ -545,8 +591,9 @@ def _stage_row(st: dict, out: dict, s: dict, shape) -> dict:
         check = "; ".join(f"{k} {r[k]:.4g}" for k in keys if isinstance(r.get(k), (int, float)))
     elif stage.startswith("render"):
         r = st.get("result") or {}
-        check = (f"render chunks {r.get('render_chunks')}, storage chunks {r.get('storage_chunks')}; "
-                 f"slab prepared in {out['prepare_s']:.1f} s")
+        check = (f"tile {r.get('tile')} ({out['particles']} particles, prepared in "
+                 f"{out['prepare_s']:.1f} s), render chunks {r.get('render_chunks')}, storage "
+                 f"chunks {r.get('storage_chunks')}")
     pv = {"time_s": st["time_s"], "times_s": [st["time_s"]], "peak": st["driver_peak"],
           "workers": workers, "error": st["error"]}
     return row("outofcore", stage, shape=shape, dtype="uint8", pv=pv, ref={},
@@ -577,7 +624,7 @@ def run(cfg) -> list[dict]:
     log(f"  twin {'x'.join(map(str, shape))} uint8 ({voxels / GiB:.2f} GiB; float32 working set "
         f"{4 * voxels / GiB:.2f} GiB = {ratio:.2f} x the workers' {N_WORKERS} x "
         f"{s['memory'] / MiB:.0f} MiB); segment {', '.join(s['methods'])}; quantify labels/"
-        f"{s['labels']} features {', '.join(s['features'])}")
+        f"{', '.join(s['labels'])} features {', '.join(s['features'])}")
     with cfg.scratch("outofcore") as tmp:
         out = isolated(run_outofcore, str(tmp / "twin.zarr"), shape, s["memory"], s["methods"],
                        s["features"], s["labels"], timeout=s["timeout"])

@@ -254,7 +254,7 @@ def demo(
     generate_steps: int | None = typer.Option(None, "--generate-steps", min=1,
                                               help="Most training steps of each generative model "
                                                    "(default: the cpu preset's)."),
-    generate_n: int = typer.Option(64, "--generate-n", min=2,
+    generate_n: int = typer.Option(32, "--generate-n", min=2,
                                    help="Generated images per class and per design target."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:

@@ -176,9 +176,12 @@ def plan_steps(study: Study) -> list[Step]:
         nets = [("unet", "unet-hybrid", "hybrid_annotation")]
         if p.get("cta", True):
             nets.append(("unet_cta", "unet-cta", "otsu"))
-        for name, model, labels in nets:
+        for k, (name, model, labels) in enumerate(nets):
             out = models / f"{model}.pt"
             deps = [produced[s.id][labels] for s in train if labels in produced[s.id]]
+            # This process trains one network at a time: the U-Net Hybrid first, as the
+            # features, regression and generation wait on it; Table 1 alone on the other.
+            deps += [f"train-{nets[0][1]}"] if k else []
             steps.append(Step(f"train-{model}", None,
                               partial(_train, [s.path for s in train], out, labels, p), deps,
                               {**p, "labels": labels, "train": [s.id for s in train]}, exclusive=True))
