@@ -14,9 +14,9 @@ worker over that limit.
 
 Defaults (environment variables override them; reasons under "Choices"):
 
-* workers: 2 x 1 thread x **512 MiB** (``$POREVOX_BENCH_OOC_MEMORY``, e.g. ``1GiB``);
-* volume: **1024 x 1024 x 1024 uint8** (1 GiB; float32 working set 4 GiB = 4.0 x
-  the workers' 1 GiB): the plane is 1024 x 1024 and the depth the smallest multiple
+* workers: 2 x 1 thread x **1 GiB** (``$POREVOX_BENCH_OOC_MEMORY``, e.g. ``512MiB``);
+* volume: **2048 x 1024 x 1024 uint8** (2 GiB; float32 working set 8 GiB = 4.0 x
+  the workers' 2 GiB): the plane is 1024 x 1024 and the depth the smallest multiple
   of 32 with voxels >= the workers' total memory in bytes
   (``$POREVOX_BENCH_OOC_SHAPE`` = ``ZxYxX`` overrides). ``--quick``: 2 x 512 MiB and
   64 x 512 x 512, a smoke test far below 4 x;
@@ -92,14 +92,20 @@ Curvature runs at ~0.85 M voxels/s (20 min at 1024^3); add it with
 makes for tortuosity and struts at this size.
 
 Choices. The issue's example is 2 x 1 GB workers (float32 working set >= 8 GiB,
-2.1 G voxels); measured on these 2 shared cores at 64 x 1024 x 1024 with 2 x 512
-MiB (other jobs running: numbers noisy) — render 2.8 M voxels/s, otsu 54, hybrid
-2.6, quantify's local pass 3.1, curvature 0.85 — 2.1 G voxels would take well over
-an hour. 2 x 512 MiB halves the volume to the smallest that still gives 4 x; less
-is not workable: a warmed worker idles at 240-300 MiB, and at 384 MiB (pause at
-307 MiB) the render stalled with both workers paused. Even so the default run
-takes about 20-25 minutes here (render ~6 min, hybrid ~7, quantify ~6), above the
-~15 minutes aimed at; it is the smallest run that meets 4 x.
+2.1 G voxels), and that is the default, although it takes about 40 minutes on these
+2 shared cores (measured at 64 x 1024 x 1024, other jobs running, numbers noisy:
+render 2.8 M voxels/s, otsu 54, hybrid 2.6, quantify's local pass 3.1, curvature
+0.85) instead of the ~15 aimed at, because smaller limits do not complete:
+
+* 2 x 512 MiB (1024^3 for 4 x, about 20 minutes) stalled: two minutes into the
+  render both workers sat paused for good at 411-412 MiB RSS (Dask pauses at 80 %,
+  409.6 MiB) with nothing managed by Dask (everything spilled): 210 MiB heap, 96 MiB
+  anonymous maps, 68 MiB llvmlite; ``malloc_trim`` gave back 15 MiB. No task could
+  run again (no kill, no error: a hang). A worker that has run porevox's numba
+  kernels idles at 240-300 MiB (154 MiB before any kernel), so at 512 MiB there is
+  little room above it, while ``chunk_bytes_budget`` assumes 150 MiB of interpreter.
+  Quantify on ``labels/hybrid`` also kills 512 MiB workers (below);
+* 2 x 384 MiB (pause at 307 MiB) stalled the same way at once.
 
 ``labels/hybrid`` is not quantified by default because it fails at 512 MiB: the
 hybrid labels are stored in the SLIC stage's chunks, whole slices 1 deep at this
@@ -157,7 +163,7 @@ def settings(cfg) -> dict:
     """Worker memory, shape, methods, features and labels of this run (env overrides)."""
     from dask.utils import parse_bytes
 
-    memory = int(parse_bytes(os.environ.get(MEMORY_ENV) or "512MiB"))
+    memory = int(parse_bytes(os.environ.get(MEMORY_ENV) or cfg.pick("1GiB", "512MiB")))
     plane = cfg.pick((1024, 1024), (512, 512))
     if os.environ.get(SHAPE_ENV):
         shape = tuple(int(s) for s in os.environ[SHAPE_ENV].lower().split("x"))

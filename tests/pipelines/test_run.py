@@ -267,3 +267,28 @@ def test_malformed_study_file_exit_2(tmp_path):
     [line] = r.stderr.strip().splitlines()
     assert "study.yaml:5: samples[0].voxel_size" in line
     assert not (tmp_path / "run").exists()      # refused before anything ran
+
+
+def test_run_ingests_a_source_with_its_box(client, tmp_path):
+    """A user's stack named as `source` with a `box`: the run ingests the VOI into the
+    sample's path (voxel size from the study) and carries on from there."""
+    import tifffile
+
+    from porevox.pipelines.run import run_study
+
+    stack = np.random.default_rng(3).integers(0, 65535, (20, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "scan.tif", stack)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "name": "user data", "voxel_size": [0.025, 0.0186, 0.0186],
+        "samples": [{"id": "scan", "path": "scan.zarr", "source": "scan.tif",
+                     "box": [[2, 18], [5, 40], [0, 33]], "paste": "HPA", "temperature_c": 250}],
+        "stages": {"preprocess": False, "segment": {"methods": ["otsu"]}, "unet": False,
+                   "quantify": {"labels": ["otsu"]}, "report": False}}))
+    record = run_study(tmp_path / "study.yaml")
+    assert [s["step"] for s in record["steps"]] == ["ingest", "segment-otsu", "quantify-otsu", "features"]
+    vol = open_volume(tmp_path / "scan.zarr", mode="r")
+    np.testing.assert_array_equal(vol.image[:], stack[2:18, 5:40, 0:33])
+    assert vol.voxel_size == (0.025, 0.0186, 0.0186) and vol.sample["temperature_c"] == 250
+    np.testing.assert_array_equal(vol.array("labels/otsu")[:], vol.image[:] > threshold_otsu(vol.image[:]))
+    again = run_study(tmp_path / "study.yaml")
+    assert again["ran"] == 0

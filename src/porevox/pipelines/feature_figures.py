@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 #: The paper's colours: HPA blue, HPB gold, NPC red.
 COLORS = {"HPA": "tab:blue", "HPB": "goldenrod", "NPC": "tab:red"}
+
+logger = logging.getLogger(__name__)
 
 PANELS = (("relative_density", "relative density D", None),
           ("specific_surface_area", "specific surface area SA (µm⁻¹)", None),
@@ -187,6 +190,12 @@ def curvature_maps(table, dists: dict, path: Path) -> Path:
 def study_figures(table, dists: dict, out_dir: Path, suffix: str = "") -> dict:
     """Every figure of a quantified study; returns their paths."""
     out_dir = Path(out_dir)
+    if any(c not in table.columns or table[c].isna().all() for c in ("paste", "temperature_c")):
+        logger.info("feature figures: the samples have no paste and temperature_c; figures against "
+                    "temperature per paste left out")
+        return {}
+    if "voi" not in table.columns:
+        table = table.assign(voi=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"-{suffix}" if suffix else ""
     made = {"trends": trends(table, out_dir / f"trends{tag}.png",

@@ -33,7 +33,7 @@ Stages (default parameters in brackets) run in this order:
   U-Net on Otsu labels, "U-Net CTA"); needs segment with hybrid (and otsu for cta)
 - ``score``: truth, the label to score against [truth]; samples without it are skipped
 - ``quantify``: labels [unet, truth], axis z|y|x [y], conductivity [false]
-- ``regress``: target, a sample field [conductivity], labels [as quantify]; needs
+- ``regress``: target, a sample field [conductivity], labels [quantify's]; needs
   quantify and 3 samples with a target value
 - ``generate`` (off by default): kinds, from ddpm, cgan [both], minutes [3.0] or
   null, steps [null], n [64], seed [0], design [50, 100, 200]
@@ -371,7 +371,10 @@ class _Checker:
             explicit.add(key)
             params = {p: copy.deepcopy(d) for p, (_, d) in STAGES[key].items()}
             if v is not True and v is not None:
-                for p, pv in self.mapping(f, v, "parameters, true or false").items():
+                given = self.mapping(f, v, "parameters, true or false")
+                if key == "regress" and "labels" in given:
+                    explicit.add("regress.labels")
+                for p, pv in given.items():
                     if str(p) not in STAGES[key]:
                         self.unknown(f"{f}.{p}", tuple(STAGES[key]))
                     params[p] = self.value(f"{f}.{p}", pv, STAGES[key][p][0])
@@ -392,6 +395,8 @@ class _Checker:
             return
         if "quantify" not in stages:
             self.fail("stages.quantify", "regress needs quantify", "enable quantify or set regress: false")
+        if "regress.labels" not in explicit:   # by default, every label set quantified
+            stages["regress"]["labels"] = list(stages["quantify"]["labels"])
         extra = [lb for lb in stages["regress"]["labels"] if lb not in stages["quantify"]["labels"]]
         if extra:
             self.fail("stages.regress.labels", f"{', '.join(extra)} not among quantify's labels",
