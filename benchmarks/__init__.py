@@ -8,7 +8,8 @@ compute.
 
 ``SUITES`` maps a suite name to ``callable(cfg) -> list[dict]``; :func:`run` runs
 suites and writes ``results.json`` and ``results.md``. ``all`` leaves out the
-suites in ``EXPLICIT_ONLY`` (a 2 GiB ingest, and the generative models' training).
+suites in ``EXPLICIT_ONLY`` (a 2 GiB ingest, the generative models' training, the
+out-of-core run and the many-tomogram study).
 Only this package's own
 modules are imported here; the heavy libraries are imported in the measuring
 processes.

@@ -14,9 +14,9 @@ worker over that limit.
 
 Defaults (environment variables override them; reasons under "Choices"):
 
-* workers: 2 x 1 thread x **1 GiB** (``$POREVOX_BENCH_OOC_MEMORY``, e.g. ``512MiB``);
-* volume: **2048 x 1024 x 1024 uint8** (2 GiB; float32 working set 8 GiB = 4.0 x
-  the workers' 2 GiB): the plane is 1024 x 1024 and the depth the smallest multiple
+* workers: 2 x 1 thread x **512 MiB** (``$POREVOX_BENCH_OOC_MEMORY``, e.g. ``1GiB``);
+* volume: **1024 x 1024 x 1024 uint8** (1 GiB; float32 working set 4 GiB = 4.0 x
+  the workers' 1 GiB): the plane is 1024 x 1024 and the depth the smallest multiple
   of 32 with voxels >= the workers' total memory in bytes
   (``$POREVOX_BENCH_OOC_SHAPE`` = ``ZxYxX`` overrides). ``--quick``: 2 x 512 MiB and
   64 x 512 x 512, a smoke test far below 4 x;
@@ -33,15 +33,25 @@ Defaults (environment variables override them; reasons under "Choices"):
 The volume. A digital twin (HPA paste, 250 °C, the demo voxel size) rendered block
 by block on the same cluster (``porevox.synthetic.fibsem.render_box``) and written
 as a porevox volume (``image`` and ``labels/truth``); no process ever holds it
-whole. ``porevox.pipelines.synth.sample_arrays`` cannot make it at this size: it
-passes the sample's whole particle list to every block (one Dask key every worker
-holds) and every block filters all of it with (N, 3) float64 temporaries; the list
-grows with the volume (0.67 M particles, 21 MB pickled, for 32 x 1024 x 1024; ~23 M,
-~0.7 GB, for 1024^3) — more than a 512 MiB worker holds; a 64 x 1024 x 1024 render
-that way (a 32-slice slab tiled in z) already left both workers paused for good
-above 80 % of their limit. Preparing it (``prepare``: particles, density
-calibration, image threshold) also took 74 s for a 64 x 1024 x 1024 slab here. So
-the suite prepares one **tile** of 32 x 256 x 256 voxels (55 k particles, ~2 s)
+whole. ``porevox.pipelines.synth.sample_arrays`` does not make it at this size:
+
+* it passes the sample's Microstructure (its particle list) to ``map_blocks`` as a
+  plain argument; Dask's ``sizeof`` sees a dataclass as ~50 bytes, so the list is
+  not made one shared key but embedded in every task, and unpickled by every task.
+  Rendering 1024^3 that way (with the slab below), the workers' unmanaged memory
+  grew task after task until they sat at Dask's pause threshold for good — at
+  2 x 512 MiB after ~2 minutes at 411 MiB (210 MiB heap, 96 MiB anonymous maps, 68
+  MiB llvmlite, nothing managed by Dask; ``malloc_trim`` gave back 15 MiB), at
+  2 x 1 GiB after ~5 minutes at 820 MiB — and the run hung (no kill, no error).
+  Passed as one ``dask.delayed`` key (as here), the same render held 240-270 MiB
+  per worker throughout and ran 2.4 x faster;
+* the list grows with the volume (0.67 M particles, 21 MB pickled, for
+  32 x 1024 x 1024; ~23 M, ~0.7 GB, for 1024^3) — more than a 512 MiB worker holds —
+  and every block filters all of it with (N, 3) float64 temporaries; preparing it
+  (``prepare``: particles, density calibration, image threshold) took 74 s for a
+  64 x 1024 x 1024 slab here.
+
+So the suite prepares one **tile** of 32 x 256 x 256 voxels (55 k particles, ~2 s)
 and tiles the volume with it, mirrored along each axis where the tile index is odd
 (the structure is continuous across tile faces: reflection-periodic with period
 64 x 512 x 512), each tile with its own noise seed. The render blocks are sized as
@@ -49,8 +59,29 @@ and tiles the volume with it, mirrored along each axis where the tile index is o
 // 4)``: 32 x 128 x 256 at 512 MiB) and are the storage chunks. With ingest's chunks
 instead (64 x 512 x 1024, 32 MiB, at 512 MiB), the set-up's rechunk-merge-store of
 a 32 MiB chunk killed workers (exceeded 95 %) four times and failed with
-KilledWorker: a worker that has run porevox's numba kernels idles at 240-300 MiB,
-while ``chunk_bytes_budget`` assumes 150 MiB of interpreter.
+KilledWorker (with the particle list still embedded per task): a worker that has
+run porevox's numba kernels idles at 240-300 MiB (154 MiB before any kernel), while
+``chunk_bytes_budget`` assumes 150 MiB of interpreter.
+
+A watchdog (the memory sampler) restarts the workers if all of them stay paused
+for over 5 minutes, so a hang ends the stage with an error instead of running into
+the process timeout; the stage's notes then say ``HUNG``.
+
+Result at the defaults (2 x 512 MiB, 1024^3; 2026-11, on 2 shared cores): render,
+segment otsu and segment hybrid pass (worker peaks 256-393 MiB, no kill); quantify
+of ``labels/otsu`` HANGS about 100 s in — both workers paused at 410-414 MiB with
+nothing managed by Dask — and the watchdog ends it. The same with glibc's default
+mmap threshold (``MALLOC_MMAP_THRESHOLD_=131072`` in the workers instead of
+porevox's 16 MiB), so it is not heap fragmentation. A stalled worker held 18.9 k
+tasks in its state (``dask_worker.state.tasks``; ~690 k Python objects, 44 k
+``Task``: ~250 MiB of anonymous memory, trim and gc gave back 20 MiB). Likely cause:
+``Volume.to_dask`` (``storage.checked_dask``: ``da.from_array``, ``inline_array``
+False) makes every chunk task depend on one ``original-zarr-...`` key, so Dask sees
+no root tasks and does not queue them on the scheduler (``worker-saturation``): it
+sends quantify's whole local pass — ~44 k tasks for 1024 blocks (chunk pieces of
+each block's halo, concatenations, ``_reduce_one``) — to the workers at once, and
+the task states alone outgrow a 512 MiB worker. That memory grows with the number
+of chunks, i.e. with the volume, not with the chunk size.
 
 Measured per stage (render; segment otsu; segment hybrid; quantify) — the first is
 the set-up, reported for completeness:
@@ -92,20 +123,14 @@ Curvature runs at ~0.85 M voxels/s (20 min at 1024^3); add it with
 makes for tortuosity and struts at this size.
 
 Choices. The issue's example is 2 x 1 GB workers (float32 working set >= 8 GiB,
-2.1 G voxels), and that is the default, although it takes about 40 minutes on these
-2 shared cores (measured at 64 x 1024 x 1024, other jobs running, numbers noisy:
-render 2.8 M voxels/s, otsu 54, hybrid 2.6, quantify's local pass 3.1, curvature
-0.85) instead of the ~15 aimed at, because smaller limits do not complete:
-
-* 2 x 512 MiB (1024^3 for 4 x, about 20 minutes) stalled: two minutes into the
-  render both workers sat paused for good at 411-412 MiB RSS (Dask pauses at 80 %,
-  409.6 MiB) with nothing managed by Dask (everything spilled): 210 MiB heap, 96 MiB
-  anonymous maps, 68 MiB llvmlite; ``malloc_trim`` gave back 15 MiB. No task could
-  run again (no kill, no error: a hang). A worker that has run porevox's numba
-  kernels idles at 240-300 MiB (154 MiB before any kernel), so at 512 MiB there is
-  little room above it, while ``chunk_bytes_budget`` assumes 150 MiB of interpreter.
-  Quantify on ``labels/hybrid`` also kills 512 MiB workers (below);
-* 2 x 384 MiB (pause at 307 MiB) stalled the same way at once.
+2.1 G voxels): measured on these 2 shared cores at 64 x 1024 x 1024 with 2 x 512 MiB
+(other jobs running: numbers noisy) — render 2.8 M voxels/s (6.6 with the particle
+list as one key), otsu 54, hybrid 2.6, quantify's local pass 3.1, curvature 0.85 —
+2.1 G voxels would take about 40 minutes. 2 x 512 MiB halves the volume to the
+smallest that still gives 4 x (about 15 minutes: render ~3, hybrid ~3, quantify
+~6); less is not workable: a warmed worker idles at 240-300 MiB, and at 384 MiB
+(pause at 307 MiB) the render stalled with both workers paused at once (with
+the particle list still embedded per task).
 
 ``labels/hybrid`` is not quantified by default because it fails at 512 MiB: the
 hybrid labels are stored in the SLIC stage's chunks, whole slices 1 deep at this
@@ -156,6 +181,7 @@ DEFAULT_FEATURES = ("density", "surface", "slices")
 DEFAULT_METHODS = ("otsu", "hybrid")
 DEFAULT_LABELS = "otsu"
 SAMPLE_S = 0.5
+STALL_S = 300.0   # all workers paused this long: a hang; the watchdog restarts the workers
 
 
 # --------------------------------------------------------------------------- config
@@ -163,7 +189,7 @@ def settings(cfg) -> dict:
     """Worker memory, shape, methods, features and labels of this run (env overrides)."""
     from dask.utils import parse_bytes
 
-    memory = int(parse_bytes(os.environ.get(MEMORY_ENV) or cfg.pick("1GiB", "512MiB")))
+    memory = int(parse_bytes(os.environ.get(MEMORY_ENV) or "512MiB"))
     plane = cfg.pick((1024, 1024), (512, 512))
     if os.environ.get(SHAPE_ENV):
         shape = tuple(int(s) for s in os.environ[SHAPE_ENV].lower().split("x"))
@@ -218,6 +244,7 @@ def _render_tile_block(ms, model, threshold, seed, grid, block_info=None):
 def render_twin(path: str, shape, ms, model, threshold, seed: int) -> dict:
     """Write the tiled twin at `path` (``image``, ``labels/truth``) block by block on
     the active cluster; returns the chunks used."""
+    import dask
     import dask.array as da
 
     from porevox.engine import create_volume
@@ -234,7 +261,10 @@ def render_twin(path: str, shape, ms, model, threshold, seed: int) -> dict:
                if os.environ.get(CHUNKS_ENV, "render") == "ingest" else render)
     grid = tuple(-(-n // t) for n, t in zip(shape, tile))
     chunks = da.core.normalize_chunks(render, tuple(shape))
-    data = da.map_blocks(_render_tile_block, ms, model, threshold, seed, grid,
+    # the tile as one Dask key, deserialized once per worker: Dask's sizeof sees a
+    # dataclass as ~50 bytes, so passed as is it is embedded in (and unpickled by)
+    # every task, like sample_arrays' particle list
+    data = da.map_blocks(_render_tile_block, dask.delayed(ms, pure=True), model, threshold, seed, grid,
                          chunks=((3,), *chunks), dtype=np.uint8,
                          meta=np.empty((0, 0, 0, 0), np.uint8))
     vol = create_volume(path, shape, "uint8", ms.voxel_size, chunks=storage,
@@ -257,6 +287,7 @@ def _scheduler_view(dask_scheduler=None) -> dict:
     for addr, ws in dask_scheduler.workers.items():
         mem = ws.memory
         out[addr] = {"name": str(ws.name), "pid": ws.pid, "limit": ws.memory_limit,
+                     "paused": str(ws.status).endswith("paused"),
                      "process": mem.process, "managed": mem.managed, "spilled": mem.spilled,
                      "unmanaged": mem.unmanaged}
     return out
@@ -295,6 +326,8 @@ class Monitor(threading.Thread):
         self.samples = 0
         self.errors = 0
         self._procs: dict[int, object] = {}
+        self.paused_since: float | None = None
+        self.stalls: list[str] = []
         self.reset()
 
     def reset(self) -> None:
@@ -325,6 +358,12 @@ class Monitor(threading.Thread):
             self.driver_max = max(self.driver_max, driver)
             n = len(view)
             self.min_workers = n if self.min_workers is None else min(self.min_workers, n)
+            if view and all(w.get("paused") for w in view.values()):
+                self.paused_since = self.paused_since or time.monotonic()
+            else:
+                self.paused_since = None
+            stalled = (self.paused_since is not None
+                       and time.monotonic() - self.paused_since > STALL_S)
             for addr, w in view.items():
                 name = w["name"]
                 if w["pid"]:
@@ -337,6 +376,17 @@ class Monitor(threading.Thread):
                 for k in ("process", "managed", "spilled", "unmanaged"):
                     s[k] = max(s[k], int(w[k] or 0))
                 s["limit"] = int(w["limit"] or 0)
+        if stalled:   # every worker paused for good: restart them so the stage fails
+            mem = ", ".join(f"{w['process'] / MiB:.0f}" for w in view.values())
+            what = (f"all workers paused for over {STALL_S:.0f} s (process memory {mem} MiB); "
+                    "the suite's watchdog restarted them")
+            log(f"  ! {what}")
+            self.stalls.append(what)
+            self.paused_since = None
+            try:
+                self.client.restart(wait_for_workers=False)
+            except Exception as err:
+                self.stalls.append(f"restart failed: {err}")
 
     def run(self) -> None:
         while not self.halt.wait(self.interval):
@@ -379,7 +429,7 @@ def _stage(client, monitor: Monitor, logs: LogCapture, name: str, func) -> dict:
     time.sleep(2 * SAMPLE_S + 1)   # let the heartbeats bring Dask's view up to date
     monitor.reset()
     monitor.sample()
-    n_logs = len(logs.lines)
+    n_logs, n_stalls = len(logs.lines), len(monitor.stalls)
     log(f"  [{name}] start")
     t0 = time.perf_counter()
     error, value = None, None
@@ -393,28 +443,35 @@ def _stage(client, monitor: Monitor, logs: LogCapture, name: str, func) -> dict:
     seconds = time.perf_counter() - t0
     monitor.sample()
     snap = monitor.snapshot()
+    hung = bool(monitor.stalls[n_stalls:])
+    if hung:   # the watchdog restarted the workers: their own peaks are gone, keep the sampled
+        try:
+            client.wait_for_workers(N_WORKERS, timeout=120)
+        except Exception:
+            pass
     try:
-        peaks = client.run(peak)
+        peaks = {} if hung else client.run(peak)
     except Exception as err:
         peaks, error = {}, error or f"reading worker peaks failed: {err}"
     after = _workers_now(client)
     spill_after = client.run(_spill_metrics)
     events = list((collections.Counter(worker_memory_events(client)) - events_before).elements())
     key = "disk-write/bytes"
-    spilled_written = sum(spill_after.get(a, {}).get(key, 0.0) - spill_before.get(a, {}).get(key, 0.0)
-                          for a in spill_after)
+    spilled_written = sum(max(0.0, spill_after.get(a, {}).get(key, 0.0)
+                              - spill_before.get(a, {}).get(key, 0.0)) for a in spill_after)
     restarted = {n: p for n, p in snap["pids"].items() if len(p) > 1}
     changed = sorted(set(before.values()) ^ set(after.values()))
     killed_lines = [e for e in events if any(k in e.lower() for k in
                                                ("exceeded", "restart", "killed", "terminat"))]
     workers = []
-    for wname in sorted(after):
-        addr, _pid = after[wname]
+    for wname in sorted(set(after) | set(snap["workers"])):
+        addr, _pid = after.get(wname, (None, None))
         p = peaks.get(addr, {})
         s = snap["workers"].get(wname, {})
         workers.append({
             "name": wname, "address": addr,
-            "ru_maxrss_mib": p.get("ru_maxrss_mib"),          # lifetime, at the stage's end
+            # lifetime, at the stage's end (after a watchdog restart: the sampled max)
+            "ru_maxrss_mib": p.get("ru_maxrss_mib") if p else s.get("rss", 0) / MiB,
             "vmhwm_mib": p.get("vmhwm_mib"),                  # this stage (reset at its start)
             "sampled_rss_max_mib": s.get("rss", 0) / MiB,
             "dask_process_max_mib": s.get("process", 0) / MiB,
@@ -431,9 +488,15 @@ def _stage(client, monitor: Monitor, logs: LogCapture, name: str, func) -> dict:
             "driver_rss_max_mib": snap["driver_max"] / MiB, "driver_peak": peak(),
             "samples": snap["samples"], "min_workers": snap["min_workers"],
             "pids": snap["pids"], "restarted": restarted, "workers_changed": [list(c) for c in changed],
-            "workers_killed": sum(len(p) - 1 for p in restarted.values()) or (len(changed) // 2),
+            # a watchdog restart (after a hang) is not a kill for memory: count those apart
+            "workers_killed": (sum("exceeded" in e.lower() for e in events)
+                               if monitor.stalls[n_stalls:] else
+                               max(sum(len(p) - 1 for p in restarted.values()) or len(changed) // 2,
+                                   sum("exceeded" in e.lower() for e in events))),
+            "watchdog_restarts": len(monitor.stalls[n_stalls:]),
             "memory_events": events, "kill_events": killed_lines,
-            "spilled_written_bytes": spilled_written, "porevox_log": logs.lines[n_logs:]}
+            "spilled_written_bytes": spilled_written, "porevox_log": logs.lines[n_logs:],
+            "stalls": monitor.stalls[n_stalls:]}
 
 
 def _agreement(path: str, name: str) -> dict:
@@ -561,12 +624,16 @@ def _stage_row(st: dict, out: dict, s: dict, shape) -> dict:
         f"2 workers x 1 thread x {limit_mib:.0f} MiB; stage peak per worker MiB (VmHWM reset at the "
         f"stage start; sampled RSS max; Dask process max; Dask managed max) [{per_worker}]; "
         f"peak/limit {stage_peak / limit_mib:.2f}" if stage_peak else "no worker peaks",
-        f"workers killed/restarted: {killed}" + (f" ({st['restarted']}, {st['workers_changed']})"
+        (f"workers restarted by the suite's watchdog after the hang: all; killed for memory: {killed}"
+         if st.get("watchdog_restarts") else f"workers killed/restarted: {killed}")
+        + (f" ({st['restarted']}, {st['workers_changed']})"
                                                  if killed else ""),
         f"spilled to disk: {st['spilled_written_bytes'] / MiB:.0f} MiB written, at most "
         f"{max((w['dask_spilled_max_mib'] for w in workers), default=0):.0f} MiB held",
         f"driver RSS max in stage {st['driver_rss_max_mib']:.0f} MiB; {st['samples']} samples",
     ]
+    if st.get("stalls"):
+        parts.append("HUNG: " + " | ".join(st["stalls"]))
     if st["memory_events"]:
         parts.append(summarize_memory_events(st["memory_events"]))
     if st["kill_events"]:
@@ -650,7 +717,10 @@ def run(cfg) -> list[dict]:
                 pv={"time_s": total_s, "times_s": [total_s], "peak": out.get("peak"),
                     "error": "; ".join(errors) or None},
                 ref={}, reference="the workers' memory limit (peak / limit)",
-                check=f"workers killed/restarted over the whole run: {killed}",
+                check=f"workers killed/restarted for memory over the whole run: {killed}"
+                      + ("; HUNG (all workers paused), restarted by the watchdog in: " + ", ".join(
+                          st["stage"] for st in out["stages"] if st.get("watchdog_restarts"))
+                         if any(st.get("watchdog_restarts") for st in out["stages"]) else ""),
                 notes="; ".join(filter(None, [
                     f"float32 working set {4 * voxels / GiB:.2f} GiB = {ratio:.2f} x the workers' "
                     f"total {N_WORKERS * s['memory'] / GiB:.2f} GiB",
