@@ -1,6 +1,7 @@
 """The cluster: an embedded LocalCluster, or attaching to a real external scheduler."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -107,11 +108,16 @@ def test_local_cluster_listens_on_loopback_only():
 
     with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB") as c:
         assert c.dashboard_link.startswith("http://127.0.0.1:")
+        workers = c.scheduler_info()["workers"]
+        ours = {int(c.dashboard_link.split(":")[2].split("/")[0]), int(c.scheduler.address.rsplit(":", 1)[1])}
+        ours |= {int(a.rsplit(":", 1)[1]) for w, info in workers.items() for a in (w, info["nanny"])}
+        worker_pids = set(c.run(os.getpid).values())
+        # this process (other tests' servers may live here too: only this cluster's
+        # ports count) and the cluster's worker processes (all of their sockets)
         procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
-        listening = [conn.laddr for p in procs for conn in p.net_connections(kind="inet")
-                     if conn.status == psutil.CONN_LISTEN]
-        ports = {a.port for a in listening}
-        dashboard = int(c.dashboard_link.split(":")[2].split("/")[0])
-        scheduler = int(c.scheduler.address.rsplit(":", 1)[1])
-        assert {dashboard, scheduler} <= ports and len(ports) >= 6   # + 2 workers, 2 nannies
-        assert {a.ip for a in listening} == {"127.0.0.1"}, listening
+        listening = [(p.pid, conn.laddr) for p in procs
+                     for conn in p.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN]
+        mine = [a for pid, a in listening if a.port in ours or pid in worker_pids]
+        # the scheduler, the dashboard, 2 workers and 2 nannies
+        assert {a.port for a in mine} >= ours and len(ours) == 6
+        assert {a.ip for a in mine} == {"127.0.0.1"}, mine

@@ -208,6 +208,7 @@ def test_worker_killed_mid_stage_changes_nothing(clean_run, tmp_path):
     folder = tmp_path / "study"
     shutil.copytree(pristine, folder)
     killed = []
+    environ = dict(os.environ)   # the restarting nanny writes the workers' limits into ours
     with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB",
                  dashboard_address="127.0.0.1:0") as client:
         pids = client.run(os.getpid)
@@ -225,6 +226,8 @@ def test_worker_killed_mid_stage_changes_nothing(clean_run, tmp_path):
         record = run_study(folder)
         killer.join(timeout=5)
         assert killed and set(client.run(os.getpid).values()).isdisjoint(killed)  # the nanny restarted it
+    os.environ.clear()
+    os.environ.update(environ)
     assert record["ran"] == len(record["steps"])
     # the same values; not always the same chunk files, as a stage sizes its blocks
     # for the threads of the cluster as it finds it (one worker short, here)
