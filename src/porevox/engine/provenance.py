@@ -133,5 +133,36 @@ def forget(volume: Volume, stage: str) -> None:
         volume.update_meta(provenance=provenance)
 
 
+#: Packages whose versions a run records.
+VERSIONED = ("dask", "distributed", "zarr", "numpy", "scipy", "scikit-image", "scikit-learn",
+             "numba", "torch", "pandas", "matplotlib", "shap")
+
+
+def versions() -> dict:
+    """Python, the platform, porevox and the installed versions of :data:`VERSIONED`."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "porevox": __version__, "platform": platform.platform()}
+    for name in VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as strict JSON (NaN as null) under a temporary name beside `path`,
+    then rename it into place: a reader never sees a half-written file."""
+    import threading
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(finite(obj), indent=1, default=str, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="seconds")

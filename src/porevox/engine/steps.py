@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PorevoxError, StageError
-from .provenance import _digest, finite, jsonable
+from .provenance import _digest, jsonable, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +112,7 @@ def read_marker(markers: Path, key: str) -> dict | None:
 
 
 def _write_marker(markers: Path, key: str, record: dict) -> None:
-    path = marker_path(markers, key)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(finite(record), indent=1, default=str))
-    os.replace(tmp, path)
+    write_json(marker_path(markers, key), record)
 
 
 def _iso(t: float) -> str:

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import platform
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +29,7 @@ import numpy as np
 import yaml
 
 from .. import __version__
+from ..engine.provenance import versions as provenance_versions
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,6 @@ REGRESSION_CAPTIONS = {
     "fig4d_shap_best": "SHAP importance of the best model (paper Fig. 4d)",
     "fig4d_shap_Q": "SHAP importance of model Q (paper Fig. 4d)",
     "physics": "The physical model σ = s · σ_eff/σ_bulk from the conductivity solver"}
-VERSIONED = ("porevox", "dask", "distributed", "zarr", "numpy", "scipy", "scikit-image",
-             "scikit-learn", "numba", "torch", "pandas", "matplotlib", "shap")
 SECTIONS = (("study", "The study"), ("segmentation", "Segmentation"), ("features", "Features"),
             ("regression", "Structure–property models"), ("generation", "Generation"),
             ("provenance", "Provenance"))
@@ -453,18 +451,6 @@ def _generation(folder: Path) -> str:
     return "".join(out) or _not_run("generation (no generation/table3.json, no trained models)")
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _json_cell(v) -> _Raw:
     return _Raw(f"<code>{_e(json.dumps(v, sort_keys=True, default=str))}</code>")
 
@@ -491,7 +477,7 @@ def _steps(steps: list) -> str:
 
 
 def _provenance(folder: Path, samples: list, run: dict) -> str:
-    versions = run.get("versions") or _versions()
+    versions = run.get("versions") or provenance_versions()
     out = ["<h3>Versions</h3>", _table(["package", "version"], list(versions.items()), left=2)]
     if not run.get("versions"):
         out.append(_p("No run record: the versions of the environment that wrote this report."))

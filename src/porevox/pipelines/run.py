@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import os
-import platform
 import sys
 import time
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ from pathlib import Path
 from .._version import __version__
 from ..engine import open_volume
 from ..engine.cluster import active_client
+from ..engine.provenance import versions, write_json
 from ..engine.steps import Step, StepRecord, run_steps
 from ..errors import StudyFileError
 from .studyfile import Study, load_study
@@ -296,18 +295,6 @@ class Display:
 
 
 # --------------------------------------------------------------------------- the run
-def versions() -> dict:
-    out = {"python": platform.python_version(), "porevox": __version__,
-           "platform": platform.platform()}
-    for mod in ("dask", "distributed", "zarr", "numpy", "scipy", "scikit-image", "numba",
-                "torch", "scikit-learn", "shap", "pandas"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            out[mod] = version(mod)
-    return out
-
-
 def _cluster_info(client) -> dict | None:
     if client is None:
         return None
@@ -316,14 +303,6 @@ def _cluster_info(client) -> dict | None:
     return {"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
             "workers": len(limits), "threads": sum(w.get("nthreads", 1) for w in workers),
             "memory_limit": min(limits) if limits else None}
-
-
-def _write_json(path: Path, obj) -> None:
-    from ..engine.provenance import finite
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(finite(obj), indent=1, default=str, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def _conductivity_table(folder: Path, records: list[StepRecord]) -> Path | None:
@@ -381,7 +360,7 @@ def run_study(study: str | os.PathLike, *, parallel: int | None = None, progress
               "results": {r.key: r.result for r in records if r.result is not None},
               "performance_reports": reports,
               "conductivity_csv": str(conductivity) if conductivity else None}
-    _write_json(rundir / "run.json", record)
+    write_json(rundir / "run.json", record)
     if report and _on(study.stages, "report"):
         from .report import write_report
 
