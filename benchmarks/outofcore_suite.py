@@ -21,7 +21,7 @@ Defaults (environment variables override them; reasons under "Choices"):
   (``$POREVOX_BENCH_OOC_SHAPE`` = ``ZxYxX`` overrides). ``--quick``: 2 x 512 MiB and
   64 x 512 x 512, a smoke test far below 4 x;
 * segmentations: ``otsu,hybrid`` (``$POREVOX_BENCH_OOC_METHODS``);
-* quantified: ``labels/otsu`` (``$POREVOX_BENCH_OOC_LABELS``, a comma list, one
+* quantified: ``labels/otsu,hybrid`` (``$POREVOX_BENCH_OOC_LABELS``, a comma list, one
   quantify stage each) with the features ``density, surface, slices`` — the local
   pass, whose connected components are merged globally in the driver
   (``$POREVOX_BENCH_OOC_FEATURES``: a comma list, or ``all``);
@@ -67,21 +67,28 @@ A watchdog (the memory sampler) restarts the workers if all of them stay paused
 for over 5 minutes, so a hang ends the stage with an error instead of running into
 the process timeout; the stage's notes then say ``HUNG``.
 
-Result at the defaults (2 x 512 MiB, 1024^3; 2026-11, on 2 shared cores): render,
-segment otsu and segment hybrid pass (worker peaks 256-393 MiB, no kill); quantify
-of ``labels/otsu`` HANGS about 100 s in — both workers paused at 410-414 MiB with
-nothing managed by Dask — and the watchdog ends it. The same with glibc's default
-mmap threshold (``MALLOC_MMAP_THRESHOLD_=131072`` in the workers instead of
-porevox's 16 MiB), so it is not heap fragmentation. A stalled worker held 18.9 k
-tasks in its state (``dask_worker.state.tasks``; ~690 k Python objects, 44 k
-``Task``: ~250 MiB of anonymous memory, trim and gc gave back 20 MiB). Likely cause:
-``Volume.to_dask`` (``storage.checked_dask``: ``da.from_array``, ``inline_array``
-False) makes every chunk task depend on one ``original-zarr-...`` key, so Dask sees
-no root tasks and does not queue them on the scheduler (``worker-saturation``): it
-sends quantify's whole local pass — ~44 k tasks for 1024 blocks (chunk pieces of
-each block's halo, concatenations, ``_reduce_one``) — to the workers at once, and
-the task states alone outgrow a 512 MiB worker. That memory grows with the number
-of chunks, i.e. with the volume, not with the chunk size.
+Result at the defaults (2 x 512 MiB, 1024^3; 2026-11-26, on 2 shared cores): render,
+segment otsu and hybrid, and quantify of ``labels/otsu`` and ``labels/hybrid`` all
+pass with no worker killed or restarted; worker peaks 313 (otsu), 415 (hybrid),
+455 and 450 MiB (the two quantifications: workers that had run SLIC idle near
+400 MiB; fresh workers quantified a 512 x 1024 x 1024 volume at ~285 MiB).
+
+How quantify got there. It used to HANG about 100 s in, both workers paused at
+410-414 MiB with nothing managed by Dask, a stalled worker holding 18.9 k tasks in
+its state (~250 MiB of task objects). Each block was a slice of the Dask array
+(``image[outer]``): chunk pieces, concatenations and the kernel, ~44 k tasks for
+1024 blocks, which Dask's root-task queuing does not bound, so the workers took
+the whole local pass at once. Now (``porevox.engine.block_tasks`` on a stored
+array, ``Volume.reader``) each task reads its own block with its halo straight
+from Zarr and depends only on the array's handle: the scheduler queues the tasks
+and hands them out as workers free up, and a worker holds only the blocks it runs
+(<= 130 tasks in its state throughout). Compute boxes are grown from the storage
+chunks toward a cube within one task's budget (``compute_box``), face label planes
+come back in the smallest unsigned type and not at the volume's outer faces, and
+``chunk_bytes_budget`` counts a worker's baseline as the measured 256 MiB (it
+assumed 150). The truth-agreement check goes through porevox's confusion matrix,
+read the same way: comparing the Dask arrays rechunked the slice-wise hybrid
+labels against the truth's chunks and hung the same way.
 
 Measured per stage (render; segment otsu; segment hybrid; quantify) — the first is
 the set-up, reported for completeness:
@@ -132,15 +139,12 @@ smallest that still gives 4 x (about 15 minutes: render ~3, hybrid ~3, quantify
 (pause at 307 MiB) the render stalled with both workers paused at once (with
 the particle list still embedded per task).
 
-``labels/hybrid`` is not quantified by default because it fails at 512 MiB: the
-hybrid labels are stored in the SLIC stage's chunks, whole slices 1 deep at this
-budget (1 x 1024 x 1024), so quantify's local pass runs per slice: each task holds
-a 5-slice block (with its halo) and peaked +173 MiB above the worker's baseline,
-and returns the block's uint32 face label planes (8 MiB a slice, 8 x the uint8
-volume; ~8 GiB of results at 1024^3, gathered in the driver). At 64 x 1024 x 1024
-both workers exceeded 95 % repeatedly and quantify raised ``KilledWorker``.
-``$POREVOX_BENCH_OOC_LABELS=otsu,hybrid`` runs it. (On ``labels/otsu``, chunks
-32 x 128 x 256: +5 MiB per task, 0.36 MiB of results.)
+``labels/hybrid`` is stored in the SLIC stage's chunks, whole slices 1 deep at this
+budget (1 x 1024 x 1024). Quantifying it by those chunks held a 5-slice block per
+task and returned 8 MiB of uint32 face planes a slice, and at 64 x 1024 x 1024 both
+workers exceeded 95 % and quantify raised ``KilledWorker``; the boxes grown toward
+a cube (here 128^3 for both label images: a task reads 132 slices of 140 x 140)
+avoid both.
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ TILE = (32, 256, 256)          # the prepared twin tile (powers of two), mirrore
 SPEC = ("HPA", 250)
 DEFAULT_FEATURES = ("density", "surface", "slices")
 DEFAULT_METHODS = ("otsu", "hybrid")
-DEFAULT_LABELS = "otsu"
+DEFAULT_LABELS = "otsu,hybrid"
 SAMPLE_S = 0.5
 STALL_S = 300.0   # all workers paused this long: a hang; the watchdog restarts the workers
 
@@ -500,16 +504,18 @@ def _stage(client, monitor: Monitor, logs: LogCapture, name: str, func) -> dict:
 
 
 def _agreement(path: str, name: str) -> dict:
-    """Voxel agreement of labels/<name> with the twin's truth, and both densities."""
-    import dask.array as da
-
+    """Voxel agreement of labels/<name> with the twin's truth, and both densities, from
+    porevox's confusion matrix (tasks read their boxes of both label images; comparing
+    the Dask arrays instead rechunks the slice-wise hybrid labels against the truth's
+    chunks, ~30 k tasks that hung both workers at the pause threshold)."""
     from porevox.engine import open_volume
+    from porevox.pipelines.score import confusion
 
     vol = open_volume(path, mode="r")
-    seg = vol.to_dask(f"labels/{name}") != 0
-    truth = vol.to_dask("labels/truth") != 0
-    agree, d_seg, d_truth = da.compute((seg == truth).mean(), seg.mean(), truth.mean())
-    return {"agreement": float(agree), "density": float(d_seg), "truth_density": float(d_truth)}
+    cm = confusion(vol.reader(f"labels/{name}"), vol.reader("labels/truth")).astype(np.float64)
+    total = cm.sum()
+    return {"agreement": float(np.trace(cm) / total), "density": float(cm[:, 1].sum() / total),
+            "truth_density": float(cm[1, :].sum() / total)}
 
 
 def _global_plan(shape) -> dict:

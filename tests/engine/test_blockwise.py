@@ -126,3 +126,77 @@ def test_store_rejects_nothing_regular_chunks(tmp_path, rng):
     assert vol.array("labels/x").chunks == (5, 20, 10)
     np.testing.assert_array_equal(vol.array("labels/x")[:], data)
     assert res.record["outputs"] == ["labels/x"]
+
+
+# --------------------------------------------------------------------------- stored reductions
+def _sum_and_edges(block, *, core, offset, volume_shape):
+    """A reducing kernel: the core's sum and the halo it was given (for the check)."""
+    return {"sum": int(block[core].astype(np.int64).sum()), "shape": block.shape, "offset": offset}
+
+
+def test_block_tasks_on_a_stored_array_read_their_own_boxes(tmp_path, rng):
+    """Read straight from the store, each task depends only on the array's handle (so
+    the scheduler queues them as root tasks) and sees the same block as the Dask path."""
+    import dask
+
+    from porevox.engine import block_tasks
+    from porevox.engine.storage import dense_array
+
+    data = rng.integers(0, 255, (19, 37, 41), dtype=np.uint8)
+    arr = dense_array(zarr.open_group(str(tmp_path / "g.zarr"), mode="w"), "a", shape=data.shape,
+                      dtype=np.uint8, chunks=(5, 8, 13))
+    arr[...] = data
+    cores = list(block_slices(data.shape, (7, 11, 9)))        # not the storage chunks
+    blocks, stored = block_tasks(_sum_and_edges, arr, cores, (1, 2, 3))
+    _, lazy = block_tasks(_sum_and_edges, da.from_array(data, chunks=(5, 8, 13)), cores, (1, 2, 3))
+    graph = dict(dask.delayed(stored).__dask_graph__())
+    assert len(graph) == len(cores) + 2          # the tasks, one handle, the list
+    got, want = dask.compute(stored, lazy)
+    assert got == want
+    assert sum(r["sum"] for r in got) == int(data.astype(np.int64).sum())
+
+
+def test_checked_reads_across_chunks_name_the_bad_chunk(tmp_path, rng):
+    from porevox.engine import create_volume
+    from porevox.errors import ChunkError
+
+    vol = create_volume(tmp_path / "v.zarr", (12, 16, 16), np.uint8, (1, 1, 1), chunks=(4, 8, 8))
+    vol.image[...] = rng.integers(1, 255, (12, 16, 16), dtype=np.uint8)
+    reader = vol.reader("image")
+    box = (slice(2, 9), slice(3, 16), slice(0, 10))         # chunks (0..2, 0..1, 0..1)
+    np.testing.assert_array_equal(reader[box], vol.image[box])
+    chunk = tmp_path / "v.zarr" / "image" / "c" / "1" / "1" / "0"
+    chunk.write_bytes(b"not a chunk")
+    with pytest.raises(ChunkError, match=r"array image: chunk \(1, 1, 0\) cannot be read"):
+        reader[box]
+    chunk.unlink()
+    with pytest.raises(ChunkError, match=r"array image: chunk \(1, 1, 0\) is missing"):
+        reader[box]
+    reader[:4, :8, :8]                                        # other chunks still read
+
+
+@pytest.mark.parametrize("chunks", [(1, 256, 256), (64, 256, 256), (8, 16, 16)])
+def test_compute_box_fits_the_budget_and_grows_toward_a_cube(monkeypatch, chunks):
+    """Slice-wise, too large and small chunks all become boxes that fit one task's
+    budget, are within 4x of a cube, leave every thread 4 boxes, and could not be
+    doubled along their thinnest axis; explicit chunks are kept where they fit."""
+    import importlib
+
+    from porevox.engine.blockwise import compute_box
+
+    cluster = importlib.import_module("porevox.engine.cluster")
+    monkeypatch.setattr(cluster, "chunk_bytes_budget", lambda default=None: 2**20)   # 4.5 MiB a task
+    monkeypatch.setattr(cluster, "total_threads", lambda: 2)
+    shape, bpv, budget = (64, 256, 256), 32, 4.5 * 2**20
+
+    def need(b):
+        return np.prod([min(n, x + 2) for n, x in zip(shape, b)]) * bpv
+
+    box = compute_box(shape, chunks, bpv, depth=1)
+    assert need(box) <= budget
+    assert max(box) <= 4 * min(box)
+    assert np.prod([-(-n // b) for n, b in zip(shape, box)]) >= 8
+    thin = int(np.argmin(box))
+    assert need([2 * b if a == thin else b for a, b in enumerate(box)]) > budget
+    kept = compute_box(shape, chunks, bpv, depth=1, grow=False)
+    assert kept == tuple(chunks) if need(chunks) <= budget else need(kept) <= budget < need(chunks)

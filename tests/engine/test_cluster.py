@@ -85,7 +85,7 @@ def test_unreachable_scheduler_names_the_fix():
 def test_ingest_sizes_chunks_for_small_workers(tmp_path):
     """Default chunks follow the workers' memory limit (a 2 GB stack on 512 MB workers
     must not push them past Dask's pause threshold; see benchmarks/ingest_large)."""
-    from porevox.engine.cluster import chunk_bytes_budget
+    from porevox.engine.cluster import WORKER_BASELINE, chunk_bytes_budget
     from porevox.engine.storage import DEFAULT_CHUNK_BYTES
 
     data = np.zeros((80, 512, 512), np.uint16)          # 40 MiB: one chunk by default
@@ -93,7 +93,7 @@ def test_ingest_sizes_chunks_for_small_workers(tmp_path):
     assert chunk_bytes_budget() == DEFAULT_CHUNK_BYTES  # no cluster: the default
     with cluster(n_workers=1, threads_per_worker=1, memory_limit="512MB", dashboard_address="127.0.0.1:0"):
         budget = chunk_bytes_budget()
-        assert budget == int((0.6 * 512e6 - 150 * 2**20) / 4.5)
+        assert budget == int((0.6 * 512e6 - WORKER_BASELINE) / 4.5)
         vol, _ = ingest(tmp_path / "s.npy", tmp_path / "o.zarr", (1, 1, 1))
     chunks = vol.image.chunks
     assert np.prod(chunks) * 2 <= budget < data.nbytes

@@ -115,3 +115,26 @@ def test_array_errors(tmp_path):
     vol = create_volume(tmp_path / "s.zarr", (8, 8, 8), "uint8", (1, 1, 1))
     with pytest.raises(InvalidVolumeError, match="has no array 'labels/otsu'"):
         vol.array("labels/otsu")
+
+
+def test_concurrent_stage_records_are_all_kept(tmp_path):
+    """Steps of a run record their stages on one volume from several threads, each
+    through a Volume it opened earlier: no record may overwrite another (a segment
+    step once dropped the quantify step's record, and its features, that way)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from porevox.engine import provenance
+
+    create_volume(tmp_path / "v.zarr", (4, 4, 4), np.uint8, (1, 1, 1))
+    opened = [open_volume(tmp_path / "v.zarr") for _ in range(4)]   # snapshots, before any record
+
+    def record(k):
+        for i in range(10):
+            provenance.write_record(opened[k], f"stage-{k}-{i}", {"i": i}, {}, [], 0.0)
+        opened[k].update_meta(**{f"extra-{k}": k})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(record, range(4)))
+    meta = open_volume(tmp_path / "v.zarr").meta
+    assert sorted(meta["provenance"]) == sorted(f"stage-{k}-{i}" for k in range(4) for i in range(10))
+    assert all(meta[f"extra-{k}"] == k for k in range(4))

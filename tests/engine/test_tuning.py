@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from porevox.engine import tuning
-from porevox.engine.cluster import chunk_bytes_budget, cluster, default_layout
+from porevox.engine.cluster import WORKER_BASELINE, chunk_bytes_budget, cluster, default_layout
 from porevox.engine.storage import DEFAULT_CHUNK_BYTES
 
 MiB = 2**20
@@ -101,8 +101,8 @@ def test_cluster_uses_tuned_layout_unless_told(config):
     with cluster(dashboard_address="127.0.0.1:0", memory_limit="1GB") as c:
         workers = c.scheduler_info()["workers"].values()
         assert [w["nthreads"] for w in workers] == [2]
-        # still capped by the workers' memory budget
-        assert chunk_bytes_budget() == min(12 * MiB, int((0.6 * 1e9 - 150 * MiB) / 4.5))
+        # still capped by the workers' memory budget, shared by the worker's 2 threads
+        assert chunk_bytes_budget() == min(12 * MiB, int((0.6 * 1e9 - WORKER_BASELINE) / 4.5 / 2))
     with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB", dashboard_address="127.0.0.1:0") as c:
         assert sorted(w["nthreads"] for w in c.scheduler_info()["workers"].values()) == [1, 1]
 

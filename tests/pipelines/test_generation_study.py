@@ -74,3 +74,31 @@ def test_design_needs_the_ddpm(study):  # noqa: F811
     train_generator(folder, kind="cgan", size=16, steps=2)
     with pytest.raises(ValueError, match="inverse design needs the DDPM"):
         design(folder, folder / "models" / "cgan", [100])
+
+
+def test_models_train_at_once_on_a_cluster(study, client):  # noqa: F811
+    """With a cluster, each kind trains as a task on its own worker, at the same time,
+    and gives the weights it gives trained in this process on one thread."""
+    import torch
+    from distributed import get_task_stream
+
+    from porevox.pipelines.generation_study import train_all
+
+    folder, _ = study
+    with get_task_stream(client) as ts:
+        trained = train_all(folder, ("ddpm", "cgan"), size=16, steps=3, seed=1)
+    assert len(ts.data) == 2 and len({t["worker"] for t in ts.data}) == 2
+    runs = [s for t in ts.data for s in t["startstops"] if s["action"] == "compute"]
+    assert max(s["start"] for s in runs) < min(s["stop"] for s in runs)      # at the same time
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for kind, t in trained.items():
+            here = train_generator(folder, kind=kind, size=16, steps=3, seed=1, out=folder / "here" / kind)
+            a, b = (torch.load(Path(m) / "checkpoint.pt", weights_only=True)["nets"]
+                    for m in (t["model"], here["model"]))
+            for net in a:
+                for name, value in a[net].items():
+                    assert torch.equal(value, b[net][name]), (kind, net, name)
+    finally:
+        torch.set_num_threads(threads)

@@ -25,12 +25,22 @@ def test_metrics_undefined_ratio_is_nan():
     assert m["accuracy"] == 1.0
 
 
-def test_confusion_on_odd_chunks_equals_whole(rng):
+def test_confusion_on_odd_chunks_equals_whole(rng, tmp_path):
     truth = (rng.random((13, 29, 31)) < 0.6).astype(np.uint8)
     pred = np.where(rng.random(truth.shape) < 0.1, 1 - truth, truth).astype(np.uint8)
     expect = np.array([[np.sum((truth == t) & (pred == p)) for p in (0, 1)] for t in (0, 1)])
     got = confusion(da.from_array(pred, chunks=(5, 7, 11)), da.from_array(truth, chunks=(4, 29, 6)))
     assert np.array_equal(got, expect)
+    # stored label images (a volume's), each in its own chunks, read box by box
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    stored = []
+    for name, data, chunks in (("pred", pred, (1, 29, 31)), ("truth", truth, (4, 8, 6))):
+        arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks)
+        arr[...] = data
+        stored.append(arr)
+    assert np.array_equal(confusion(*stored), expect)
     from sklearn.metrics import jaccard_score, precision_score, recall_score
 
     s = score(pred, truth)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from .backend import get_array_module, to_device, to_numpy
 from .backend import resolve as resolve_backend
 from .cluster import compute
 from .storage import (
+    CheckedArray,
     Volume,
     checked_dask,
     choose_chunks,
@@ -62,6 +64,8 @@ def as_dask(image: Any, chunks: Sequence[int] | None = None) -> da.Array:
         image = open_volume(image, mode="r").to_dask()
     elif isinstance(image, zarr.Array):
         image = checked_dask(image, str(image.store), image.path)
+    elif isinstance(image, CheckedArray):
+        image = checked_dask(image.arr, image.tomogram, image.name)
     elif not isinstance(image, da.Array):
         if not hasattr(image, "shape") or not hasattr(image, "dtype"):
             raise TypeError(f"image must be an array or a volume path; got {type(image).__name__}")
@@ -296,21 +300,51 @@ def _reduce_one(kernel, data, block: Block, shape, backend: str, kwargs: dict):
                   volume_shape=tuple(shape), **kwargs)
 
 
+def _read_reduce_one(kernel, stored, block: Block, shape, backend: str, kwargs: dict):
+    return _reduce_one(kernel, np.asarray(stored[block.outer]), block, shape, backend, kwargs)
+
+
+def stored_array(image: Any) -> bool:
+    """Whether `image` is an array on disk that tasks can read box by box (a Zarr
+    array, or a volume's :class:`~porevox.engine.storage.CheckedArray`)."""
+    return isinstance(image, (zarr.Array, CheckedArray))
+
+
+def stored_handle(image: zarr.Array | CheckedArray):
+    """One Dask key for a stored array, read through a :class:`CheckedArray`."""
+    if isinstance(image, zarr.Array):
+        image = CheckedArray(image, str(image.store), image.path)
+    return dask.delayed(image, pure=True)
+
+
 def block_tasks(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
                 depth: int | Sequence[int] | Sequence[Sequence[int]], *, backend: str = "auto",
                 **kwargs: Any) -> tuple[list[Block], list]:
     """The lazy form of :func:`reduce_boxes`: the blocks and one Dask delayed task per
-    block, to be computed together with other work (e.g. every tomogram of a study)."""
-    image = as_dask(image)
+    block, to be computed together with other work (e.g. every tomogram of a study).
+
+    Where `image` is stored (:func:`stored_array`), each task reads its own block,
+    halo included, from the store: the tasks depend on nothing but the array's
+    handle, so the scheduler hands them out a few at a time as workers free up
+    (Dask's root-task queuing) and a worker holds only the blocks it is running,
+    whatever the volume's size. A Dask `image` is sliced per block instead: chunk
+    pieces and concatenations that the scheduler cannot bound that way.
+    """
     backend = resolve_backend(backend)
+    if not stored_array(image):
+        image = as_dask(image)
     cores = [tuple(c) for c in cores]
+    shape = tuple(int(n) for n in image.shape)
     per_box = (len(cores) > 0 and not np.isscalar(depth) and len(depth) == len(cores)
                and not np.isscalar(depth[0]))
     depths = list(depth) if per_box else [depth] * len(cores)
-    blocks = [grow(c, d, image.shape) for c, d in zip(cores, depths)]
-    run = dask.delayed(_reduce_one, pure=True)
+    blocks = [grow(c, d, shape) for c, d in zip(cores, depths)]
     logger.debug("%s over %d blocks", getattr(kernel, "__name__", "kernel"), len(blocks))
-    return blocks, [run(kernel, image[b.outer], b, image.shape, backend, kwargs) for b in blocks]
+    if stored_array(image):
+        stored, run = stored_handle(image), dask.delayed(_read_reduce_one, pure=True)
+        return blocks, [run(kernel, stored, b, shape, backend, kwargs) for b in blocks]
+    run = dask.delayed(_reduce_one, pure=True)
+    return blocks, [run(kernel, image[b.outer], b, shape, backend, kwargs) for b in blocks]
 
 
 def reduce_boxes(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
@@ -329,6 +363,71 @@ def reduce_boxes(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
     blocks, tasks = block_tasks(kernel, image, cores, depth, backend=backend, **kwargs)
     logger.info("reducing %s over %d blocks", getattr(kernel, "__name__", "kernel"), len(tasks))
     return list(zip(blocks, compute(*tasks))) if tasks else []
+
+
+def compute_box(shape: Sequence[int], chunks: Sequence[int], bytes_per_voxel: float,
+                depth: int | Sequence[int] = 0, *, grow: bool = True) -> tuple[int, int, int]:
+    """The box shape for tasks whose kernels hold `bytes_per_voxel` per voxel of a
+    box with its `depth` halo, starting from the storage `chunks`.
+
+    The chunks, halved along their longest axis until a box with its halo fits the
+    workers' budget for one task (4.5 x :func:`~porevox.engine.cluster.chunk_bytes_budget`);
+    then, unless `grow` is False (chunks given explicitly), grown toward a cube
+    within that budget — the thinnest axis doubled, the thickest halved where the
+    doubled box would not fit — while every worker thread keeps about four boxes. A
+    thin storage chunk (a slice of a slice-wise stage) thus becomes a thick box:
+    fewer halo voxels read twice, smaller faces to merge. Boxes grow by doubling, so
+    along an axis where a box is larger than a chunk it spans whole chunks.
+    """
+    from .cluster import chunk_bytes_budget, total_threads
+
+    depth = normalize_depth(depth)
+    budget = 4.5 * chunk_bytes_budget()
+
+    def need(b):
+        return math.prod(min(n, x + 2 * d) for n, x, d in zip(shape, b, depth)) * bytes_per_voxel
+
+    def count(b):
+        return math.prod(-(-n // x) for n, x in zip(shape, b))
+
+    box = [max(1, min(int(c), int(n))) for c, n in zip(chunks, shape)]
+    while need(box) > budget and max(box) > 2 * max(depth) + 1:
+        axis = int(np.argmax(box))
+        box[axis] = -(-box[axis] // 2)
+    least = 4 * total_threads()
+    while grow:
+        open_axes = [a for a in range(3) if box[a] < shape[a]]
+        if not open_axes:
+            break
+        thin = min(open_axes, key=lambda a: box[a])
+        bigger = list(box)
+        bigger[thin] = min(2 * box[thin], int(shape[thin]))
+        if need(bigger) <= budget and count(bigger) >= least:
+            box = bigger
+            continue
+        thick = int(np.argmax(box))
+        if box[thick] >= 4 * box[thin]:    # the same volume, nearer a cube
+            bigger[thick] = -(-box[thick] // 2)
+            if need(bigger) <= budget:
+                box = bigger
+                continue
+        break
+    return tuple(box)
+
+
+def _read_boxes(func, arrays, box, kwargs):
+    return func(*(np.asarray(a[box]) for a in arrays), **kwargs)
+
+
+def box_tasks(func: Callable, arrays: Sequence[Any], boxes: Sequence[Sequence[slice]],
+              **kwargs: Any) -> list:
+    """One Dask delayed task per box: ``func(*blocks, **kwargs)`` with the box of every
+    array of `arrays` (stored arrays, :func:`stored_array`), each read straight from
+    its store by the task — the arrays' chunks need not match, and the tasks, which
+    depend only on the arrays' handles, are handed out as workers free up."""
+    handles = [stored_handle(a) for a in arrays]
+    run = dask.delayed(_read_boxes, pure=True)
+    return [run(func, handles, tuple(box), kwargs) for box in boxes]
 
 
 def chunk_boxes(image: Any, chunks: Sequence[int] | None = None) -> list[tuple[slice, ...]]:

@@ -87,12 +87,19 @@ def worker_memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
+#: Memory of a worker process before its tasks' data: the interpreter, NumPy, SciPy,
+#: Zarr and numba's compiled kernels — measured at 240-300 MiB once porevox's
+#: kernels have run (``benchmarks/outofcore_suite.py``).
+WORKER_BASELINE = 256 * 2**20
+
+
 def chunk_bytes_budget(default: int | None = None) -> int:
     """Chunk size (bytes) the active cluster's workers process comfortably.
 
     A task holds its chunk, a read buffer and Zarr's encode copies — about 4.5 times
-    the chunk, measured in ``benchmarks/`` — on top of some 150 MiB of interpreter and
-    libraries, and should stay well under Dask's pause threshold (80 % of the limit).
+    the chunk, measured in ``benchmarks/`` — and each of a worker's threads runs one:
+    their sum, on top of :data:`WORKER_BASELINE`, should stay under 60 % of the
+    worker's memory limit, well below Dask's pause threshold (80 %).
     `default` (the most it returns) falls back to the chunk size tuned by
     ``porevox bench --tune`` (:mod:`porevox.engine.tuning`), else ``DEFAULT_CHUNK_BYTES``.
     """
@@ -102,8 +109,15 @@ def chunk_bytes_budget(default: int | None = None) -> int:
     limit = worker_memory_limit()
     if limit is None:
         return default
-    budget = (0.6 * limit - 150 * 2**20) / 4.5
+    budget = (0.6 * limit - WORKER_BASELINE) / 4.5 / _threads_per_worker()
     return int(min(default, max(4 * 2**20, budget)))
+
+
+def _threads_per_worker() -> int:
+    client = active_client()
+    if client is None:
+        return 1
+    return max([w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()] or [1])
 
 
 def balanced_depth(nz: int, most: int) -> int:
@@ -112,6 +126,13 @@ def balanced_depth(nz: int, most: int) -> int:
     four blocks — heavy per-slice work must not leave workers idle at the end. A run
     pins the thread count (``porevox.threads`` in Dask's config) so that a worker
     lost midway changes no block, hence no result."""
+    return max(1, min(nz, int(most), -(-nz // (4 * total_threads()))))
+
+
+def total_threads() -> int:
+    """Worker threads of the active cluster (this machine's cores without one), or
+    the count a run pinned (``porevox.threads`` in Dask's config) so that a worker
+    lost midway changes no block."""
     import dask
 
     threads = dask.config.get("porevox.threads", None)   # pinned for a whole run (run_study)
@@ -119,7 +140,7 @@ def balanced_depth(nz: int, most: int) -> int:
         client = active_client()
         threads = (sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
                    if client is not None else (os.cpu_count() or 1))
-    return max(1, min(nz, int(most), -(-nz // (4 * max(threads, 1)))))
+    return max(int(threads), 1)
 
 
 def default_layout() -> dict:

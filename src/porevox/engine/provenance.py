@@ -120,17 +120,22 @@ def write_record(
         "seconds": round(finished - started, 3),
         **jsonable(extra),
     }
-    provenance = volume.provenance
-    provenance[stage] = record
-    volume.update_meta(provenance=provenance)
+    volume.edit_meta(lambda meta: meta.setdefault("provenance", {}).update({stage: record}))
     return record
+
+
+def amend(volume: Volume, stage: str, **fields: Any) -> dict:
+    """Add `fields` to the record of `stage`; returns the record."""
+    def change(meta):
+        meta["provenance"][stage] = {**meta["provenance"][stage], **jsonable(fields)}
+
+    return volume.edit_meta(change)["provenance"][stage]
 
 
 def forget(volume: Volume, stage: str) -> None:
     """Drop the record of `stage` (before it is run again with other inputs)."""
-    provenance = volume.provenance
-    if provenance.pop(stage, None) is not None:
-        volume.update_meta(provenance=provenance)
+    if stage in volume.provenance:
+        volume.edit_meta(lambda meta: meta.get("provenance", {}).pop(stage, None))
 
 
 #: Packages whose versions a run records.

@@ -15,13 +15,15 @@ so a reader never sees a half-written array under its final name.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +174,22 @@ class Volume:
         return dict(self.meta.get("provenance", {}))
 
     def update_meta(self, **changes: Any) -> None:
-        """Replace keys of the ``porevox`` attribute block (written atomically)."""
-        meta = self.meta
-        meta.update(changes)
-        self.group.attrs["porevox"] = meta
+        """Replace keys of the ``porevox`` attribute block (see :meth:`edit_meta`)."""
+        self.edit_meta(lambda meta: meta.update(changes))
+
+    def edit_meta(self, change: Callable[[dict], Any]) -> dict:
+        """Apply `change` to the ``porevox`` attribute block as it is on disk now, and
+        write it back, as one step among this process's threads: the steps of a run
+        record stages of one volume concurrently, and a read-modify-write from a
+        snapshot would drop the record another step wrote meanwhile. Returns the
+        block written."""
+        with _meta_lock(self.path):
+            group = zarr.open_group(str(self.path), mode="r+")    # the attributes on disk
+            meta = dict(group.attrs["porevox"])
+            change(meta)
+            group.attrs["porevox"] = meta
+            self.group = group
+        return meta
 
     # -- arrays --------------------------------------------------------------------
     @property
@@ -209,6 +223,11 @@ class Volume:
         cannot be read, or is missing, raises :class:`ChunkError` naming it."""
         return checked_dask(self.array(name), self.path.name.removesuffix(".zarr"), name)
 
+    def reader(self, name: str = "image") -> CheckedArray:
+        """The array for tasks that read their own boxes (a block with its halo across
+        storage chunks), naming a corrupt or missing chunk like :meth:`to_dask`."""
+        return CheckedArray(self.array(name), self.path.name.removesuffix(".zarr"), name)
+
     def summary(self) -> dict:
         img = self.image
         labels = {}
@@ -235,6 +254,16 @@ class Volume:
             f"Volume({str(self.path)!r}, shape={img.shape}, dtype={img.dtype}, "
             f"voxel_size={self.voxel_size}, labels={self.labels})"
         )
+
+
+_META_LOCKS: dict[str, threading.Lock] = {}
+_META_LOCKS_GUARD = threading.Lock()
+
+
+def _meta_lock(path: Path) -> threading.Lock:
+    key = os.path.realpath(path)
+    with _META_LOCKS_GUARD:
+        return _META_LOCKS.setdefault(key, threading.Lock())
 
 
 # --------------------------------------------------------------------------- create/open
@@ -319,50 +348,73 @@ def dense_array(group: zarr.Group, name: str, *, shape, dtype, chunks, dimension
     return _dense(arr)
 
 
-class _CheckedChunks:
-    """A Zarr array as Dask reads it (``da.from_array``, one block per storage
-    chunk), whose read of a block names the tomogram, the array and the chunk when
-    the chunk cannot be decoded, or when it is missing from an array porevox wrote
-    densely."""
+class CheckedArray:
+    """A Zarr array read box by box (by Dask, one storage chunk per block, or by a
+    task reading its block with a halo across chunks) whose read names the tomogram,
+    the array and the chunk when a chunk cannot be decoded, or when it is missing
+    from an array porevox wrote densely."""
 
     def __init__(self, arr: zarr.Array, tomogram: str, name: str):
         self.arr, self.tomogram, self.name = arr, tomogram, name
-        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
-        self.dense = bool(arr.attrs.get(DENSE))
+        self.shape, self.dtype, self.ndim, self.chunks = arr.shape, arr.dtype, arr.ndim, arr.chunks
+        self.dense = bool(arr.attrs.get(DENSE)) and hasattr(arr.store, "root")
 
-    def _chunk(self, key) -> tuple[int, ...]:
+    def _box(self, key) -> tuple[slice, ...]:
         key = key if isinstance(key, tuple) else (key,)
-        return tuple((k.start or 0) // c if isinstance(k, slice) else int(k) // c
-                     for k, c in zip(key, self.arr.chunks))
+        key = key + (slice(None),) * (self.ndim - len(key))
+        return tuple(slice(k, k + 1) if isinstance(k, (int, np.integer)) else slice(*k.indices(n)[:2])
+                     for k, n in zip(key, self.shape))
+
+    def _chunks(self, box) -> list[tuple[int, ...]]:
+        """The chunks a box touches, in C order."""
+        return list(itertools.product(*(range(s.start // c, max(-(-s.stop // c), s.start // c + 1))
+                                        for s, c in zip(box, self.arr.chunks))))
 
     def _file(self, chunk) -> str:
         return str(Path(self.arr.store.root if hasattr(self.arr.store, "root") else "")
                    / self.arr.path / "c" / "/".join(map(str, chunk)))
 
+    def _unreadable(self, box) -> tuple[int, ...]:
+        """The first chunk of `box` that does not decode on its own."""
+        chunks = self._chunks(box)
+        for chunk in chunks:
+            part = tuple(slice(max(s.start, k * c), min(s.stop, (k + 1) * c))
+                         for s, k, c in zip(box, chunk, self.arr.chunks))
+            try:
+                self.arr[part]
+            except Exception:
+                return chunk
+        return chunks[0]
+
     def __getitem__(self, key):
+        box = self._box(key)
         try:
             block = self.arr[key]
         except Exception as err:
-            chunk = self._chunk(key)
+            chunk = self._unreadable(box)
             raise ChunkError(
                 f"tomogram {self.tomogram}: array {self.name}: chunk {chunk} cannot be read "
                 f"({type(err).__name__}: {err}); restore {self._file(chunk)} from a backup or "
                 "ingest the tomogram again") from None
-        if self.dense and block.size and not np.any(block != self.arr.fill_value):
-            chunk = self._chunk(key)
-            if not os.path.exists(self._file(chunk)):
-                raise ChunkError(
-                    f"tomogram {self.tomogram}: array {self.name}: chunk {chunk} is missing "
-                    f"({self._file(chunk)}); restore it from a backup or ingest the tomogram again")
+        if self.dense and block.size:
+            for chunk in self._chunks(box):
+                if not os.path.exists(self._file(chunk)):
+                    raise ChunkError(
+                        f"tomogram {self.tomogram}: array {self.name}: chunk {chunk} is missing "
+                        f"({self._file(chunk)}); restore it from a backup or ingest the tomogram "
+                        "again")
         return block
+
+    def __dask_tokenize__(self):
+        return ("porevox.CheckedArray", self.tomogram, self.name, _array_token(self.arr))
 
 
 def checked_dask(arr: zarr.Array, tomogram: str, name: str):
     """`arr` as a Dask array over its storage chunks that names a corrupt or missing
-    chunk (see :class:`_CheckedChunks`)."""
+    chunk (see :class:`CheckedArray`)."""
     import dask.array as da
 
-    return da.from_array(_CheckedChunks(arr, tomogram, name), chunks=arr.chunks, asarray=False,
+    return da.from_array(CheckedArray(arr, tomogram, name), chunks=arr.chunks, asarray=False,
                          fancy=False, meta=np.empty((0,) * arr.ndim, arr.dtype),
                          name=f"zarr-{tomogram}-{name}-{_array_token(arr)}")
 

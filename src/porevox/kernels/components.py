@@ -45,7 +45,9 @@ def block_components(solid, *, core=None, offset=(0, 0, 0), volume_shape=None) -
         ``origin`` (volume index of the core's first voxel), ``shape`` (the core's),
         ``sizes`` (int64, voxels of local components 1..n), ``touch`` ((n, 3, 2) bool:
         component touches the volume's low / high face along each axis), ``faces``
-        (``faces[axis][side]``: the core's label plane on that side, uint32).
+        (``faces[axis][side]``: the core's label plane on that side, in the smallest
+        unsigned type that holds n; None on the volume's outer faces, which no other
+        block shares).
     """
     solid = to_numpy(solid)
     if solid.ndim != 3:
@@ -57,6 +59,7 @@ def block_components(solid, *, core=None, offset=(0, 0, 0), volume_shape=None) -
     block = solid[core] != 0
     labels, n = ndimage.label(block, STRUCTURE)
     labels = labels.astype(np.uint32, copy=False)
+    small = np.min_scalar_type(n)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
     origin = tuple(int(o + c.start) for o, c in zip(offset, core))
     touch = np.zeros((n, 3, 2), dtype=bool)
@@ -64,11 +67,14 @@ def block_components(solid, *, core=None, offset=(0, 0, 0), volume_shape=None) -
     for axis in range(3):
         lo = np.take(labels, 0, axis=axis)
         hi = np.take(labels, labels.shape[axis] - 1, axis=axis)
-        faces.append((lo, hi))
-        if origin[axis] == 0:
+        first, last = origin[axis] == 0, origin[axis] + labels.shape[axis] == volume_shape[axis]
+        if first:
             touch[np.unique(lo[lo > 0]) - 1, axis, 0] = True
-        if origin[axis] + labels.shape[axis] == volume_shape[axis]:
+        if last:
             touch[np.unique(hi[hi > 0]) - 1, axis, 1] = True
+        # the merge needs the faces a neighbouring block shares, in the fewest bytes
+        faces.append((None if first else lo.astype(small, copy=True),
+                      None if last else hi.astype(small, copy=True)))
     return {"origin": origin, "shape": labels.shape, "sizes": sizes, "touch": touch,
             "faces": faces}
 

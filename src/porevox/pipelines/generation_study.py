@@ -47,16 +47,35 @@ def generation_stage(study, *, kinds=("ddpm", "cgan"), minutes: float | None = N
                      steps: int | None = None, n: int = 64, seed: int = 0,
                      targets=DESIGN_TARGETS, progress: bool = False) -> dict:
     """Train the `kinds` of model (``cpu`` preset; `minutes` each at most, `steps` at
-    most), the Table-3 analog with `n` images per class, and inverse design for the
-    target conductivities with the DDPM (where there is one and `targets`)."""
-    from .generate import train_generator
-
-    trained = {kind: train_generator(study, kind=kind, preset="cpu", minutes=minutes, steps=steps,
-                                     seed=seed, progress=progress) for kind in kinds}
+    most; with a cluster, all at once), the Table-3 analog with `n` images per class,
+    and inverse design for the target conductivities with the DDPM (where there is one
+    and `targets`)."""
+    trained = train_all(study, kinds, minutes=minutes, steps=steps, seed=seed, progress=progress)
     evaluation = evaluate_generators(study, [t["model"] for t in trained.values()], n=n, seed=seed)
     designed = (design(study, trained["ddpm"]["model"], targets, n=n, seed=seed)
                 if "ddpm" in trained and targets else None)
     return {"training": trained, "evaluation": evaluation, "design": designed}
+
+
+def train_all(study, kinds, *, progress: bool = False, **kwargs) -> dict:
+    """Each kind's training (:func:`porevox.pipelines.generate.train_generator`). With
+    a distributed cluster, the kinds train at once, each as a task on its own worker,
+    on that worker's threads: torch on two threads keeps two cores ~70 % busy, so two
+    networks on one core each train ~1.4x more in all and finish in half the wall
+    time (a `minutes` budget is then each network's wall time, on one core).
+    `kwargs` go to ``train_generator`` (``preset`` ``cpu`` unless given)."""
+    from ..engine.cluster import active_client
+    from .generate import train_generator
+
+    kw = {"preset": "cpu", **kwargs}
+    client = active_client()
+    workers = sorted(client.scheduler_info()["workers"]) if client is not None else []
+    if len(kinds) < 2 or len(workers) < 2:
+        return {kind: train_generator(study, kind=kind, progress=progress, **kw) for kind in kinds}
+    futures = {kind: client.submit(train_generator, study, kind=kind, pure=False,
+                                   workers=[workers[i % len(workers)]], allow_other_workers=True, **kw)
+               for i, kind in enumerate(kinds)}
+    return {kind: future.result() for kind, future in futures.items()}
 
 
 def _real_crops(index, c: int, n: int | None, seed: int) -> np.ndarray:

@@ -56,10 +56,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..engine import as_dask, open_volume, run_stage
+from ..engine import as_dask, open_volume, provenance, run_stage
 from ..engine.blockwise import StageResult, slice_chunks
 from ..engine.cluster import compute
-from ..engine.provenance import fingerprint_array, jsonable
+from ..engine.provenance import fingerprint_array
 from ..engine.storage import Volume, check_voxel_size
 from ..kernels import preprocess as kp
 
@@ -283,10 +283,8 @@ def preprocess(volume: Volume | str | os.PathLike, *, destripe: bool = True, sha
     result = run_stage(volume, name, write, shape=source.shape, dtype=source.dtype, chunks=chunks,
                        stage=stage, params=recorded, inputs=inputs, force=force)
     if not result.skipped and reports:
-        provenance = volume.provenance
-        provenance[stage] = {**provenance[stage], "report": jsonable(reports[0])}
-        volume.update_meta(provenance=provenance)
-        result = StageResult(result.name, False, provenance[stage])
+        result = StageResult(result.name, False,
+                             provenance.amend(volume, stage, report=reports[0]))
     return result
 
 

@@ -33,7 +33,8 @@ import dask
 import numpy as np
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
-from ..engine.cluster import chunk_bytes_budget, compute, worker_memory_limit
+from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle
+from ..engine.cluster import compute, worker_memory_limit
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, tmp_group
 from ..errors import InvalidVolumeError
@@ -125,27 +126,11 @@ def _local(block, *, core, offset, volume_shape, shape_index_sigma, with_surface
     return out
 
 
-def _boxes(shape, chunks, bytes_per_voxel, depth) -> list[tuple[slice, ...]]:
-    """Compute boxes: the storage chunks, halved along their longest axis until a box
-    with its halo fits the workers' chunk budget for this pass."""
-    from ..engine.blockwise import block_slices
-
-    # what one task may hold: chunk_bytes_budget() is sized so that 4.5 chunks fit in
-    # 60 % of a worker's memory limit, less the interpreter
-    budget = 4.5 * chunk_bytes_budget()
-    box = list(chunks)
-    while (math.prod(b + 2 * d for b, d in zip(box, depth)) * bytes_per_voxel > budget
-           and max(box) > 2 * max(depth) + 1):
-        axis = int(np.argmax(box))
-        box[axis] = -(-box[axis] // 2)
-    return list(block_slices(shape, box))
-
-
 @dataclass
 class Job:
     """One volume's quantification: lazy per-block tasks, then the merge."""
 
-    solid: Any                       # dask array, nonzero = solid
+    solid: Any                       # Dask or stored array (a volume's reader), nonzero = solid
     voxel_size: tuple[float, float, float]
     options: Options
     chunks: tuple[int, int, int] | None = None
@@ -159,7 +144,10 @@ class Job:
     explicit_chunks: bool = False    # compute blocks = these chunks (else sized to memory)
 
     def __post_init__(self):
+        self.source = self.solid   # what the blocks read: a stored array itself, where it is one
         self.solid = as_dask(self.solid)
+        if not stored_array(self.source):
+            self.source = self.solid
         self.shape = tuple(int(s) for s in self.solid.shape)
         self.chunks = tuple(self.chunks or (c[0] for c in self.solid.chunks))
         self.started = time.time()
@@ -192,7 +180,7 @@ class Job:
                             self.name, need / 2**20, room)
                 whole = [tuple(slice(0, n) for n in self.shape)]
                 self.blocks["struts"], self.tasks["struts"] = block_tasks(
-                    struts.strut_diameters, self.solid, whole, 0, voxel_size=vs)
+                    struts.strut_diameters, self.source, whole, 0, voxel_size=vs)
             else:
                 first = FIRST_RADIUS_VOXELS * max(vs)
                 self._add("struts", struts.strut_diameters, struts.strut_depth(vs, first), voxel_size=vs)
@@ -200,8 +188,10 @@ class Job:
             self._plan_tortuosity()
 
     def _add(self, name, kernel, depth, **kwargs) -> None:
-        cores = _boxes(self.shape, self.chunks, BYTES_PER_VOXEL[name], depth)
-        self.blocks[name], self.tasks[name] = block_tasks(kernel, self.solid, cores, depth, **kwargs)
+        box = compute_box(self.shape, self.chunks, BYTES_PER_VOXEL[name], depth,
+                          grow=not self.explicit_chunks)
+        cores = list(block_slices(self.shape, box))
+        self.blocks[name], self.tasks[name] = block_tasks(kernel, self.source, cores, depth, **kwargs)
 
     def _plan_tortuosity(self) -> None:
         opts = self.options
@@ -216,7 +206,8 @@ class Job:
         self.tortuosity_plan = method
         if method == "whole":
             run = dask.delayed(_tortuosity_whole, pure=True)
-            self.tasks["tortuosity"] = [run(self.solid, self.voxel_size, d, opts.order, opts.last_fraction)
+            solid = stored_handle(self.source) if stored_array(self.source) else self.solid
+            self.tasks["tortuosity"] = [run(solid, self.voxel_size, d, opts.order, opts.last_fraction)
                                         for d in opts.directions]
 
     def delayed(self) -> list:
@@ -246,7 +237,7 @@ class Job:
         depths = [tuple(max(n, g) for n, g in zip(r["depth_needed"], r["depth_given"])) for _, r in redo]
         logger.info("struts of %s: %d block(s) held a radius larger than their halo; rerunning them "
                     "with halos up to %s", self.name, len(redo), tuple(np.max(depths, axis=0)))
-        blocks, tasks = block_tasks(struts.strut_diameters, self.solid, cores, depths,
+        blocks, tasks = block_tasks(struts.strut_diameters, self.source, cores, depths,
                                     voxel_size=self.voxel_size)
         self.tasks["struts_regrow"] = tasks
         self.regrown = [(k, block) for (k, _), block in zip(redo, blocks)]
@@ -342,6 +333,8 @@ class Job:
 def _tortuosity_whole(solid, voxel_size, direction: str, order: int, last_fraction: float) -> dict:
     """One direction's geodesic tortuosity by one fast-marching solve (a Dask task);
     a NaN τ is reported by the merge, in the caller."""
+    if stored_array(solid):
+        solid = solid[tuple(slice(0, n) for n in solid.shape)]
     r = tortuosity_pipeline.direction_tortuosity(np.asarray(solid), direction=direction,
                                                  voxel_size=voxel_size, order=order,
                                                  last_fraction=last_fraction)
@@ -465,7 +458,8 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
                            tortuosity_method=tortuosity_method, features=features)
     source, voxel_size = resolve_source(solid, voxel_size, labels, what="quantify", log=logger)
     name = str(open_volume(solid).path) if isinstance(solid, (str, os.PathLike, Volume)) else "array"
-    source = as_dask(source, chunks=chunks)
+    if chunks is not None or not stored_array(source):
+        source = as_dask(source, chunks=chunks)
     job = Job(source, voxel_size, options, name=name, explicit_chunks=chunks is not None)
     return run_jobs([job], distributions)[0]
 
@@ -492,7 +486,7 @@ def prepare_volume(path, labels: str, options: Options, force: bool = False):
         logger.info("%s: features of labels/%s already computed with the same inputs; nothing to do",
                     volume.path, labels)
         return volume.meta.get("features", {}).get(labels)
-    return Job(volume.to_dask(f"{LABELS}/{labels}"), volume.voxel_size, options,
+    return Job(volume.reader(f"{LABELS}/{labels}"), volume.voxel_size, options,
                name=f"{volume.path.name}:{labels}")
 
 
@@ -512,12 +506,11 @@ def save_volume_features(path, labels: str, options: Options, features: dict, st
     except BaseException:
         discard(volume.path / tmp)
         raise
-    stored = volume.meta.get("features", {})
-    stored[labels] = provenance.jsonable(features)
-    volume.update_meta(features=stored)
+    record = provenance.jsonable(features)
+    volume.edit_meta(lambda meta: meta.setdefault("features", {}).update({labels: record}))
     inputs = {f"{LABELS}/{labels}": provenance.fingerprint_array(volume, f"{LABELS}/{labels}")}
     provenance.write_record(volume, stage_name(labels), _stage_params(options), inputs, [name], started)
-    return stored[labels]
+    return record
 
 
 def _flat_arrays(dist: dict, prefix: str = "") -> dict:

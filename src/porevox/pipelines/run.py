@@ -77,12 +77,28 @@ def _segment(path: Path, method: str, name: str | None = None, model: Path | Non
     return {"labels": name or method}
 
 
-def _train(paths: list[Path], out: Path, labels: str, params: dict) -> dict:
+def _train(paths: list[Path], out: Path, labels: str, params: dict, on_worker: bool = False) -> dict:
+    """Train a U-Net in this process on every core, or (`on_worker`, with a cluster)
+    as one task on a worker, on its threads."""
+    kwargs = {"labels": labels, "every": params["every"], "epochs": params["epochs"],
+              "patience": params["patience"], "seed": params["seed"], "progress": False}
+    client = active_client() if on_worker else None
+    if client is None:
+        from .train import train_unet_volumes
+
+        r = train_unet_volumes(paths, out, threads=os.cpu_count(), **kwargs)
+    else:
+        r = client.submit(_train_task, paths, out, kwargs, pure=False).result()
+    return {k: r[k] for k in ("model", "slices", "epochs_run", "best_epoch", "val_accuracy", "seconds")}
+
+
+def _train_task(paths: list[Path], out: Path, kwargs: dict) -> dict:
+    """A U-Net's training as a Dask task: torch on the worker's threads."""
+    from distributed import get_worker
+
     from .train import train_unet_volumes
 
-    r = train_unet_volumes(paths, out, labels=labels, every=params["every"], epochs=params["epochs"],
-                           patience=params["patience"], seed=params["seed"], progress=False)
-    return {k: r[k] for k in ("model", "slices", "epochs_run", "best_epoch", "val_accuracy", "seconds")}
+    return train_unet_volumes(paths, out, threads=get_worker().state.nthreads, **kwargs)
 
 
 def _score(path: Path, methods: list[tuple[str, str]], truth: str) -> dict:
@@ -175,15 +191,22 @@ def plan_steps(study: Study) -> list[Step]:
         nets = [("unet", "unet-hybrid", "hybrid_annotation")]
         if p.get("cta", True):
             nets.append(("unet_cta", "unet-cta", "otsu"))
+        first: list[str] = []
         for k, (name, model, labels) in enumerate(nets):
             out = models / f"{model}.pt"
             deps = [produced[s.id][labels] for s in train if labels in produced[s.id]]
-            # This process trains one network at a time: the U-Net Hybrid first, as the
-            # features, regression and generation wait on it; Table 1 alone on the other.
-            deps += [f"train-{nets[0][1]}"] if k else []
+            # The U-Net Hybrid trains in this process on every core: the features,
+            # regression and generation wait on it. Table 1 alone waits on the U-Net
+            # CTA: it trains as a task on a worker, beside it — torch on two threads
+            # keeps two cores ~70 % busy, the worker's thread takes up the rest — from
+            # when the first network's inputs are there too (the hybrid segmentations
+            # need both workers before).
+            first = first or deps
             steps.append(Step(f"train-{model}", None,
-                              partial(_train, [s.path for s in train], out, labels, p), deps,
-                              {**p, "labels": labels, "train": [s.id for s in train]}, exclusive=True))
+                              partial(_train, [s.path for s in train], out, labels, p, bool(k)),
+                              sorted(set(deps + first)) if k else deps,
+                              {**p, "labels": labels, "train": [s.id for s in train]},
+                              exclusive=not k))
             for s in study.samples:
                 steps.append(Step(f"segment-{name}", s.id, partial(_segment, s.path, "unet", name, out),
                                   [f"train-{model}", *last[s.id]], {"model": model}))

@@ -15,11 +15,14 @@ import dask.array as da
 import numpy as np
 
 from ..engine import as_dask, open_volume
+from ..engine.blockwise import block_slices, box_tasks, compute_box, stored_array
 from ..engine.cluster import compute
 from ..engine.storage import LABELS, Volume
 from ..errors import InvalidVolumeError
 
 PHASES = {"pore": 0, "cu": 1}
+#: Bytes per voxel of a box's confusion count: two uint8 labels, their intp codes.
+BYTES_PER_VOXEL = 18
 
 
 def _block_confusion(pred, truth):
@@ -29,13 +32,26 @@ def _block_confusion(pred, truth):
     return cm.reshape(1, 1, 1, 4)
 
 
-def confusion(pred, truth) -> np.ndarray:
-    """2 × 2 confusion matrix ``cm[truth, pred]`` of two binary label images (any
-    arrays or volumes; chunks of `truth` follow `pred`'s)."""
-    pred = as_dask(pred)
-    truth = as_dask(truth)
+def _check_shapes(pred, truth) -> None:
     if pred.shape != truth.shape:
         raise InvalidVolumeError(f"labels and truth differ in shape: {pred.shape} vs {truth.shape}")
+
+
+def _box_confusion(pred, truth):
+    return _block_confusion(pred, truth).reshape(4)
+
+
+def confusion(pred, truth) -> np.ndarray:
+    """2 × 2 confusion matrix ``cm[truth, pred]`` of two binary label images (any
+    arrays or volumes). Stored arrays (a volume's) are read box by box by the tasks,
+    whatever their chunks; others are Dask arrays, `truth` rechunked to `pred`'s."""
+    if stored_array(pred) and stored_array(truth):
+        _check_shapes(pred, truth)
+        box = compute_box(pred.shape, pred.chunks, BYTES_PER_VOXEL)
+        tasks = box_tasks(_box_confusion, [pred, truth], list(block_slices(pred.shape, box)))
+        return np.sum(compute(*tasks), axis=0, dtype=np.int64).reshape(2, 2)
+    pred, truth = as_dask(pred), as_dask(truth)
+    _check_shapes(pred, truth)
     truth = truth.rechunk(pred.chunks)
     per_block = tuple((1,) * n for n in pred.numblocks)
     parts = da.map_blocks(_block_confusion, pred, truth, new_axis=3, chunks=(*per_block, (4,)),
@@ -82,7 +98,7 @@ def check_labels(path: str | os.PathLike | Volume, *names: str) -> Volume:
 def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = "truth") -> dict:
     """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume."""
     volume = check_labels(path, labels, truth)
-    result = score(volume.to_dask(f"{LABELS}/{labels}"), volume.to_dask(f"{LABELS}/{truth}"))
+    result = score(volume.reader(f"{LABELS}/{labels}"), volume.reader(f"{LABELS}/{truth}"))
     return {"volume": str(volume.path), "labels": labels, "truth": truth, **result}
 
 

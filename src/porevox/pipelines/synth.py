@@ -209,10 +209,7 @@ def _manifest(out_dir: Path, specs: list[SampleSpec], model: FibSemModel, preset
         cond = vol.provenance[STAGE].get("conductivity")
         if cond is None:   # solved once per sample (along y), kept in its synth record
             cond = conductivity(path, labels="truth", axis=1)   # a plain JSON-able dict
-            vol = open_volume(path)
-            records = vol.provenance
-            records[STAGE]["conductivity"] = cond
-            vol.update_meta(provenance=records)
+            provenance.amend(open_volume(path), STAGE, conductivity=cond)
         rng = np.random.default_rng([*spec.rng_key, 99])
         rel = float(cond["relative_conductivity"])
         measured = max(SIGMA_SCALE * rel * (1 + MEASUREMENT_NOISE * rng.standard_normal()), 0.0)

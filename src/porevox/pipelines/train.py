@@ -73,9 +73,10 @@ def training_slices(path, *, labels: str = "hybrid_annotation", every: int = 5,
 def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid_annotation",
                        every: int = 5, src: str | None = None, epochs: int = 100, patience: int = 10,
                        val_fraction: float = 0.2, seed: int = 0, widths=None, patch: int | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, threads: int | None = None) -> dict:
     """Train a U-Net on every `every`-th slice of `volumes` and save it at `out`
-    (a state dict ``.pt`` plus a ``.json`` config) with its loss curves (``.png``)."""
+    (a state dict ``.pt`` plus a ``.json`` config) with its loss curves (``.png``).
+    torch runs on `threads` threads (default: every core of this machine)."""
     from ..models import unet
 
     volumes = check_training(volumes, out, labels, every)
@@ -96,14 +97,14 @@ def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid
     import torch
 
     device = "cuda" if torch.cuda.is_available() else None   # the GPU where there is one
-    # Training runs in this (the client) process, on every core: said explicitly, since
-    # torch otherwise sizes its pool from OMP_NUM_THREADS, which a nanny restarting a
-    # worker writes into this process's environment — and another thread count sums
-    # in another order, giving other weights.
+    # The thread count is said explicitly: torch otherwise sizes its pool from
+    # OMP_NUM_THREADS, which a nanny restarting a worker writes into the client
+    # process's environment — and another thread count sums in another order, giving
+    # other weights.
     model, history = unet.train_unet(images, targets, config, val_fraction=val_fraction,
                                      epochs=epochs, patience=patience, patch=patch, seed=seed,
                                      progress=progress, loss_png=out.with_suffix(".png"),
-                                     device=device, threads=os.cpu_count())
+                                     device=device, threads=threads or os.cpu_count())
     metadata = {"labels": labels, "every": every, "classes": {"copper": 0, "pore": 1, **(
         {"shine_through": 2} if n_classes == 3 else {})}, "normalization":
         "per volume: (x - p0.1) / (p99.9 - p0.1) of its gray-value histogram",
