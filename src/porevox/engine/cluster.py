@@ -93,6 +93,17 @@ def worker_memory_limit() -> int | None:
 WORKER_BASELINE = 256 * 2**20
 
 
+def in_task(func, *args, **kwargs):
+    """Call `func` inside a Dask task (``client.submit(in_task, func, ...)``) with the
+    Dask computations it makes run in this thread: a nested compute sent to the
+    cluster would wait for a worker thread, and on a one-thread worker the one it
+    waits for is this task's own."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return func(*args, **kwargs)
+
+
 def chunk_bytes_budget(default: int | None = None) -> int:
     """Chunk size (bytes) the active cluster's workers process comfortably.
 

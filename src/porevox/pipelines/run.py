@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..engine import open_volume
-from ..engine.cluster import active_client
+from ..engine.cluster import active_client, in_task
 from ..engine.provenance import versions, write_json
 from ..engine.steps import Step, StepRecord, run_steps
 from ..errors import StudyFileError
@@ -88,7 +88,7 @@ def _train(paths: list[Path], out: Path, labels: str, params: dict, on_worker: b
 
         r = train_unet_volumes(paths, out, threads=os.cpu_count(), **kwargs)
     else:
-        r = client.submit(_train_task, paths, out, kwargs, pure=False).result()
+        r = client.submit(in_task, _train_task, paths, out, kwargs, pure=False).result()
     return {k: r[k] for k in ("model", "slices", "epochs_run", "best_epoch", "val_accuracy", "seconds")}
 
 
