@@ -78,11 +78,14 @@ def _segment(path: Path, method: str, name: str | None = None, model: Path | Non
 
 
 def _train(paths: list[Path], out: Path, labels: str, params: dict, on_worker: bool = False) -> dict:
-    """Train a U-Net in this process on every core, or (`on_worker`, with a cluster)
-    as one task on a worker, on its threads."""
+    """Train a U-Net in this process on every core, or (`on_worker`, with a cluster of
+    two workers or more) as one task on a worker, on its threads: on one worker it
+    would hold back every other task of the run while it trains."""
     kwargs = {"labels": labels, "every": params["every"], "epochs": params["epochs"],
               "patience": params["patience"], "seed": params["seed"], "progress": False}
     client = active_client() if on_worker else None
+    if client is not None and len(client.scheduler_info()["workers"]) < 2:
+        client = None
     if client is None:
         from .train import train_unet_volumes
 
