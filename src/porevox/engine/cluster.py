@@ -76,13 +76,17 @@ def active_client():
         return None
 
 
+def cluster_workers() -> dict:
+    """The active client's workers, address -> the scheduler's info on it (empty
+    without a distributed client)."""
+    client = active_client()
+    return dict(client.scheduler_info()["workers"]) if client is not None else {}
+
+
 def worker_memory_limit() -> int | None:
     """The smallest memory limit (bytes) among the active client's workers, or None
     without a distributed client or limits."""
-    client = active_client()
-    if client is None:
-        return None
-    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+    limits = [w.get("memory_limit") or 0 for w in cluster_workers().values()]
     limits = [m for m in limits if m > 0]
     return min(limits) if limits else None
 
@@ -125,10 +129,7 @@ def chunk_bytes_budget(default: int | None = None) -> int:
 
 
 def _threads_per_worker() -> int:
-    client = active_client()
-    if client is None:
-        return 1
-    return max([w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()] or [1])
+    return max([w.get("nthreads", 1) for w in cluster_workers().values()] or [1])
 
 
 def balanced_depth(nz: int, most: int) -> int:
@@ -148,9 +149,9 @@ def total_threads() -> int:
 
     threads = dask.config.get("porevox.threads", None)   # pinned for a whole run (run_study)
     if not threads:
-        client = active_client()
-        threads = (sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-                   if client is not None else (os.cpu_count() or 1))
+        workers = cluster_workers()
+        threads = (sum(w.get("nthreads", 1) for w in workers.values()) if workers
+                   else (os.cpu_count() or 1))
     return max(int(threads), 1)
 
 

@@ -64,14 +64,14 @@ def train_all(study, kinds, *, progress: bool = False, **kwargs) -> dict:
     networks on one core each train ~1.4x more in all and finish in half the wall
     time (a `minutes` budget is then each network's wall time, on one core).
     `kwargs` go to ``train_generator`` (``preset`` ``cpu`` unless given)."""
-    from ..engine.cluster import active_client, in_task
+    from ..engine.cluster import active_client, cluster_workers, in_task
     from .generate import train_generator
 
     kw = {"preset": "cpu", **kwargs}
-    client = active_client()
-    workers = sorted(client.scheduler_info()["workers"]) if client is not None else []
+    workers = sorted(cluster_workers())
     if len(kinds) < 2 or len(workers) < 2:
         return {kind: train_generator(study, kind=kind, progress=progress, **kw) for kind in kinds}
+    client = active_client()
     futures = {kind: client.submit(in_task, train_generator, study, kind=kind, pure=False,
                                    workers=[workers[i % len(workers)]], allow_other_workers=True, **kw)
                for i, kind in enumerate(kinds)}

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..engine import open_volume
-from ..engine.cluster import active_client, in_task
+from ..engine.cluster import active_client, cluster_workers, in_task
 from ..engine.provenance import versions, write_json
 from ..engine.steps import Step, StepRecord, run_steps
 from ..errors import StudyFileError
@@ -83,9 +83,7 @@ def _train(paths: list[Path], out: Path, labels: str, params: dict, on_worker: b
     would hold back every other task of the run while it trains."""
     kwargs = {"labels": labels, "every": params["every"], "epochs": params["epochs"],
               "patience": params["patience"], "seed": params["seed"], "progress": False}
-    client = active_client() if on_worker else None
-    if client is not None and len(client.scheduler_info()["workers"]) < 2:
-        client = None
+    client = active_client() if on_worker and len(cluster_workers()) >= 2 else None
     if client is None:
         from .train import train_unet_volumes
 
