@@ -162,6 +162,30 @@ def test_seeded_training_is_deterministic():
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_trainings_at_once_equal_trainings_alone():
+    """The weights depend on torch's thread count, which is process-wide: two
+    trainings started at once in one process (on 1 and 2 threads) give each the
+    weights it gives alone."""
+    import threading
+
+    images, labels = disks(4, size=64)
+    kw = dict(config=SHALLOW, epochs=6, patience=6, patch=32, batch_size=2, progress=False, seed=3)
+    alone = {t: train_unet(images, labels, threads=t, **kw)[0].state_dict() for t in (1, 2)}
+    assert not all(torch.equal(alone[1][k], alone[2][k]) for k in alone[1])   # the premise
+    got = {}
+
+    def train(t):
+        got[t] = train_unet(images, labels, threads=t, **kw)[0]
+
+    runs = [threading.Thread(target=train, args=(t,)) for t in (1, 2)]
+    for r in runs:
+        r.start()
+    for r in runs:
+        r.join()
+    for t in (1, 2):
+        assert all(torch.equal(v, alone[t][k]) for k, v in got[t].state_dict().items())
+
+
 def test_early_stopping_restores_the_best_epoch():
     """Validation labels contradict the training labels on the same images: training
     makes the validation loss worse, so it stops `patience` epochs after the best."""

@@ -22,7 +22,8 @@ from porevox.engine import open_volume
 from porevox.engine.storage import LABELS, dense_array
 
 PV = [str(Path(sys.executable).parent / "porevox")]
-CLUSTER = ["--workers", "2", "--threads-per-worker", "1", "--memory-limit", "1GB"]
+# 2 GB: room for the U-Net CTA to train on a worker (engine.cluster.TRAINING_MEMORY)
+CLUSTER = ["--workers", "2", "--threads-per-worker", "1", "--memory-limit", "2GB"]
 SHAPE, CHUNKS = (16, 48, 48), (8, 32, 40)      # odd chunks: partial blocks on y and x
 SAMPLES = (("HPA", 175, False), ("NPC", 400, False), ("HPA", 400, True))
 STAGES = {"unet": {"epochs": 1, "every": 4}, "regress": False}
@@ -51,7 +52,13 @@ def make_study(folder: Path, stages=STAGES) -> Path:
 
 
 def porevox(*args, **kw):
-    return subprocess.run([*PV, *map(str, args)], capture_output=True, text=True, timeout=600, **kw)
+    """The CLI in a process of its own; one that hangs fails with what it printed."""
+    try:
+        return subprocess.run([*PV, *map(str, args)], capture_output=True, text=True, timeout=400, **kw)
+    except subprocess.TimeoutExpired as err:
+        tail = (err.stderr or b"")[-6000:]
+        pytest.fail(f"porevox {' '.join(map(str, args))} ran past {err.timeout} s; its stderr ended:\n"
+                    f"{tail.decode(errors='replace') if isinstance(tail, bytes) else tail}")
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -209,7 +216,7 @@ def test_worker_killed_mid_stage_changes_nothing(clean_run, tmp_path):
     shutil.copytree(pristine, folder)
     killed = []
     environ = dict(os.environ)   # the restarting nanny writes the workers' limits into ours
-    with cluster(n_workers=2, threads_per_worker=1, memory_limit="1GB",
+    with cluster(n_workers=2, threads_per_worker=1, memory_limit="2GB",
                  dashboard_address="127.0.0.1:0") as client:
         pids = client.run(os.getpid)
 

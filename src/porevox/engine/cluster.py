@@ -97,6 +97,20 @@ def worker_memory_limit() -> int | None:
 WORKER_BASELINE = 256 * 2**20
 
 
+#: The least memory limit of a worker that models train on as tasks: torch and its
+#: buffers stay in the worker after a training, 350-400 MiB above the baseline even
+#: for a small network, which on a 1 GB worker left it near Dask's pause threshold.
+TRAINING_MEMORY = int(1.5 * 2**30)
+
+
+def trains_on_workers(workers: dict) -> bool:
+    """Whether models train as tasks on `workers` (:func:`cluster_workers`): on two
+    or more (on one, a training task would hold back every other task of a run), each
+    with :data:`TRAINING_MEMORY` or no limit. Otherwise they train in this process."""
+    return len(workers) >= 2 and all((w.get("memory_limit") or TRAINING_MEMORY) >= TRAINING_MEMORY
+                                     for w in workers.values())
+
+
 def in_task(func, *args, **kwargs):
     """Call `func` inside a Dask task (``client.submit(in_task, func, ...)``) with the
     Dask computations it makes run in this thread: a nested compute sent to the

@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -73,6 +74,11 @@ FORMAT = "porevox-unet"
 VERSION = 1
 #: Label value of pixels left out of the loss (not labelled).
 IGNORE = 255
+
+#: Held by each training in this process: torch's thread count is process-wide and the
+#: weights depend on it (other threads sum in another order), so a second training
+#: started meanwhile (a run's U-Net CTA beside its U-Net Hybrid) would change the first's.
+_TRAINING = threading.Lock()
 
 
 # --------------------------------------------------------------------------- configuration
@@ -618,7 +624,8 @@ def train_unet(images, labels, config: UNetConfig = UNetConfig(), *, val_fractio
     val_images, val_labels : optional
         An explicit validation set; then `val_fraction` is ignored.
     threads : int, optional
-        ``torch.set_num_threads`` for the training (restored after).
+        ``torch.set_num_threads`` for the training (restored after). The weights depend
+        on it. Trainings in one process run one at a time.
     device : optional
         Where to train (default CPU); the returned model is on the CPU.
 
@@ -665,85 +672,87 @@ def train_unet(images, labels, config: UNetConfig = UNetConfig(), *, val_fractio
                                  f"network's stride {s}: use samples of at least {2 * s} px")
 
     device = torch.device("cpu" if device is None else device)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-    log_path = None if log is None or callable(log) else Path(log)
-    if log_path is not None:
-        log_path.write_text("")
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = UNet(config)
-        model.to(device).train()
-        optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, alpha=0.9, eps=1e-7)
-        history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_accuracy": [], "best_epoch": 0,
-                                   "epochs_run": 0, "seconds": 0.0, "train_slices": train_idx,
-                                   "val_slices": val_idx}
-        best_loss, best_state, wait = math.inf, None, 0
-        started = time.perf_counter()
-        with progress_bar(progress, "U-Net") as bar:
-            task = bar.add_task("", total=epochs)
-            for epoch in range(epochs):
-                order = rng.permutation(len(train_x))
-                losses = []
-                for b in range(0, len(order), batch_size):
-                    xs, ys = [], []
-                    for i in order[b:b + batch_size]:
-                        x, y = _crop(train_x[i], train_y[i], patch, rng)
-                        if augment:
-                            x, y = _augment(x, y, rng)
-                        xs.append(np.ascontiguousarray(x))
-                        ys.append(np.ascontiguousarray(y))
-                    x = torch.from_numpy(np.stack(xs)).to(device)
-                    y = torch.from_numpy(np.stack(ys).astype(np.int64)).to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(loss.detach().item())
-                val_loss, val_acc = _evaluate(model, val_x, val_y, device)
-                train_loss = float(np.mean(losses))
-                if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                    raise StageError(f"U-Net training diverged at epoch {epoch + 1} (train loss "
-                                     f"{train_loss}, val loss {val_loss}); lower lr (now {lr}) or check "
-                                     "the images' scaling")
-                history["train_loss"].append(train_loss)
-                history["val_loss"].append(val_loss)
-                history["val_accuracy"].append(val_acc)
-                history["epochs_run"] = epoch + 1
-                if val_loss < best_loss:
-                    best_loss, wait, history["best_epoch"] = val_loss, 0, epoch
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    wait += 1
-                record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                          "val_accuracy": val_acc, "best_epoch": history["best_epoch"],
-                          "seconds": round(time.perf_counter() - started, 3)}
-                logger.info("unet epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f",
-                            epoch + 1, epochs, train_loss, val_loss, val_acc)
-                if callable(log):
-                    log(record)
-                elif log_path is not None:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                bar.update(task, advance=1, description=f"loss {train_loss:.4f}  val {val_loss:.4f}  "
-                                                         f"acc {val_acc:.3f}")
-                if wait >= patience:
-                    logger.info("unet: early stop after epoch %d; best epoch %d (val loss %.4f)",
-                                epoch + 1, history["best_epoch"] + 1, best_loss)
-                    break
-        model.load_state_dict(best_state)
-        history["seconds"] = round(time.perf_counter() - started, 3)
-    finally:
+    device = torch.device("cpu" if device is None else device)
+    with _TRAINING:   # one training at a time in this process
+        old_threads = torch.get_num_threads()
         if threads is not None:
-            torch.set_num_threads(old_threads)
-    model.to("cpu").eval()
-    if loss_png is not None:
-        plot_history(history, loss_png)
-    return model, history
+            torch.set_num_threads(int(threads))
+        if device.type == "cpu":
+            torch.set_flush_denormal(True)
+        log_path = None if log is None or callable(log) else Path(log)
+        if log_path is not None:
+            log_path.write_text("")
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = UNet(config)
+            model.to(device).train()
+            optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, alpha=0.9, eps=1e-7)
+            history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_accuracy": [], "best_epoch": 0,
+                                       "epochs_run": 0, "seconds": 0.0, "train_slices": train_idx,
+                                       "val_slices": val_idx}
+            best_loss, best_state, wait = math.inf, None, 0
+            started = time.perf_counter()
+            with progress_bar(progress, "U-Net") as bar:
+                task = bar.add_task("", total=epochs)
+                for epoch in range(epochs):
+                    order = rng.permutation(len(train_x))
+                    losses = []
+                    for b in range(0, len(order), batch_size):
+                        xs, ys = [], []
+                        for i in order[b:b + batch_size]:
+                            x, y = _crop(train_x[i], train_y[i], patch, rng)
+                            if augment:
+                                x, y = _augment(x, y, rng)
+                            xs.append(np.ascontiguousarray(x))
+                            ys.append(np.ascontiguousarray(y))
+                        x = torch.from_numpy(np.stack(xs)).to(device)
+                        y = torch.from_numpy(np.stack(ys).astype(np.int64)).to(device)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
+                        loss.backward()
+                        optimizer.step()
+                        losses.append(loss.detach().item())
+                    val_loss, val_acc = _evaluate(model, val_x, val_y, device)
+                    train_loss = float(np.mean(losses))
+                    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                        raise StageError(f"U-Net training diverged at epoch {epoch + 1} (train loss "
+                                         f"{train_loss}, val loss {val_loss}); lower lr (now {lr}) or check "
+                                         "the images' scaling")
+                    history["train_loss"].append(train_loss)
+                    history["val_loss"].append(val_loss)
+                    history["val_accuracy"].append(val_acc)
+                    history["epochs_run"] = epoch + 1
+                    if val_loss < best_loss:
+                        best_loss, wait, history["best_epoch"] = val_loss, 0, epoch
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    else:
+                        wait += 1
+                    record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                              "val_accuracy": val_acc, "best_epoch": history["best_epoch"],
+                              "seconds": round(time.perf_counter() - started, 3)}
+                    logger.info("unet epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f",
+                                epoch + 1, epochs, train_loss, val_loss, val_acc)
+                    if callable(log):
+                        log(record)
+                    elif log_path is not None:
+                        with log_path.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                    bar.update(task, advance=1, description=f"loss {train_loss:.4f}  val {val_loss:.4f}  "
+                                                             f"acc {val_acc:.3f}")
+                    if wait >= patience:
+                        logger.info("unet: early stop after epoch %d; best epoch %d (val loss %.4f)",
+                                    epoch + 1, history["best_epoch"] + 1, best_loss)
+                        break
+            model.load_state_dict(best_state)
+            history["seconds"] = round(time.perf_counter() - started, 3)
+        finally:
+            if threads is not None:
+                torch.set_num_threads(old_threads)
+        model.to("cpu").eval()
+        if loss_png is not None:
+            plot_history(history, loss_png)
+        return model, history
 
 
 def plot_history(history: dict, path: str | os.PathLike) -> Path:

@@ -58,18 +58,20 @@ def generation_stage(study, *, kinds=("ddpm", "cgan"), minutes: float | None = N
 
 
 def train_all(study, kinds, *, progress: bool = False, **kwargs) -> dict:
-    """Each kind's training (:func:`porevox.pipelines.generate.train_generator`). With
-    a distributed cluster, the kinds train at once, each as a task on its own worker,
+    """Each kind's training (:func:`porevox.pipelines.generate.train_generator`). On a
+    cluster with room for it (:func:`~porevox.engine.cluster.trains_on_workers`), the
+    kinds train at once, each as a task on its own worker,
     on that worker's threads: torch on two threads keeps two cores ~70 % busy, so two
     networks on one core each train ~1.4x more in all and finish in half the wall
     time (a `minutes` budget is then each network's wall time, on one core).
     `kwargs` go to ``train_generator`` (``preset`` ``cpu`` unless given)."""
-    from ..engine.cluster import active_client, cluster_workers, in_task
+    from ..engine.cluster import active_client, cluster_workers, in_task, trains_on_workers
     from .generate import train_generator
 
     kw = {"preset": "cpu", **kwargs}
-    workers = sorted(cluster_workers())
-    if len(kinds) < 2 or len(workers) < 2:
+    info = cluster_workers()
+    workers = sorted(info)
+    if len(kinds) < 2 or not trains_on_workers(info):
         return {kind: train_generator(study, kind=kind, progress=progress, **kw) for kind in kinds}
     client = active_client()
     futures = {kind: client.submit(in_task, train_generator, study, kind=kind, pure=False,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..engine import open_volume
-from ..engine.cluster import active_client, cluster_workers, in_task
+from ..engine.cluster import active_client, cluster_workers, in_task, trains_on_workers
 from ..engine.provenance import versions, write_json
 from ..engine.steps import Step, StepRecord, run_steps
 from ..errors import StudyFileError
@@ -78,28 +78,29 @@ def _segment(path: Path, method: str, name: str | None = None, model: Path | Non
 
 
 def _train(paths: list[Path], out: Path, labels: str, params: dict, on_worker: bool = False) -> dict:
-    """Train a U-Net in this process on every core, or (`on_worker`, with a cluster of
-    two workers or more) as one task on a worker, on its threads: on one worker it
-    would hold back every other task of the run while it trains."""
+    """Train a U-Net in this process on every core, or (`on_worker`) on as many
+    threads as a worker has: as a task on a worker where the cluster has room for it
+    (:func:`~porevox.engine.cluster.trains_on_workers`), else here. The weights depend
+    on the thread count, which is thus the same wherever it trains (a worker killed
+    meanwhile leaves the cluster one short for a moment)."""
     kwargs = {"labels": labels, "every": params["every"], "epochs": params["epochs"],
               "patience": params["patience"], "seed": params["seed"], "progress": False}
-    client = active_client() if on_worker and len(cluster_workers()) >= 2 else None
-    if client is None:
+    workers = cluster_workers() if on_worker else {}
+    threads = min((w["nthreads"] for w in workers.values()), default=os.cpu_count())
+    if trains_on_workers(workers):
+        r = active_client().submit(in_task, _train_task, paths, out, threads, kwargs, pure=False).result()
+    else:
         from .train import train_unet_volumes
 
-        r = train_unet_volumes(paths, out, threads=os.cpu_count(), **kwargs)
-    else:
-        r = client.submit(in_task, _train_task, paths, out, kwargs, pure=False).result()
+        r = train_unet_volumes(paths, out, threads=threads, **kwargs)
     return {k: r[k] for k in ("model", "slices", "epochs_run", "best_epoch", "val_accuracy", "seconds")}
 
 
-def _train_task(paths: list[Path], out: Path, kwargs: dict) -> dict:
-    """A U-Net's training as a Dask task: torch on the worker's threads."""
-    from distributed import get_worker
-
+def _train_task(paths: list[Path], out: Path, threads: int, kwargs: dict) -> dict:
+    """A U-Net's training as a Dask task."""
     from .train import train_unet_volumes
 
-    return train_unet_volumes(paths, out, threads=get_worker().state.nthreads, **kwargs)
+    return train_unet_volumes(paths, out, threads=threads, **kwargs)
 
 
 def _score(path: Path, methods: list[tuple[str, str]], truth: str) -> dict:
