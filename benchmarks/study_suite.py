@@ -1,6 +1,6 @@
 """Suite ``study`` (runs only when named): many tomograms through ``porevox run``.
 
-A twin study of 12 tomograms of 64 x 192 x 192 (all three pastes; quick: 6 of
+A twin study of 12 tomograms of 96 x 256 x 256 (all three pastes; quick: 6 of
 48 x 128 x 128) goes through preprocess, Otsu and hybrid segmentation, scoring against the truth and
 quantification of the truth (every feature), on a LocalCluster of 1 worker x 1
 thread and of 2 workers x 1 thread (2 GB each), each from a fresh copy of the
@@ -75,7 +75,7 @@ def run_study_on(folder: str, n_workers: int) -> dict:
 
 
 def run(cfg) -> list[dict]:
-    n, shape = cfg.pick((12, (64, 192, 192)), (6, (48, 128, 128)))
+    n, shape = cfg.pick((12, (96, 256, 256)), (6, (48, 128, 128)))
     rows = []
     with cfg.scratch("study") as tmp:
         made = isolated(make_study, str(tmp / "base"), n, shape, timeout=1800)

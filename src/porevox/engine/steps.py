@@ -5,8 +5,9 @@ A step is one stage on one tomogram (``segment-otsu/HPA-175C-voi0``) or on the
 whole study (``train-unet``). Its function runs in a thread of this (the client)
 process and sends its array work to the Dask cluster, so steps of different
 tomograms share the workers: while one tomogram waits on a reduction another's
-blocks fill the gaps. Steps marked ``exclusive`` (model training, figures:
-matplotlib is not thread-safe) run one at a time among themselves.
+blocks fill the gaps. Of the steps ready to start, the deepest in the graph start
+first. Steps marked ``exclusive`` (model training, figures: matplotlib is not
+thread-safe) run one at a time among themselves.
 
 Done markers: ``<markers>/<key>.json``, written atomically *after* the step's
 function returned (its outputs published). Its fingerprint hashes the step's
@@ -100,6 +101,13 @@ def check_graph(steps: Sequence[Step]) -> dict[str, Step]:
     return by_key
 
 
+def _depth(key: str, by_key: Mapping[str, Step], depth: dict[str, int]) -> int:
+    """The number of steps on the longest chain of dependencies ending at `key`."""
+    if key not in depth:
+        depth[key] = 1 + max((_depth(d, by_key, depth) for d in by_key[key].deps), default=0)
+    return depth[key]
+
+
 def marker_path(markers: Path, key: str) -> Path:
     return markers / (key.replace("/", "--") + ".json")
 
@@ -153,12 +161,21 @@ def run_steps(steps: Sequence[Step], markers: str | os.PathLike, *, parallel: in
                                           "result": record.result})
         return record
 
+    # Of the steps ready to start, the deepest first (then in the order given): a
+    # tomogram's later steps (its scores) run as soon as they can rather than after
+    # every other tomogram's earlier ones, so the study-wide steps that wait on them
+    # are not left to the end, with the workers idle.
+    depth: dict[str, int] = {}
+    for key in by_key:
+        _depth(key, by_key, depth)
+    order = {s.key: i for i, s in enumerate(steps)}
     waiting = dict(by_key)
+    queued: list[Step] = []
     running: dict[cf.Future, Step] = {}
     failure: BaseException | None = None
     failed_step: Step | None = None
     with cf.ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="porevox-step") as pool:
-        while waiting or running:
+        while waiting or running or queued:
             if failure is None:
                 ready = [s for s in waiting.values()
                          if all(d in records for d in s.deps)]
@@ -171,9 +188,13 @@ def run_steps(steps: Sequence[Step], markers: str | os.PathLike, *, parallel: in
                                                        0.0, _iso(time.time()), marker.get("result"))
                         emit("skipped", step, records[step.key])
                         continue
-                    running[pool.submit(execute, step)] = step
+                    queued.append(step)
                 if any(all(d in records for d in s.deps) for s in waiting.values()):
                     continue    # skipping made more steps ready
+                queued.sort(key=lambda s: (-depth[s.key], order[s.key]))
+                while queued and len(running) < max(1, parallel):
+                    step = queued.pop(0)
+                    running[pool.submit(execute, step)] = step
             if not running:
                 break
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
