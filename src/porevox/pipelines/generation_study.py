@@ -60,10 +60,10 @@ def generation_stage(study, *, kinds=("ddpm", "cgan"), minutes: float | None = N
 def train_all(study, kinds, *, progress: bool = False, **kwargs) -> dict:
     """Each kind's training (:func:`porevox.pipelines.generate.train_generator`). On a
     cluster with room for it (:func:`~porevox.engine.cluster.trains_on_workers`), the
-    kinds train at once, each as a task on its own worker,
-    on that worker's threads: torch on two threads keeps two cores ~70 % busy, so two
-    networks on one core each train ~1.4x more in all and finish in half the wall
-    time (a `minutes` budget is then each network's wall time, on one core).
+    kinds train at once, each as a task on its own worker, on that worker's threads:
+    torch on two threads keeps two cores ~70 % busy, so two networks on one core each
+    train ~1.4x more in all and finish in half the wall time (a `minutes` budget is
+    then each network's wall time, on one core).
     `kwargs` go to ``train_generator`` (``preset`` ``cpu`` unless given)."""
     from ..engine.cluster import active_client, cluster_workers, in_task, trains_on_workers
     from .generate import train_generator
