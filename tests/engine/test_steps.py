@@ -44,10 +44,12 @@ class Log:
 
 def test_dependencies_bound_and_exclusive(tmp_path):
     log = Log()
-    steps = [Step("a", f"t{i}", log.step(f"a/t{i}", 0.05)) for i in range(6)]
+    # two exclusive steps, both started first (of the deepest, the first given): they
+    # may not overlap
+    steps = [Step("fig1", None, log.step("fig1", 0.1), exclusive=True),
+             Step("fig2", None, log.step("fig2", 0.1), exclusive=True)]
+    steps += [Step("a", f"t{i}", log.step(f"a/t{i}", 0.05)) for i in range(6)]
     steps += [Step("b", f"t{i}", log.step(f"b/t{i}"), [f"a/t{i}"]) for i in range(6)]
-    steps += [Step("fig1", None, log.step("fig1", 0.05), [f"b/t{i}" for i in range(3)], exclusive=True),
-              Step("fig2", None, log.step("fig2", 0.05), [f"b/t{i}" for i in range(6)], exclusive=True)]
     records = run_steps(steps, tmp_path / "done", parallel=3)
     assert [r.key for r in records] == [s.key for s in steps] and {r.status for r in records} == {"done"}
     assert log.most == 3                                    # never more than `parallel`
