@@ -85,22 +85,16 @@ def _train(paths: list[Path], out: Path, labels: str, params: dict, on_worker: b
     meanwhile leaves the cluster one short for a moment)."""
     kwargs = {"labels": labels, "every": params["every"], "epochs": params["epochs"],
               "patience": params["patience"], "seed": params["seed"], "progress": False}
+    from .train import train_unet_volumes
+
     workers = cluster_workers() if on_worker else {}
     threads = min((w["nthreads"] for w in workers.values()), default=os.cpu_count())
     if trains_on_workers(workers):
-        r = active_client().submit(in_task, _train_task, paths, out, threads, kwargs, pure=False).result()
+        r = active_client().submit(in_task, train_unet_volumes, paths, out, threads=threads, pure=False,
+                                   **kwargs).result()
     else:
-        from .train import train_unet_volumes
-
         r = train_unet_volumes(paths, out, threads=threads, **kwargs)
     return {k: r[k] for k in ("model", "slices", "epochs_run", "best_epoch", "val_accuracy", "seconds")}
-
-
-def _train_task(paths: list[Path], out: Path, threads: int, kwargs: dict) -> dict:
-    """A U-Net's training as a Dask task."""
-    from .train import train_unet_volumes
-
-    return train_unet_volumes(paths, out, threads=threads, **kwargs)
 
 
 def _score(path: Path, methods: list[tuple[str, str]], truth: str) -> dict:
@@ -199,10 +193,10 @@ def plan_steps(study: Study) -> list[Step]:
             deps = [produced[s.id][labels] for s in train if labels in produced[s.id]]
             # The U-Net Hybrid trains in this process on every core: the features,
             # regression and generation wait on it. Table 1 alone waits on the U-Net
-            # CTA: it trains as a task on a worker, beside it — torch on two threads
-            # keeps two cores ~70 % busy, the worker's thread takes up the rest — from
-            # when the first network's inputs are there too (the hybrid segmentations
-            # need both workers before).
+            # CTA: it trains as a task on a worker where the cluster has room (see
+            # _train), beside it — torch on two threads keeps two cores ~70 % busy, the
+            # worker's thread takes up the rest — from when the first network's inputs
+            # are there too (the hybrid segmentations need both workers before).
             first = first or deps
             steps.append(Step(f"train-{model}", None,
                               partial(_train, [s.path for s in train], out, labels, p, bool(k)),
