@@ -83,10 +83,11 @@ def cluster_workers() -> dict:
     return dict(client.scheduler_info()["workers"]) if client is not None else {}
 
 
-def worker_memory_limit() -> int | None:
-    """The smallest memory limit (bytes) among the active client's workers, or None
-    without a distributed client or limits."""
-    limits = [w.get("memory_limit") or 0 for w in cluster_workers().values()]
+def worker_memory_limit(workers: dict | None = None) -> int | None:
+    """The smallest memory limit (bytes) among `workers` (default: the active
+    client's, :func:`cluster_workers`), or None without a distributed client or limits."""
+    workers = cluster_workers() if workers is None else workers
+    limits = [w.get("memory_limit") or 0 for w in workers.values()]
     limits = [m for m in limits if m > 0]
     return min(limits) if limits else None
 
@@ -135,15 +136,13 @@ def chunk_bytes_budget(default: int | None = None) -> int:
     if default is None:
         tuned = load_tuned()
         default = tuned["chunk_bytes"] if tuned is not None else DEFAULT_CHUNK_BYTES
-    limit = worker_memory_limit()
+    workers = cluster_workers()
+    limit = worker_memory_limit(workers)
     if limit is None:
         return default
-    budget = (0.6 * limit - WORKER_BASELINE) / 4.5 / _threads_per_worker()
+    threads = max(w.get("nthreads", 1) for w in workers.values())
+    budget = (0.6 * limit - WORKER_BASELINE) / 4.5 / threads
     return int(min(default, max(4 * 2**20, budget)))
-
-
-def _threads_per_worker() -> int:
-    return max([w.get("nthreads", 1) for w in cluster_workers().values()] or [1])
 
 
 def balanced_depth(nz: int, most: int) -> int:

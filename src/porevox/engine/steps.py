@@ -169,12 +169,13 @@ def run_steps(steps: Sequence[Step], markers: str | os.PathLike, *, parallel: in
     for key in by_key:
         _depth(key, by_key, depth)
     order = {s.key: i for i, s in enumerate(steps)}
+    parallel = max(1, parallel)
     waiting = dict(by_key)
     queued: list[Step] = []
     running: dict[cf.Future, Step] = {}
     failure: BaseException | None = None
     failed_step: Step | None = None
-    with cf.ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="porevox-step") as pool:
+    with cf.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="porevox-step") as pool:
         while waiting or running or queued:
             if failure is None:
                 ready = [s for s in waiting.values()
@@ -192,7 +193,7 @@ def run_steps(steps: Sequence[Step], markers: str | os.PathLike, *, parallel: in
                 if any(all(d in records for d in s.deps) for s in waiting.values()):
                     continue    # skipping made more steps ready
                 queued.sort(key=lambda s: (-depth[s.key], order[s.key]))
-                while queued and len(running) < max(1, parallel):
+                while queued and len(running) < parallel:
                     step = queued.pop(0)
                     running[pool.submit(execute, step)] = step
             if not running:

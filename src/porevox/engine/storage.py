@@ -374,14 +374,17 @@ class CheckedArray:
         return str(Path(self.arr.store.root if hasattr(self.arr.store, "root") else "")
                    / self.arr.path / "c" / "/".join(map(str, chunk)))
 
+    def _part(self, box, chunk) -> tuple[slice, ...]:
+        """The part of `box` in `chunk` (array coordinates)."""
+        return tuple(slice(max(s.start, k * c), min(s.stop, (k + 1) * c))
+                     for s, k, c in zip(box, chunk, self.arr.chunks))
+
     def _unreadable(self, box) -> tuple[int, ...]:
         """The first chunk of `box` that does not decode on its own."""
         chunks = self._chunks(box)
         for chunk in chunks:
-            part = tuple(slice(max(s.start, k * c), min(s.stop, (k + 1) * c))
-                         for s, k, c in zip(box, chunk, self.arr.chunks))
             try:
-                self.arr[part]
+                self.arr[self._part(box, chunk)]
             except Exception:
                 return chunk
         return chunks[0]
@@ -397,7 +400,15 @@ class CheckedArray:
                 f"({type(err).__name__}: {err}); restore {self._file(chunk)} from a backup or "
                 "ingest the tomogram again") from None
         if self.dense and block.size:
+            # a missing chunk reads as its fill value: look for the file only there
+            # (everywhere, for a strided read)
+            sizes = tuple(s.stop - s.start for s in box)
+            view = np.reshape(block, sizes) if block.size == math.prod(sizes) else None
             for chunk in self._chunks(box):
+                part = tuple(slice(p.start - s.start, p.stop - s.start)
+                             for p, s in zip(self._part(box, chunk), box))
+                if view is not None and np.any(view[part] != self.arr.fill_value):
+                    continue
                 if not os.path.exists(self._file(chunk)):
                     raise ChunkError(
                         f"tomogram {self.tomogram}: array {self.name}: chunk {chunk} is missing "
