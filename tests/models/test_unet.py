@@ -175,7 +175,7 @@ def test_trainings_at_once_equal_trainings_alone():
     got = {}
 
     def train(t):
-        got[t] = train_unet(images, labels, threads=t, **kw)[0]
+        got[t] = train_unet(images, labels, threads=t, **kw)
 
     runs = [threading.Thread(target=train, args=(t,)) for t in (1, 2)]
     for r in runs:
@@ -183,7 +183,9 @@ def test_trainings_at_once_equal_trainings_alone():
     for r in runs:
         r.join()
     for t in (1, 2):
-        assert all(torch.equal(v, alone[t][k]) for k, v in got[t].state_dict().items())
+        model, history = got[t]
+        assert history["threads"] == t      # recorded with the weights
+        assert all(torch.equal(v, alone[t][k]) for k, v in model.state_dict().items())
 
 
 def test_early_stopping_restores_the_best_epoch():

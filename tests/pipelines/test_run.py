@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -99,6 +98,24 @@ def values(folder: Path) -> dict[str, bytes]:
                 for key, arr in g.arrays():
                     files[f"{vol.name}/{sub}/{name}/{key}"] = arr[...].tobytes()
     return files
+
+
+def same_outputs(got: dict, want: dict, folder: Path, reference: Path) -> None:
+    """Assert that a run's outputs equal the reference run's; where they do not, the
+    message names them and, for a network that differs, what its training recorded
+    differently (its inputs' gray-value span, losses, thread count)."""
+    differ = sorted(set(got) ^ set(want)) + [k for k in want if k in got and got[k] != want[k]]
+    notes = []
+    for name in sorted({Path(k).stem for k in differ if k.endswith(".pt")}):
+        a, b = (json.loads((f / "models" / f"{name}.json").read_text())["metadata"]
+                for f in (folder, reference))
+        seen = {key: (a["history"].get(key), b["history"].get(key))
+                for key in ("threads", "train_loss", "val_loss")}
+        seen["input spans"] = tuple([(v["lo"], v["hi"]) for v in m["volumes"]] for m in (a, b))
+        notes += [f"{name} {key}: {here} here, {there} in the reference"
+                  for key, (here, there) in seen.items() if here != there] or [
+            f"{name}: the same inputs, losses and thread count, other weights"]
+    assert not differ, f"outputs differ from the reference run: {differ}\n" + "\n".join(notes)
 
 
 @pytest.fixture(scope="module")
@@ -198,48 +215,49 @@ def test_killed_run_resumes_with_identical_outputs(clean_run, tmp_path):
     assert r.returncode == 0, r.stderr
     again = json.loads(r.stdout)
     assert again["skipped"] >= finished and again["ran"] == total - again["skipped"] > 0
-    got, want = outputs(folder), outputs(reference)
-    assert sorted(got) == sorted(want)
-    assert [k for k in want if got[k] != want[k]] == []
+    same_outputs(outputs(folder), outputs(reference), folder, reference)
 
 
 def test_worker_killed_mid_stage_changes_nothing(clean_run, tmp_path):
-    """A worker process killed while the run's steps are running: its tasks are
-    retried elsewhere, the run succeeds, and every output holds the clean run's values."""
+    """`porevox run` on a named scheduler, one of whose workers is killed while the
+    run's steps are running: its tasks are retried elsewhere, the run succeeds, and
+    every output holds the clean run's values."""
     import psutil
 
     from porevox.engine.cluster import cluster
-    from porevox.pipelines.run import run_study
 
     reference, _, pristine = clean_run
     folder = tmp_path / "study"
     shutil.copytree(pristine, folder)
-    killed = []
+    done = folder / "run" / "done"
     environ = dict(os.environ)   # the restarting nanny writes the workers' limits into ours
     with cluster(n_workers=2, threads_per_worker=1, memory_limit="2GB",
                  dashboard_address="127.0.0.1:0") as client:
         pids = client.run(os.getpid)
-
-        def kill_one():
-            done = folder / "run" / "done"
-            while not (done.is_dir() and any(done.glob("segment-hybrid--*.json"))):
-                time.sleep(0.02)
-            pid = sorted(pids.values())[0]
-            psutil.Process(pid).kill()
-            killed.append(pid)
-
-        killer = threading.Thread(target=kill_one, daemon=True)
-        killer.start()
-        record = run_study(folder)
-        killer.join(timeout=5)
-        assert killed and set(client.run(os.getpid).values()).isdisjoint(killed)  # the nanny restarted it
+        proc = subprocess.Popen([*PV, "--scheduler", client.scheduler.address, "run",
+                                 str(folder / "study.yaml"), "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while (proc.poll() is None and time.time() < deadline
+               and not (done.is_dir() and any(done.glob("segment-hybrid--*.json")))):
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before a worker could be killed"
+        killed = sorted(pids.values())[0]
+        psutil.Process(killed).kill()
+        try:
+            stdout, stderr = proc.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"the run ran past 400 s; its stderr ended:\n{proc.communicate()[1][-6000:]}")
+        assert proc.returncode == 0, stderr[-6000:]
+        assert killed not in client.run(os.getpid).values()   # the nanny restarted it
     os.environ.clear()
     os.environ.update(environ)
+    record = json.loads(stdout)
     assert record["ran"] == len(record["steps"])
     # the same values; not always the same chunk files, as a stage sizes its blocks
     # for the threads of the cluster as it finds it (one worker short, here)
-    got, want = values(folder), values(reference)
-    assert sorted(got) == sorted(want) and [k for k in want if got[k] != want[k]] == []
+    same_outputs(values(folder), values(reference), folder, reference)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])

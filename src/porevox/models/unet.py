@@ -635,7 +635,8 @@ def train_unet(images, labels, config: UNetConfig = UNetConfig(), *, val_fractio
     history : dict
         ``train_loss``, ``val_loss``, ``val_accuracy``: lists, one entry per epoch;
         ``best_epoch``: 0-based index into them of the restored weights;
-        ``epochs_run``; ``seconds``; ``train_slices``, ``val_slices``: indices.
+        ``epochs_run``; ``seconds``; ``train_slices``, ``val_slices``: indices;
+        ``threads``: torch's thread count in the training (the weights depend on it).
     """
     if not isinstance(config, UNetConfig):
         raise TypeError(f"config must be a UNetConfig; got {type(config).__name__}")
@@ -690,7 +691,7 @@ def train_unet(images, labels, config: UNetConfig = UNetConfig(), *, val_fractio
             optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, alpha=0.9, eps=1e-7)
             history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_accuracy": [], "best_epoch": 0,
                                        "epochs_run": 0, "seconds": 0.0, "train_slices": train_idx,
-                                       "val_slices": val_idx}
+                                       "val_slices": val_idx, "threads": torch.get_num_threads()}
             best_loss, best_state, wait = math.inf, None, 0
             started = time.perf_counter()
             with progress_bar(progress, "U-Net") as bar:
