@@ -247,14 +247,14 @@ def run_cmd(
 def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files."),
-    epochs: int = typer.Option(30, "--epochs", min=1,
+    epochs: int = typer.Option(20, "--epochs", min=1,
                                help="Most U-Net epochs (early stopping may end sooner)."),
     generate_minutes: float = typer.Option(2.0, "--generate-minutes", min=0.01,
                                            help="Training time of each generative model."),
     generate_steps: int | None = typer.Option(None, "--generate-steps", min=1,
                                               help="Most training steps of each generative model "
                                                    "(default: the cpu preset's)."),
-    generate_n: int = typer.Option(32, "--generate-n", min=2,
+    generate_n: int = typer.Option(16, "--generate-n", min=2,
                                    help="Generated images per class and per design target."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:

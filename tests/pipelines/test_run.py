@@ -253,7 +253,9 @@ def test_worker_killed_mid_stage_changes_nothing(clean_run, tmp_path):
         log.close()
         stderr = (tmp_path / "stderr.txt").read_text()[-6000:]
         assert proc.returncode == 0, f"the run failed or ran past 400 s; its stderr ended:\n{stderr}"
-        assert killed not in client.run(os.getpid).values()   # the nanny restarted it
+        client.wait_for_workers(2, timeout=60)                 # the nanny restarted it
+        now = client.run(os.getpid).values()
+        assert len(now) == 2 and killed not in now
     os.environ.clear()
     os.environ.update(environ)
     record = json.loads(stdout)

@@ -46,8 +46,8 @@ def export_tiff(volume: str | os.PathLike, path: str | os.PathLike, name: str = 
     return path
 
 
-def demo_stages(*, epochs: int = 30, generate_minutes: float | None = 2.0,
-                generate_steps: int | None = None, generate_n: int = 32, seed: int = 0) -> dict:
+def demo_stages(*, epochs: int = 20, generate_minutes: float | None = 2.0,
+                generate_steps: int | None = None, generate_n: int = 16, seed: int = 0) -> dict:
     """The demo's stages: the defaults, the U-Nets' `epochs`, quantify and regress on
     the U-Net Hybrid segmentation and the truth, and generation."""
     stages = {k: dict(v) for k, v in DEFAULT_STAGES.items()}
@@ -58,9 +58,9 @@ def demo_stages(*, epochs: int = 30, generate_minutes: float | None = 2.0,
     return stages
 
 
-def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int = 30,
+def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int = 20,
              generate_minutes: float | None = 2.0, generate_steps: int | None = None,
-             generate_n: int = 32, progress: bool = False) -> dict:
+             generate_n: int = 16, progress: bool = False) -> dict:
     """The twin study under `out/study` through every stage (see the module), and one
     of its images ingested from TIFF. Returns the run record, the study and the
     ingest summary."""
