@@ -46,8 +46,14 @@ def export_tiff(volume: str | os.PathLike, path: str | os.PathLike, name: str = 
     return path
 
 
-def demo_stages(*, epochs: int = 20, generate_minutes: float | None = 2.0,
-                generate_steps: int | None = None, generate_n: int = 16, seed: int = 0) -> dict:
+#: The demo's U-Net epochs at most and generated images per class and design target
+#: (sized so that `make demo` keeps under 15 minutes on two cores; `porevox demo`'s
+#: options repeat them, as the CLI does not import the pipelines until a command runs).
+EPOCHS, GENERATE_N = 20, 16
+
+
+def demo_stages(*, epochs: int = EPOCHS, generate_minutes: float | None = 2.0,
+                generate_steps: int | None = None, generate_n: int = GENERATE_N, seed: int = 0) -> dict:
     """The demo's stages: the defaults, the U-Nets' `epochs`, quantify and regress on
     the U-Net Hybrid segmentation and the truth, and generation."""
     stages = {k: dict(v) for k, v in DEFAULT_STAGES.items()}
@@ -58,9 +64,9 @@ def demo_stages(*, epochs: int = 20, generate_minutes: float | None = 2.0,
     return stages
 
 
-def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int = 20,
+def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int = EPOCHS,
              generate_minutes: float | None = 2.0, generate_steps: int | None = None,
-             generate_n: int = 16, progress: bool = False) -> dict:
+             generate_n: int = GENERATE_N, progress: bool = False) -> dict:
     """The twin study under `out/study` through every stage (see the module), and one
     of its images ingested from TIFF. Returns the run record, the study and the
     ingest summary."""
