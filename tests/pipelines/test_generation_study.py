@@ -102,3 +102,37 @@ def test_models_train_at_once_on_a_cluster(study, client):  # noqa: F811
                     assert torch.equal(value, b[net][name]), (kind, net, name)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_evaluation_and_design_spread_over_the_cluster(study, client):  # noqa: F811
+    """With a cluster, each class's sampling and statistics (and each design target's)
+    run as tasks on both workers, and give what they give in this process on one
+    thread."""
+    import torch
+    from distributed import get_task_stream
+
+    folder, _ = study
+    models = [train_generator(folder, kind=kind, size=16, steps=3)["model"] for kind in ("ddpm", "cgan")]
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"id": [f"s{i}" for i in range(8)], "labels": "unet",
+                          "relative_density": rng.uniform(0.4, 0.8, 8),
+                          "specific_perimeter_2d": rng.uniform(3, 8, 8),
+                          "shape_index_mean": rng.uniform(-0.1, 0.1, 8),
+                          "conductivity": rng.uniform(40, 300, 8)})
+    with get_task_stream(client) as ts:
+        spread = evaluate_generators(folder, models, n=3, steps=3, out=folder / "spread", figures=False)
+        designed = design(folder, models[0], [50, 150], n=3, steps=3, features_table=table,
+                          out=folder / "spread", figures=False)
+    assert len(ts.data) == 3 * 2 + 2 and len({t["worker"] for t in ts.data}) == 2  # 2 classes × 3, 2 targets
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = evaluate_generators(folder, models, n=3, steps=3, out=folder / "here", figures=False)
+        here_designed = design(folder, models[0], [50, 150], n=3, steps=3, features_table=table,
+                               out=folder / "here", figures=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert (folder / "spread" / "table3.json").read_text() == (folder / "here" / "table3.json").read_text()
+    assert spread["n_real"] == here["n_real"] == [int((crop_index(folder, size=16).label == c).sum())
+                                                  for c in (0, 1)]
+    assert [t["predicted"] for t in designed["targets"]] == [t["predicted"] for t in here_designed["targets"]]

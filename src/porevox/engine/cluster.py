@@ -112,6 +112,31 @@ def trains_on_workers(workers: dict) -> bool:
                                      for w in workers.values())
 
 
+def spreads(n: int) -> bool:
+    """Whether :func:`spread_calls` runs `n` calls of model work (training,
+    sampling) as tasks on the active cluster's workers: two or more calls, and workers
+    with room for them (:func:`trains_on_workers`)."""
+    return n > 1 and trains_on_workers(cluster_workers())
+
+
+def spread_calls(calls, *, pin: bool = False) -> list:
+    """The results of `calls` (callables without arguments, e.g. ``functools.partial``),
+    in order: where :func:`spreads`, as tasks over the active cluster's workers, each
+    on its worker's threads and all at once; else here, one after the other. `pin`
+    puts call *i* on worker *i* mod the number of workers (long calls, one per worker,
+    to start together); otherwise the scheduler places them as workers free up."""
+    calls = list(calls)
+    if not spreads(len(calls)):
+        return [call() for call in calls]
+    client = active_client()
+    names = sorted(cluster_workers())
+    futures = [client.submit(in_task, call, pure=False,
+                             **({"workers": [names[i % len(names)]], "allow_other_workers": True}
+                                if pin else {}))
+               for i, call in enumerate(calls)]
+    return client.gather(futures)
+
+
 def in_task(func, *args, **kwargs):
     """Call `func` inside a Dask task (``client.submit(in_task, func, ...)``) with the
     Dask computations it makes run in this thread: a nested compute sent to the

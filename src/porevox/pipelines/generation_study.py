@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,25 +60,18 @@ def generation_stage(study, *, kinds=("ddpm", "cgan"), minutes: float | None = N
 
 def train_all(study, kinds, *, progress: bool = False, **kwargs) -> dict:
     """Each kind's training (:func:`porevox.pipelines.generate.train_generator`). On a
-    cluster with room for it (:func:`~porevox.engine.cluster.trains_on_workers`), the
-    kinds train at once, each as a task on its own worker, on that worker's threads:
-    torch on two threads keeps two cores ~70 % busy, so two networks on one core each
-    train ~1.4x more in all and finish in half the wall time (a `minutes` budget is
-    then each network's wall time, on one core).
+    cluster with room for it (:func:`~porevox.engine.cluster.spreads`), the kinds
+    train at once, each as a task on its own worker, on that worker's threads (and
+    without a progress bar): torch on two threads keeps two cores ~70 % busy, so two
+    networks on one core each train ~1.4x more in all and finish in half the wall time
+    (a `minutes` budget is then each network's wall time, on one core).
     `kwargs` go to ``train_generator`` (``preset`` ``cpu`` unless given)."""
-    from ..engine.cluster import active_client, cluster_workers, in_task, trains_on_workers
+    from ..engine.cluster import spread_calls, spreads
     from .generate import train_generator
 
-    kw = {"preset": "cpu", **kwargs}
-    info = cluster_workers()
-    workers = sorted(info)
-    if len(kinds) < 2 or not trains_on_workers(info):
-        return {kind: train_generator(study, kind=kind, progress=progress, **kw) for kind in kinds}
-    client = active_client()
-    futures = {kind: client.submit(in_task, train_generator, study, kind=kind, pure=False,
-                                   workers=[workers[i % len(workers)]], allow_other_workers=True, **kw)
-               for i, kind in enumerate(kinds)}
-    return {kind: future.result() for kind, future in futures.items()}
+    kw = {"preset": "cpu", "progress": progress and not spreads(len(kinds)), **kwargs}
+    trained = spread_calls([partial(train_generator, study, kind=kind, **kw) for kind in kinds], pin=True)
+    return dict(zip(kinds, trained))
 
 
 def _real_crops(index, c: int, n: int | None, seed: int) -> np.ndarray:
@@ -88,12 +82,33 @@ def _real_crops(index, c: int, n: int | None, seed: int) -> np.ndarray:
     return index.load(sorted(int(i) for i in members))
 
 
+def _real_class(study, labels: str, size: int, c: int, n: int | None, seed: int, pixel) -> tuple:
+    """Class `c`'s real crops (:func:`_real_crops`): the first, their number and their
+    statistics."""
+    images = _real_crops(crop_index(study, labels=labels, size=size), c, n, seed)
+    return images[:1], len(images), ge.class_statistics(images, pixel)
+
+
+def _generated(model, n: int, pixel, *, examples: int = 1, statistics: bool = True, **sample) -> tuple:
+    """`n` images of `model` (``Generator.sample(n, **sample)``): the first `examples`
+    and their statistics (:func:`generation_eval.class_statistics`), or (not
+    `statistics`) their descriptors per image."""
+    images = Generator(model).sample(n, **sample)
+    return images[:examples], (ge.class_statistics(images, pixel) if statistics
+                               else ge.image_descriptors(images, pixel))
+
+
 def evaluate_generators(study, models, *, n: int = 128, real: int | None = None, seed: int = 0,
                         steps: int = 50, guidance: float = GUIDANCE, eta: float = ETA, out=None,
                         figures: bool = True) -> dict:
     """The Table-3 analog of `models` (trained model folders) on `study`: ``n``
     generated images per class and model against `real` crops of the class (default:
-    all of them, so the reference carries no sampling noise of its own)."""
+    all of them, so the reference carries no sampling noise of its own). Each class's
+    sampling and statistics are one call; on a cluster with room for model work
+    (:func:`~porevox.engine.cluster.spreads`) they run as tasks on all its workers at
+    once."""
+    from ..engine.cluster import spread_calls
+
     folder, _ = study_volumes(study)
     gens = {}
     for path in models:
@@ -108,17 +123,20 @@ def evaluate_generators(study, models, *, n: int = 128, real: int | None = None,
                 [(c["paste"], c["temperature_c"]) for c in classes]:
             raise ValueError(f"the {name} model was trained on other classes than {folder} has")
     pixel = tuple(meta["pixel_size"])
-    real_images = [_real_crops(index, c, real, seed) for c in range(len(classes))]
-    real = [ge.class_statistics(im, pixel) for im in real_images]
-    generated_images = {name: [g.sample(n, paste=c["paste"], temperature_c=c["temperature_c"],
-                                        seed=seed + i, steps=steps, guidance=guidance, eta=eta)
-                               for i, c in enumerate(classes)] for name, g in gens.items()}
-    generated = {name: [ge.class_statistics(im, pixel) for im in ims]
-                 for name, ims in generated_images.items()}
+    sampling = {"steps": steps, "guidance": guidance, "eta": eta}
+    calls = [partial(_generated, g.path, n, pixel, paste=c["paste"], temperature_c=c["temperature_c"],
+                     seed=seed + i, **sampling) for g in gens.values() for i, c in enumerate(classes)]
+    calls += [partial(_real_class, study, meta["labels"], meta["size"], c, real, seed, pixel)
+              for c in range(len(classes))]
+    done = spread_calls(calls)
+    nc = len(classes)
+    per_model = {name: done[j * nc:(j + 1) * nc] for j, name in enumerate(gens)}
+    generated_images = {name: [r[0] for r in rs] for name, rs in per_model.items()}
+    generated = {name: [r[1] for r in rs] for name, rs in per_model.items()}
+    real_images, n_real, real = map(list, zip(*done[len(gens) * nc:]))
     table = ge.table3(classes, real, generated)
     result = {"classes": [{k: c[k] for k in ("paste", "temperature_c", "conductivity")} for c in classes],
-              "n": n, "n_real": [len(im) for im in real_images], "table3": table, "real": real,
-              "generated": generated,
+              "n": n, "n_real": n_real, "table3": table, "real": real, "generated": generated,
               "models": {k: str(g.path) for k, g in gens.items()}, "paper": ge.PAPER_TABLE3}
     out = Path(out) if out is not None else folder / "generation"
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -210,6 +228,7 @@ def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50
     their 2-D descriptors; the closed-loop error per target. Writes ``design.json``
     and ``figures/design.png`` (generated images per target) to `out` (default
     ``<study>/generation``)."""
+    from ..engine.cluster import spread_calls
     from ..models import regression as mvlr
     from .regress import plan_regression, run_regression
 
@@ -224,12 +243,12 @@ def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50
     best = run_regression(plan)["best"]
     law = mvlr.fit(plan.train[best["columns"]].to_numpy(float), plan.train[plan.target].to_numpy(float))
     pixel = tuple(g.meta["pixel_size"])
+    sampled = spread_calls([partial(_generated, g.path, n, pixel, examples=6, statistics=False,
+                                    conductivity=float(target), seed=seed + k, steps=steps,
+                                    guidance=guidance, eta=eta) for k, target in enumerate(targets)])
     rows, examples = [], []
-    for k, target in enumerate(targets):
-        images = g.sample(n, conductivity=float(target), seed=seed + k, steps=steps, guidance=guidance,
-                          eta=eta)
-        examples.append(images[:6])
-        d = ge.image_descriptors(images, pixel)
+    for target, (images, d) in zip(targets, sampled):
+        examples.append(images)
         x = np.column_stack([d[DESIGN_FEATURES[c]] for c in best["columns"]])
         ok = np.isfinite(x).all(axis=1)
         per_image = law.predict(x[ok]) if ok.any() else np.array([math.nan])
