@@ -82,10 +82,10 @@ def _real_crops(index, c: int, n: int | None, seed: int) -> np.ndarray:
     return index.load(sorted(int(i) for i in members))
 
 
-def _real_class(study, labels: str, size: int, c: int, n: int | None, seed: int, pixel) -> tuple:
+def _real_class(index, c: int, n: int | None, seed: int, pixel) -> tuple:
     """Class `c`'s real crops (:func:`_real_crops`): the first, their number and their
     statistics."""
-    images = _real_crops(crop_index(study, labels=labels, size=size), c, n, seed)
+    images = _real_crops(index, c, n, seed)
     return images[:1], len(images), ge.class_statistics(images, pixel)
 
 
@@ -126,8 +126,7 @@ def evaluate_generators(study, models, *, n: int = 128, real: int | None = None,
     sampling = {"steps": steps, "guidance": guidance, "eta": eta}
     calls = [partial(_generated, g.path, n, pixel, paste=c["paste"], temperature_c=c["temperature_c"],
                      seed=seed + i, **sampling) for g in gens.values() for i, c in enumerate(classes)]
-    calls += [partial(_real_class, study, meta["labels"], meta["size"], c, real, seed, pixel)
-              for c in range(len(classes))]
+    calls += [partial(_real_class, index, c, real, seed, pixel) for c in range(len(classes))]
     done = spread_calls(calls)
     nc = len(classes)
     per_model = {name: done[j * nc:(j + 1) * nc] for j, name in enumerate(gens)}
