@@ -26,10 +26,12 @@ demo: $(STAMP)
 	$(BIN)/porevox demo --out $(DEMO_OUT)
 	@echo "report: $(abspath $(DEMO_OUT))/study/report.html"
 
+# The paper-sized checks (marked slow) run with the benchmarks, not in make test.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/porevox bench all --out bench-out
 
 clean:

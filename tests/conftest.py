@@ -32,6 +32,16 @@ def local_cluster():
         yield lc
 
 
+@pytest.fixture(scope="session")
+def demo_twin(tmp_path_factory):
+    """The demo twin study (preset demo, seed 0, with its contact sheet), synthesized
+    once for the session: test_synth checks it, test_demo starts from a copy of it."""
+    from porevox.pipelines import synthesize_study
+
+    out = tmp_path_factory.mktemp("twin")
+    return out, synthesize_study(out, preset="demo", seed=0, preview=True)
+
+
 @pytest.fixture
 def client(local_cluster):
     """A client attached (porevox's attach path) to the session's cluster; Dask

@@ -1,6 +1,7 @@
 """The command line, run as a user runs it (a real `porevox` process)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import tifffile
 
 PV = [str(Path(sys.executable).parent / "porevox")]
 FAST = ["--workers", "1", "--threads-per-worker", "1", "--memory-limit", "1GB"]
+FAST2 = ["--workers", "2", "--threads-per-worker", "1", "--memory-limit", "1GB"]
 
 
 def run(*args, cwd=None, timeout=300):
@@ -86,11 +88,15 @@ def test_usage_error_exit_2(stack):
 
 
 @pytest.mark.timeout(1200)
-def test_demo(tmp_path):
+def test_demo(tmp_path, demo_twin):
+    """`porevox demo` end to end. It starts from a copy of the session's demo twin (the
+    same preset and seed, synthesized once for test_synth), so its synth step finds
+    every sample done and renders none again."""
     import pandas as pd
 
-    # 21 tomograms on one worker: 306 s alone here (2026-11-26), more late in the suite
-    r = run(*FAST, "demo", "--out", tmp_path / "d", "--epochs", "1", "--generate-steps", "3",
+    shutil.copytree(demo_twin[0], tmp_path / "d" / "study")
+    # 21 tomograms on two workers: 229 s alone here (2026-12-07), 266 s on one
+    r = run(*FAST2, "demo", "--out", tmp_path / "d", "--epochs", "1", "--generate-steps", "3",
             "--generate-n", "2", "--json", timeout=900)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -163,31 +169,33 @@ def test_synth_and_quantify(tmp_path):
     assert r.returncode == 2 and "--preset must be demo or paper" in r.stderr
 
 
-def test_segment_train_score(tmp_path, twin_arrays):
+def test_segment_train_score(tmp_path, twin_arrays, local_cluster):
     """preprocess → segment otsu and hybrid → train-unet → segment unet → score, as a
-    user runs them; and their bad input."""
+    user with a running cluster runs them (attached to the session's); and their bad
+    input."""
     from tests.conftest import twin_volume
 
+    attach = ["--scheduler", local_cluster.scheduler_address]
     vol = twin_volume(tmp_path / "v.zarr", twin_arrays, (8, 64, 80)).path
-    r = run(*FAST, "preprocess", vol, "--json")
+    r = run(*attach, "preprocess", vol, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"volume": str(vol), "written": "preprocessed", "skipped": False}
     for method in ("otsu", "hybrid"):
-        r = run(*FAST, "segment", vol, "--method", method, "--json")
+        r = run(*attach, "segment", vol, "--method", method, "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["source"] == "preprocessed"
     scores = {}
     for labels in ("otsu", "hybrid"):
-        r = run(*FAST, "score", vol, "--labels", labels, "--json")
+        r = run(*attach, "score", vol, "--labels", labels, "--json")
         assert r.returncode == 0, r.stderr
         scores[labels] = json.loads(r.stdout)
     assert scores["hybrid"]["recall_pore"] > scores["otsu"]["recall_pore"]
     assert 0.8 < scores["otsu"]["accuracy"] < 1
     model = tmp_path / "m.pt"
-    r = run(*FAST, "train-unet", vol, "--out", model, "--epochs", "2", "--every", "4", "--json")
+    r = run(*attach, "train-unet", vol, "--out", model, "--epochs", "2", "--every", "4", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["slices"] == 4 and model.with_suffix(".json").exists()
-    r = run(*FAST, "segment", vol, "--method", "unet", "--model", model, "--json")
+    r = run(*attach, "segment", vol, "--method", "unet", "--model", model, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["written"] == ["labels/unet"]
 
@@ -202,7 +210,7 @@ def test_segment_train_score(tmp_path, twin_arrays):
         (["train-unet", vol, "--out", tmp_path / "m2.txt"], "must end in .pt"),
         (["preprocess", vol, "--no-destripe", "--no-shading"], "nothing"),
     ]:
-        r = run(*FAST, *args)
+        r = run(*attach, *args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and r.stdout == "", (args, r.stderr)
         assert len(lines) == 1 and message in lines[0], (args, r.stderr)
@@ -257,7 +265,7 @@ def test_quantify_volume_and_study(study):
     (["{f}/s0.zarr", "--directions", "up"], "directions must be"),
     (["{f}/s0.zarr", "--order", "3"], "order must be 1 or 2"),
     (["{f}/s0.zarr", "--tortuosity-method", "fast"], "tortuosity_method must be"),
-    (["{f}/none.yaml"], "no study.yaml"),
+    (["{f}/none.yaml"], "no such study file"),
 ])
 def test_quantify_bad_input_exit_2(study, args, message):
     r = run(*FAST, "quantify", *[a.format(f=study) for a in args])

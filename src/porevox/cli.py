@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,18 +32,57 @@ logger = logging.getLogger("porevox")
 
 # --------------------------------------------------------------------------- plumbing
 def _guard(func):
-    """Turn bad input into one line on stderr and exit status 2."""
+    """Turn any error into one line on stderr and exit status 2; the traceback goes
+    to the log file (:func:`_log_path`)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (PorevoxError, ValueError, TypeError, FileNotFoundError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            typer.echo(f"porevox: error: {message}", err=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - every error path ends in one line
+            _fail(err)
 
     return wrapper
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror.lower()}; check the path and its permissions"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _fail(err: Exception):
+    """Leave with one line and exit status 2; the traceback goes to the log file
+    (and to the terminal with -v, for errors that are not porevox's own)."""
+    import traceback
+
+    import dask
+
+    trace = logging.getLogger("porevox.traceback")
+    trace.debug("".join(traceback.format_exception(err)))
+    if isinstance(err, MemoryError):
+        message = "out of memory; give the workers more memory (--memory-limit) or use smaller chunks"
+    elif isinstance(err, (PorevoxError, ValueError, TypeError, OSError)):
+        message = _one_line(err)
+    else:
+        log = next((h.baseFilename for h in trace.handlers if hasattr(h, "baseFilename")), None)
+        message = (f"internal error ({type(err).__name__}: {_one_line(err)[:200]}); the traceback is "
+                   f"{f'in {log}' if log else 'shown with -v'}; please report it")
+    if dask.config.get("porevox.verbose", 0) and not isinstance(err, PorevoxError):
+        typer.echo("".join(traceback.format_exception(err)).rstrip(), err=True)
+    typer.echo(f"porevox: error: {message}", err=True)
+    raise typer.Exit(2) from None
+
+
+def _log_path() -> Path:
+    """Where every invocation logs in full (tracebacks too): ``$POREVOX_LOG``, else
+    ``porevox/porevox.log`` in the user's state folder."""
+    if os.environ.get("POREVOX_LOG"):
+        return Path(os.environ["POREVOX_LOG"])
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "porevox" / "porevox.log"
 
 
 def _emit(result: dict, as_json: bool, human) -> None:
@@ -76,11 +116,26 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+    handler.setLevel(level)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-    logging.getLogger("porevox").setLevel(level)
+    logging.getLogger("porevox").setLevel(logging.DEBUG)
     logging.getLogger("distributed").setLevel(logging.INFO if verbose > 1 else logging.WARNING)
+    trace = logging.getLogger("porevox.traceback")   # the log file only
+    trace.propagate = False
+    trace.handlers[:] = []
+    try:
+        from logging.handlers import RotatingFileHandler
+
+        path = _log_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = RotatingFileHandler(path, maxBytes=8 * 2**20, backupCount=2, encoding="utf-8")
+    except OSError:   # no log file where it cannot be written; the terminal still has -v
+        return
+    file.setFormatter(logging.Formatter(f"%(asctime)s {os.getpid()} %(name)s %(levelname)s %(message)s"))
+    root.addHandler(file)
+    trace.addHandler(file)
 
 
 def _parse_meta(items: list[str]) -> dict:
@@ -142,7 +197,8 @@ def main_options(
     _setup_logging(verbose, quiet)
     import dask
 
-    dask.config.set({"porevox.progress": progress and not quiet and sys.stderr.isatty()})
+    dask.config.set({"porevox.progress": progress and not quiet and sys.stderr.isatty(),
+                     "porevox.verbose": verbose, "porevox.worker_logs": verbose > 1})
     ctx.obj = {"scheduler": scheduler, "workers": workers,
                "threads_per_worker": threads_per_worker, "memory_limit": memory_limit}
 
@@ -166,7 +222,11 @@ def ingest(
     dtype: str | None = typer.Option(None, "--dtype", help="Raw files: uint8, uint16 or float32."),
     offset: int = typer.Option(0, "--offset", help="Raw files: header bytes to skip."),
     byte_order: str = typer.Option("little", "--byte-order", help="Raw files: little or big."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing volume at OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace an existing porevox volume at OUT (nothing else)."),
+    allow_nan: bool = typer.Option(False, "--allow-nan",
+                                   help="Float stacks: keep NaN and ±inf voxels as missing values "
+                                        "(read as the median gray value) instead of refusing them."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Ingest a stack into a porevox volume (Zarr v3 + OME-Zarr metadata)."""
@@ -174,7 +234,7 @@ def ingest(
 
     plan = plan_ingest(src, out, voxel_size, unit=unit, sample=_parse_meta(meta), chunks=chunks,
                        kind=kind, shape=shape, dtype=dtype, offset=offset,
-                       byte_order=byte_order, overwrite=overwrite)
+                       byte_order=byte_order, overwrite=overwrite, allow_nan=allow_nan)
     with contextlib.nullcontext() if plan.done else _session(ctx):
         result = ingest_volume(plan)
     _emit(result, as_json, lambda r: (
@@ -211,8 +271,9 @@ def _print_run(r: dict) -> None:
         typer.echo("generated against real microstructures, R² per paste (the paper's Table 3):")
         typer.echo((folder / "generation" / "table3.md").read_text().rstrip())
     for t in (r.get("results", {}).get("generate") or {}).get("design", []):
-        typer.echo(f"  design: target {t['target']:>7.1f} µS/cm, predicted {t['predicted']:>7.1f} "
-                   f"({100 * t['relative_error']:+.0f} %)")
+        typer.echo(f"  design: target {t['target']:>7.1f} µS/cm, " + (
+            f"predicted {t['predicted']:>7.1f} ({100 * t['relative_error']:+.0f} %)" if not t.get("flag")
+            else f"no valid prediction: {t['flag']}"))
     for perf in r.get("performance_reports", [])[-1:]:
         typer.echo(f"Dask performance report: {folder / perf}")
     if r.get("cluster"):
@@ -233,9 +294,9 @@ def run_cmd(
     """Every stage of a study for every tomogram, ordered by their data, resumable:
     a rerun redoes only what had not finished. Writes report.html beside the study."""
     from .pipelines.run import run_study
-    from .pipelines.studyfile import load_study
+    from .pipelines.studyfile import claim_outputs, load_study
 
-    load_study(study)          # a bad study file fails before any cluster starts
+    claim_outputs(load_study(study))   # a bad study file or output fails before any cluster starts
     with _session(ctx) as client:
         typer.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
         record = run_study(study, parallel=parallel, progress=_progress() and not as_json)
@@ -293,9 +354,11 @@ def synth(
 ) -> None:
     """Synthesise a digital-twin study: sintered copper imaged by a FIB-SEM model, with truth."""
     from .pipelines import synthesize_study
+    from .pipelines.synth import claim_study
 
     if preset not in ("demo", "paper"):
         raise PorevoxError(f"--preset must be demo or paper; got {preset!r}")
+    claim_study(out_dir, preset=preset, seed=seed, preview=preview)   # before the cluster starts
     with _session(ctx):
         manifest = synthesize_study(out_dir, preset=preset, seed=seed, preview=preview)
 
@@ -360,10 +423,10 @@ def quantify(
                "tortuosity_method": tortuosity_method}
     make_options(axis=axis, **options)                     # bad options fail before the cluster starts
     if _is_study(target):
-        from .pipelines.feature_study import markdown, quantify_study
+        from .pipelines.feature_study import WRITES, markdown, quantify_study
         from .pipelines.segmentation_study import study_volumes
 
-        study_volumes(target)
+        study_volumes(target, writes=WRITES)
         with _session(ctx):
             result = quantify_study(target, labels=labels, axis=axis, force=force,
                                     figures=not no_figures, **options)
@@ -487,7 +550,7 @@ def segment(
     from .pipelines import segment_volume
     from .pipelines.segment import check_segment
 
-    check_segment(volume, method, model=model, src=src)
+    check_segment(volume, method, model=model, src=src, name=name)
     with _session(ctx):
         result = segment_volume(volume, method, name=name, src=src, model=model,
                                 probabilities=probabilities, force=force)
@@ -550,8 +613,9 @@ def segment_study(
 ) -> None:
     """The paper's Table 1 on a study: CTA, Hybrid, U-Net CTA, U-Net Hybrid vs truth."""
     from .pipelines import segmentation_study
-    from .pipelines.segmentation_study import markdown
+    from .pipelines.segmentation_study import WRITES, markdown, study_volumes
 
+    study_volumes(study, writes=WRITES)   # a bad study file or output fails before the cluster
     with _session(ctx):
         result = segmentation_study(study, epochs=epochs, progress=_progress() and not as_json)
     _emit(result, as_json, lambda r: typer.echo(markdown(r["table"], len(r["samples"]))))
@@ -577,8 +641,9 @@ def _print_design(designed: dict) -> None:
     typer.echo(f"  σ from 2-D descriptors: {', '.join(designed['regression']['features'])} "
                f"(LOOCV R² {designed['regression']['loocv_r2']:.3f})")
     for t in designed["targets"]:
-        typer.echo(f"  target {t['target']:>7.1f}  predicted {t['predicted']:>7.1f}  "
-                   f"error {t['error']:+7.1f} ({100 * t['relative_error']:+.0f} %)")
+        typer.echo(f"  target {t['target']:>7.1f}  " + (
+            f"predicted {t['predicted']:>7.1f}  error {t['error']:+7.1f} ({100 * t['relative_error']:+.0f} %)"
+            if not t.get("flag") else f"no valid prediction: {t['flag']}"))
 
 
 @generate_app.command("train")
@@ -622,16 +687,17 @@ def generate_sample(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Generate binary microstructure images for a class and/or a conductivity."""
-    from .pipelines.generate import Generator, write_samples
+    from .pipelines.generate import Generator, claim_samples, write_samples
 
     gen = Generator(model)
+    tag = "-".join(str(v) for v in (paste, temperature and int(temperature), conductivity) if v is not None)
+    target = claim_samples(out or Path(model) / "samples" / tag, n)
     images = gen.sample(n, paste=paste, temperature_c=temperature, conductivity=conductivity, seed=seed,
                         steps=steps, guidance=guidance, eta=eta)
-    tag = "-".join(str(v) for v in (paste, temperature and int(temperature), conductivity) if v is not None)
     meta = {"model": str(model), "paste": paste, "temperature_c": temperature,
             "conductivity": conductivity, "seed": seed, "steps": steps, "guidance": guidance,
             "eta": eta, "pixel_size": gen.meta["pixel_size"]}
-    files = write_samples(images, out or Path(model) / "samples" / tag, meta)
+    files = write_samples(images, target, meta)
     result = {**meta, "n": n, "relative_density": float(images.mean()), "zarr": files["zarr"],
               "pngs": len(files["pngs"])}
     _emit(result, as_json, lambda r: [typer.echo(f"{k:<16} {v}") for k, v in r.items()])
@@ -728,7 +794,22 @@ def bench(
 
 
 def main() -> None:
-    app()
+    """The ``porevox`` entry point: a usage error (a missing option, a bad value) is
+    one line and exit status 2, like every other error."""
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(standalone_mode=False, prog_name="porevox")
+    except TyperException as err:   # click's usage errors, as typer carries them
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else "porevox"
+        message = " ".join(err.format_message().split()).rstrip(".")
+        if message:   # none when a bare command printed its help
+            typer.echo(f"porevox: error: {where}: {message}; see {where} --help", err=True)
+        code = 2
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,7 @@ class ChunkError(InvalidVolumeError):
 
 class StageError(PorevoxError, RuntimeError):
     """A pipeline stage could not complete (not caused by bad input)."""
+
+
+class OutputError(PorevoxError, ValueError):
+    """An output path cannot be written, or holds something porevox did not write."""

@@ -205,12 +205,20 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_rerun_replaces_the_previous_output(tmp_path):
+def test_a_rerun_replaces_the_previous_output_and_nothing_else(tmp_path):
+    from porevox.errors import OutputError
+
     pv.regress(feature_table(), out=tmp_path / "r", figures=False)
-    (tmp_path / "r" / "stale.txt").write_text("old")
+    first = (tmp_path / "r" / "table2.md").read_text()
+    (tmp_path / "r" / "notes.txt").write_text("the user's own")    # the folder is no longer porevox's alone
+    with pytest.raises(OutputError, match="r exists and is not porevox's own output"):
+        pv.regress(feature_table(seed=1), out=tmp_path / "r", figures=False)
+    assert (tmp_path / "r" / "notes.txt").read_text() == "the user's own"
+    assert (tmp_path / "r" / "table2.md").read_text() == first
+    (tmp_path / "r" / "notes.txt").unlink()
     pv.regress(feature_table(seed=1), out=tmp_path / "r", figures=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
-    assert not (tmp_path / "r" / "stale.txt").exists() and (tmp_path / "r" / "table2.md").exists()
+    assert (tmp_path / "r" / "table2.md").read_text() != first
 
 
 @pytest.mark.parametrize("change, options, message", [

@@ -12,10 +12,8 @@ from porevox.synthetic.microstructure import PASTES, TEMPERATURES, target_densit
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("twin")
-    manifest = synthesize_study(out, preset="demo", seed=0, preview=True)
-    return out, manifest
+def study(demo_twin):
+    return demo_twin
 
 
 def test_manifest_and_volumes(study):

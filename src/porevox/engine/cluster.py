@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 
 import psutil
@@ -264,7 +265,10 @@ def cluster(
         # change under a launched thread pool, which numba refuses with an error.
         before = {var: os.environ.get(var) for var in environ}
         try:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+                    warnings.catch_warnings():
+                # a busy dashboard port moves to a free one; the link is logged below
+                warnings.filterwarnings("ignore", message="Port .* is already in use")
                 local = LocalCluster(
                     host="127.0.0.1",
                     n_workers=n_workers,
@@ -272,6 +276,10 @@ def cluster(
                     memory_limit=memory,
                     processes=processes,
                     dashboard_address=dashboard_address,
+                    # a failing task reaches the client as its exception: the workers'
+                    # own tracebacks stay off the terminal unless asked for (-vv)
+                    silence_logs=logging.WARNING if dask.config.get("porevox.worker_logs", False)
+                    else logging.CRITICAL,
                 )
         finally:
             for var, value in before.items():

@@ -22,6 +22,8 @@ import numpy as np
 from ..errors import InvalidVolumeError
 from . import provenance
 from .cluster import chunk_bytes_budget, compute
+from .outputs import check_output, is_volume
+from .reductions import histogram
 from .sources import Source, open_source
 from .storage import (
     Volume,
@@ -65,6 +67,7 @@ class IngestPlan:
     inputs: dict
     done: bool
     box: tuple[tuple[int, int], ...] | None = None   # the VOI ((z0, z1), (y0, y1), (x0, x1))
+    allow_nan: bool = False   # keep NaN and ±inf voxels of a float stack (else: refused)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -88,12 +91,15 @@ def plan_ingest(
     byte_order: str = "little",
     overwrite: bool = False,
     box: Sequence[Sequence[int]] | None = None,
+    allow_nan: bool = False,
 ) -> IngestPlan:
     """Check everything about an ingest before any work: the source, the voxel size,
     the chunks and the output path. Raises a one-line error naming the fix."""
     out = Path(out)
     source = open_source(src, kind=kind, shape=shape, dtype=dtype, offset=offset,
                          byte_order=byte_order)
+    check_output(out, inputs=[source.path], what="volume",
+                 fix="give a new .zarr path (--overwrite replaces only a porevox volume)")
     voxel_size = check_voxel_size(voxel_size)
     unit = check_unit(unit)
     box = check_box(box, source.shape) if box is not None else None
@@ -107,7 +113,7 @@ def plan_ingest(
         params["box"] = [list(b) for b in box]
     inputs = {"source": provenance.fingerprint_files(source.fingerprint_paths())}
     done = False
-    if out.exists():
+    if is_volume(out):
         try:
             existing = open_volume(out, mode="r")
         except InvalidVolumeError:
@@ -118,7 +124,36 @@ def plan_ingest(
                 f"{out} already exists and holds other data; pass --overwrite to replace "
                 "it or choose another output path"
             )
-    return IngestPlan(source, out, voxel_size, unit, sample, chunks, params, inputs, done, box)
+    return IngestPlan(source, out, voxel_size, unit, sample, chunks, params, inputs, done, box, allow_nan)
+
+
+def _write_counting(block, target, block_info=None):
+    """Write `block` where it belongs in `target`; return its non-finite count."""
+    target[tuple(slice(a, b) for a, b in block_info[0]["array-location"])] = block
+    return np.full((1, 1, 1), np.count_nonzero(~np.isfinite(block)), np.int64)
+
+
+def _store_float(data: da.Array, volume: Volume, plan: IngestPlan) -> int:
+    """Store a float stack into the volume's image, counting NaN and ±inf per chunk as
+    they pass; refuse them, or (``allow_nan``) keep them as missing values that read
+    as the image's median. Returns how many there are."""
+    per_chunk = compute(data.map_blocks(_write_counting, volume.image, chunks=(1, 1, 1), dtype=np.int64,
+                                        meta=np.empty((0, 0, 0), np.int64)))[0]
+    n = int(per_chunk.sum())
+    if n and not plan.allow_nan:
+        first = tuple(int(i) for i in np.argwhere(per_chunk)[0])
+        raise InvalidVolumeError(
+            f"{plan.source.path}: {n:,} voxel{' is' if n == 1 else 's are'} NaN or ±inf (in "
+            f"{np.count_nonzero(per_chunk)} of {per_chunk.size} chunks, the first chunk {first}); "
+            "fix the stack, or pass --allow-nan to keep them as missing values")
+    if n:
+        counts, edges = histogram(volume.to_dask("image"), bins=4096)   # of the finite values
+        middle = int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
+        fill = float((edges[middle] + edges[middle + 1]) / 2)
+        volume.update_meta(missing={"count": n, "fill": fill})
+        logger.warning("%s: kept %d NaN or ±inf voxels (--allow-nan); they read as the median gray "
+                       "value %.6g", plan.source.path, n, fill)
+    return n
 
 
 def check_box(box: Sequence[Sequence[int]], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
@@ -155,9 +190,13 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
         else:   # read whole chunks of the VOI from the stack, one output chunk per task
             data = source_to_dask(source, chunks)[tuple(slice(a, b) for a, b in plan.box)]
             data = data.rechunk(chunks)
-        compute(da.store(data, volume.image, lock=False, compute=False))
+        if np.issubdtype(source.dtype, np.floating):
+            extra = {"nonfinite": _store_float(data, volume, plan)}
+        else:
+            compute(da.store(data, volume.image, lock=False, compute=False))
+            extra = {}
         provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
-                                source=str(Path(source.path).absolute()), chunks=list(chunks))
+                                source=str(Path(source.path).absolute()), chunks=list(chunks), **extra)
     return open_volume(out), True
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from ..kernels.histogram import bincount
@@ -49,7 +50,13 @@ def histogram(image: Any, bins: int | None = None, range: tuple[float, float] | 
                                  dtype=np.int64, meta=np.empty((0, 0, 0, 0), np.int64))
         return compute(parts.sum(axis=(0, 1, 2)))[0], np.arange(nbins + 1, dtype=np.float64)
     bins = 256 if bins is None else int(bins)
-    if range is None:
+    if range is None and image.dtype.kind == "f":   # NaN and ±inf are left out, as with a range
+        finite = da.where(da.isfinite(image), image, np.nan)
+        range = compute(da.nanmin(finite), da.nanmax(finite))
+        if not np.isfinite(range).all():
+            raise ValueError("the image holds no finite value")
+        range = tuple(image.dtype.type(v) for v in range)
+    elif range is None:
         range = compute(image.min(), image.max())  # kept in the image's dtype, as numpy does
     _, edges = np.histogram(np.empty(0, image.dtype), bins=bins, range=range)  # numpy's edge dtype
     parts = image.map_blocks(_block_hist, edges, new_axis=3, chunks=(*per_block, (bins,)),

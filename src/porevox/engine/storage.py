@@ -31,7 +31,8 @@ import numpy as np
 import zarr
 
 from .._version import __version__
-from ..errors import ChunkError, InvalidVolumeError, VolumeNotFoundError
+from ..errors import ChunkError, InvalidVolumeError, OutputError, VolumeNotFoundError
+from .outputs import is_volume
 
 logger = logging.getLogger(__name__)
 
@@ -214,14 +215,29 @@ class Volume:
                 f"{self.path} has no array {name!r}; it has "
                 f"{['image'] + [f'{LABELS}/{n}' for n in self.labels]}"
             ) from None
+        except Exception as err:   # zarr raises several types for broken metadata
+            raise InvalidVolumeError(
+                f"{self.path / name / 'zarr.json'} cannot be read ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:120]}); restore it from a backup or ingest the "
+                "tomogram again") from None
         if not isinstance(node, zarr.Array):
             raise InvalidVolumeError(f"{self.path}/{name} is a group, not an array")
         return _dense(node) if node.attrs.get(DENSE) else node
 
+    @property
+    def missing(self) -> dict | None:
+        """``{"count", "fill"}`` where the image kept NaN or ±inf voxels (ingested
+        with ``allow_nan``): how many, and the finite gray value read in their place."""
+        return self.meta.get("missing") or None
+
     def to_dask(self, name: str = "image"):
         """The array as a Dask array whose chunks are the storage chunks; a chunk that
-        cannot be read, or is missing, raises :class:`ChunkError` naming it."""
-        return checked_dask(self.array(name), self.path.name.removesuffix(".zarr"), name)
+        cannot be read, or is missing, raises :class:`ChunkError` naming it. The
+        image's missing voxels (NaN, ±inf; see :attr:`missing`) read as their fill."""
+        arr = checked_dask(self.array(name), self.path.name.removesuffix(".zarr"), name)
+        if name == "image" and self.missing:
+            arr = arr.map_blocks(fill_missing, self.missing["fill"], dtype=arr.dtype)
+        return arr
 
     def reader(self, name: str = "image") -> CheckedArray:
         """The array for tasks that read their own boxes (a block with its halo across
@@ -245,6 +261,7 @@ class Volume:
             "sample": self.sample,
             "labels": labels,
             "provenance": self.provenance,
+            **({"missing": self.missing} if self.missing else {}),
             "porevox_version": self.meta.get("version"),
         }
 
@@ -321,15 +338,26 @@ def open_volume(path: str | os.PathLike | Volume, mode: str = "r+") -> Volume:
         group = zarr.open_group(str(path), mode=mode)
     except Exception as err:  # zarr raises several types for a non-group path
         raise InvalidVolumeError(
-            f"{path} is not a Zarr group ({type(err).__name__}); "
-            "create a volume with `porevox ingest`"
+            f"{path} is not a Zarr group, or not a readable one ({type(err).__name__}"
+            + (f" in {path / 'zarr.json'}" if (path / "zarr.json").is_file() else "")
+            + "); restore it from a backup, or create a volume with `porevox ingest`"
         ) from err
     meta = group.attrs.get("porevox")
+    if isinstance(meta, Mapping) and "voxel_size" in meta:
+        Volume(path, group).array("image")   # its metadata readable, or a one-line error
     if not isinstance(meta, Mapping) or "voxel_size" not in meta or "image" not in group:
         raise InvalidVolumeError(
             f"{path} is a Zarr group but not a porevox volume (no 'porevox' attributes or "
             "no 'image' array); ingest the data with `porevox ingest`"
         )
+    try:
+        check_voxel_size(meta["voxel_size"])
+        check_unit(meta.get("unit", "micrometer"))
+    except (InvalidVolumeError, TypeError, ValueError) as err:
+        raise InvalidVolumeError(
+            f"{path / 'zarr.json'}: attributes.porevox is damaged ({' '.join(str(err).split())}); "
+            "restore the file from a backup or write the voxel size and unit back into it"
+        ) from None
     return Volume(path, group)
 
 
@@ -420,6 +448,11 @@ class CheckedArray:
         return ("porevox.CheckedArray", self.tomogram, self.name, _array_token(self.arr))
 
 
+def fill_missing(block: np.ndarray, fill: float) -> np.ndarray:
+    """`block` with NaN and ±inf replaced by `fill`."""
+    return np.where(np.isfinite(block), block, block.dtype.type(fill))
+
+
 def checked_dask(arr: zarr.Array, tomogram: str, name: str):
     """`arr` as a Dask array over its storage chunks that names a corrupt or missing
     chunk (see :class:`CheckedArray`)."""
@@ -496,6 +529,9 @@ def building(out: str | os.PathLike):
     failure remove it. Yields the temporary path. Leftovers of killed builds of
     `out` are removed first."""
     out = Path(out)
+    if os.path.lexists(out) and not is_volume(out):
+        raise OutputError(f"{out} exists and is not a porevox volume; porevox replaces only what it "
+                          f"wrote itself: give a new path, or move {out.name} away")
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         logger.info("removing unfinished build %s", stale)
         shutil.rmtree(stale, ignore_errors=True)
@@ -535,7 +571,9 @@ def remove_stale_tmp(volume: Volume, name: str) -> list[str]:
     parent, _, leaf = name.rpartition("/")
     folder = volume.path / parent
     removed = []
-    for stale in folder.glob(f"{TMP_PREFIX}{leaf}-" + "?" * 12):  # tmp_array's names
+    stale_names = [*folder.glob(f"{TMP_PREFIX}{leaf}-" + "?" * 12),       # tmp_array's names
+                   *folder.glob(f"{TMP_PREFIX}old-{leaf}-" + "?" * 8)]      # publish_array's
+    for stale in stale_names:
         shutil.rmtree(stale, ignore_errors=True)
         removed.append(stale.name)
     if removed:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import PorevoxError
 from . import cgan, diffusion
 from .progress import bar as progress_bar
 
@@ -149,21 +151,35 @@ def save_checkpoint(run: Run, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, train: TrainConfig | None = None) -> Run:
-    """A run from its checkpoint; `train` may raise ``steps`` (train further)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    kind = state["kind"]
-    config = (diffusion.DiffusionConfig.from_dict(state["config"]) if kind == "ddpm"
-              else cgan.GANConfig(**state["config"]))
-    saved = TrainConfig(**state["train"])
-    run = new_run(kind, config, train or saved)
-    for k, net in run.nets.items():
-        net.load_state_dict(state["nets"][k])
-    for k, opt in run.opts.items():
-        opt.load_state_dict(state["opts"][k])
-    if run.ema is not None:
-        run.ema.model.load_state_dict(state["ema"])
-    run.rng.set_state(state["rng"])
-    run.step, run.history = int(state["step"]), {k: list(v) for k, v in state["history"].items()}
+    """A run from its checkpoint; `train` may raise ``steps`` (train further). A file
+    that is not a porevox checkpoint, or is damaged, raises a one-line PorevoxError."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():   # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:   # the safe unpickler's refusal, or no torch archive at all
+        raise PorevoxError(f"{path} is not a readable porevox checkpoint ({type(err).__name__}; porevox "
+                           "never unpickles code); train the model again with porevox generate "
+                           "train") from None
+    try:
+        kind = state["kind"]
+        config = (diffusion.DiffusionConfig.from_dict(state["config"]) if kind == "ddpm"
+                  else cgan.GANConfig(**state["config"]))
+        saved = TrainConfig(**state["train"])
+        run = new_run(kind, config, train or saved)
+        for k, net in run.nets.items():
+            net.load_state_dict(state["nets"][k])
+        for k, opt in run.opts.items():
+            opt.load_state_dict(state["opts"][k])
+        if run.ema is not None:
+            run.ema.model.load_state_dict(state["ema"])
+        run.rng.set_state(state["rng"])
+        run.step, run.history = int(state["step"]), {k: list(v) for k, v in state["history"].items()}
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        raise PorevoxError(f"{path} is not a porevox generator checkpoint or is damaged "
+                           f"({type(err).__name__}: {' '.join(str(err).split())[:120]}); train the "
+                           "model again with porevox generate train") from None
     return run
 
 

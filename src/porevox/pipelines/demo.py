@@ -22,10 +22,11 @@ import os
 from pathlib import Path
 
 from ..engine import open_volume
+from ..engine.outputs import claim
 from .generation_study import DESIGN_TARGETS
 from .run import run_study
 from .studyfile import DEFAULT_STAGES
-from .synth import synthesize_study
+from .synth import study_specs, synthesize_study
 from .volumes import ingest_volume, plan_ingest, volume_histogram
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, seed: int = 0, epochs: int 
     of its images ingested from TIFF. Returns the run record, the study and the
     ingest summary."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, [f"{study_specs('demo', seed)[0].id}.tif", "ingested.zarr"], what="demo output")
     stages = demo_stages(epochs=epochs, generate_minutes=generate_minutes, generate_steps=generate_steps,
                          generate_n=generate_n, seed=seed)
     manifest = synthesize_study(out / "study", preset="demo", seed=seed, preview=True, stages=stages)

@@ -28,6 +28,10 @@ META = ("id", "path", "paste", "temperature_c", "voi", "held_out", "conductivity
         "relative_conductivity", "tortuosity_factor")
 
 
+#: What a feature study writes beside the study file.
+WRITES = ("features.csv", "features.parquet", "figures")
+
+
 def table_row(sample: dict, labels: str, features: dict) -> dict:
     """One row: the sample's metadata and its scalar features (lists flattened)."""
     row = {k: sample.get(k) for k in META if k in sample}
@@ -54,7 +58,7 @@ def quantify_study(study: str | os.PathLike, *, labels: str | list[str] = "truth
     import pandas as pd
 
     started = time.time()
-    folder, samples = study_volumes(study)
+    folder, samples = study_volumes(study, writes=WRITES)
     labels = [labels] if isinstance(labels, str) else list(labels)
     opts = make_options(axis=axis, **options)
     todo, done = [], {}

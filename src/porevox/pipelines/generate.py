@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.outputs import claim
 from ..errors import InvalidVolumeError, PorevoxError
 from .crops import CropBatches, crop_index
 
@@ -77,6 +78,26 @@ def model_dir(study, kind: str) -> Path:
     return folder / "models" / kind
 
 
+def _read_meta(folder: Path) -> dict:
+    """A model folder's ``model.json``, or a one-line error naming it."""
+    try:
+        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PorevoxError(f"{folder / 'model.json'} cannot be read ({type(err).__name__}); train the "
+                           "model again with porevox generate train") from None
+    if not isinstance(meta, dict):
+        raise PorevoxError(f"{folder / 'model.json'} is not a porevox model description; train the "
+                           "model again with porevox generate train")
+    return meta
+
+
+def claim_samples(out: str | os.PathLike, n: int) -> Path:
+    """Check and record, before any sampling, the files :func:`write_samples` writes
+    for `n` images in `out`."""
+    claim(out, [*(f"sample-{i:04d}.png" for i in range(n)), "samples.zarr"], what="sample file")
+    return Path(out)
+
+
 def check_train(kind: str, preset: str) -> None:
     from ..models.generative import KINDS
 
@@ -105,6 +126,7 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
     scale = float(np.nanmax(index.value)) if np.isfinite(index.value).any() else 1.0
     scale = scale if scale > 0 else 1.0
     out = Path(out) if out is not None else model_dir(study, kind)
+    claim(out.parent, [out.name], what="model folder")
     out.mkdir(parents=True, exist_ok=True)
     net = dict(p[kind]["net"], image_size=size, n_classes=len(index.classes), continuous=kind == "ddpm")
     config = diffusion.DiffusionConfig(**net) if kind == "ddpm" else cgan.GANConfig(**net)
@@ -117,7 +139,7 @@ def train_generator(study, *, kind: str = "ddpm", preset: str = "cpu", labels: s
     checkpoint = out / "checkpoint.pt"
     run = None
     if checkpoint.exists():
-        old = json.loads((out / "model.json").read_text()) if (out / "model.json").exists() else {}
+        old = _read_meta(out) if (out / "model.json").exists() else {}
         same = ("kind", "config", "classes", "labels", "size")
         if json.dumps({k: old.get(k) for k in same}) == json.dumps({k: meta[k] for k in same}):
             run = generative.load_checkpoint(checkpoint, train)
@@ -163,7 +185,7 @@ class Generator:
             raise InvalidVolumeError(f"no trained model in {path} (model.json and checkpoint.pt); "
                                      "train one with porevox generate train STUDY --model ddpm")
         self.path = path
-        self.meta = json.loads((path / "model.json").read_text())
+        self.meta = _read_meta(path)
         torch, self.device = _torch_setup()
         run = generative.load_checkpoint(path / "checkpoint.pt")
         self.kind, self.steps_trained = run.kind, run.step
@@ -216,7 +238,7 @@ def write_samples(images: np.ndarray, out: str | os.PathLike, meta: dict) -> dic
     from PIL import Image
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_samples(out, len(images))
     pngs = []
     for i, im in enumerate(images):
         path = out / f"sample-{i:04d}.png"
@@ -231,4 +253,5 @@ def write_samples(images: np.ndarray, out: str | os.PathLike, meta: dict) -> dic
     return {"pngs": pngs, "zarr": str(store)}
 
 
-__all__ = ["GUIDANCE", "Generator", "PRESETS", "check_train", "model_dir", "train_generator", "write_samples"]
+__all__ = ["GUIDANCE", "Generator", "PRESETS", "check_train", "claim_samples", "model_dir", "train_generator",
+           "write_samples"]

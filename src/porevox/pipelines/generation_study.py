@@ -109,7 +109,7 @@ def evaluate_generators(study, models, *, n: int = 128, real: int | None = None,
     once."""
     from ..engine.cluster import spread_calls
 
-    folder, _ = study_volumes(study)
+    folder, _ = study_volumes(study, writes=("generation",) if out is None else ())
     gens = {}
     for path in models:
         g = Generator(path)
@@ -231,7 +231,7 @@ def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50
     from ..models import regression as mvlr
     from .regress import plan_regression, run_regression
 
-    folder, _ = study_volumes(study)
+    folder, _ = study_volumes(study, writes=("generation",) if out is None else ())
     g = Generator(model)
     if g.kind != "ddpm" or not g.config.continuous:
         raise ValueError("inverse design needs the DDPM (conditioned on conductivity): "
@@ -245,6 +245,8 @@ def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50
     sampled = spread_calls([partial(_generated, g.path, n, pixel, examples=6, statistics=False,
                                     conductivity=float(target), seed=seed + k, steps=steps,
                                     guidance=guidance, eta=eta) for k, target in enumerate(targets)])
+    fitted_x = plan.train[best["columns"]].to_numpy(float)
+    fitted_y = plan.train[plan.target].to_numpy(float)
     rows, examples = [], []
     for target, (images, d) in zip(targets, sampled):
         examples.append(images)
@@ -256,7 +258,8 @@ def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50
         rows.append({"target": float(target), "predicted": predicted, "error": predicted - float(target),
                      "relative_error": (predicted - float(target)) / float(target) if target else math.nan,
                      "per_image_sd": float(np.std(per_image)), "images": int(n),
-                     "descriptors": {c: float(np.nanmean(d[DESIGN_FEATURES[c]])) for c in DESIGN_FEATURES}})
+                     "descriptors": {c: float(np.nanmean(d[DESIGN_FEATURES[c]])) for c in DESIGN_FEATURES},
+                     "flag": validity(predicted, mean_x[0], fitted_x, fitted_y, best["columns"])})
     result = {"model": str(g.path), "regression": {"features": best["features"],
                                                    "loocv_r2": best["loocv_r2"],
                                                    "coefficients": best["coefficients"]},
@@ -270,6 +273,30 @@ def design(study, model, targets, *, n: int = 64, seed: int = 0, steps: int = 50
     return result
 
 
+def validity(predicted: float, x, fitted_x, fitted_y, names) -> str | None:
+    """Why a prediction of the design law is not a result, or None where it is one:
+    σ < 0 is outside physics; descriptors or σ outside the ranges the law was fitted
+    on are an extrapolation of a linear law."""
+    if not math.isfinite(predicted):
+        return "no prediction: the generated images' descriptors are undefined"
+    if predicted < 0:
+        return f"σ < 0 is outside physics (the linear law gives {predicted:.4g})"
+    lo, hi = np.nanmin(fitted_x, axis=0), np.nanmax(fitted_x, axis=0)
+    outside = [f"{name} {v:.3g} outside {a:.3g}–{b:.3g}" for name, v, a, b in zip(names, x, lo, hi)
+               if not a <= v <= b]
+    if outside:
+        return "extrapolated: " + ", ".join(outside) + " (the range the law was fitted on)"
+    if not np.nanmin(fitted_y) <= predicted <= np.nanmax(fitted_y):
+        return (f"extrapolated: σ {predicted:.4g} outside the fitted {np.nanmin(fitted_y):.4g}–"
+                f"{np.nanmax(fitted_y):.4g}")
+    return None
+
+
+def shown(row: dict, spec: str = ".1f") -> str:
+    """A design row's prediction as it may be printed: the value, or why it is none."""
+    return f"{row['predicted']:{spec}}" if not row.get("flag") else f"not a result ({row['flag']})"
+
+
 def design_figure(rows, examples, path: Path) -> Path:
     """Generated images per target conductivity, titled with σ predicted back."""
     plt = _plt()
@@ -281,8 +308,9 @@ def design_figure(rows, examples, path: Path) -> Path:
             ax.set_axis_off()
             if c < len(images):
                 ax.imshow(images[c], cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_title(f"target {row['target']:g}, predicted {row['predicted']:.0f} µS/cm",
-                             fontsize=8, loc="left")
+        axes[r, 0].set_title(f"target {row['target']:g}, predicted "
+                             + (f"{row['predicted']:.0f} µS/cm" if not row.get("flag")
+                                else "— (not a result: see design.json)"), fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -290,4 +318,4 @@ def design_figure(rows, examples, path: Path) -> Path:
 
 
 __all__ = ["DESIGN_FEATURES", "descriptor_figure", "design", "design_figure", "evaluate_generators",
-           "grid_figure"]
+           "grid_figure", "shown", "validity"]

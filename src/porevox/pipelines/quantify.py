@@ -41,6 +41,7 @@ from ..errors import InvalidVolumeError
 from ..kernels import components, curvature, descriptors2d, fmm, integral, struts
 from ..kernels.conductivity import check_axis
 from . import tortuosity as tortuosity_pipeline
+from .score import check_binary
 
 logger = logging.getLogger(__name__)
 
@@ -486,6 +487,7 @@ def prepare_volume(path, labels: str, options: Options, force: bool = False):
         logger.info("%s: features of labels/%s already computed with the same inputs; nothing to do",
                     volume.path, labels)
         return volume.meta.get("features", {}).get(labels)
+    check_binary(volume, labels, "quantify")
     return Job(volume.reader(f"{LABELS}/{labels}"), volume.voxel_size, options,
                name=f"{volume.path.name}:{labels}")
 

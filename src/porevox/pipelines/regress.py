@@ -35,11 +35,13 @@ import math
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..engine.outputs import check_output, record
 from ..engine.provenance import finite
 from ..errors import PorevoxError
 from ..models import regression as mvlr
@@ -114,11 +116,17 @@ def load_table(table):
     path = Path(table)
     if not path.is_file():
         raise InvalidTableError(f"no feature table at {path}; make one with porevox quantify STUDY.yaml")
-    if path.suffix == ".csv":
-        return pd.read_csv(path), str(path)
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path), str(path)
-    raise InvalidTableError(f"{path}: a feature table must be .csv or .parquet")
+    if path.suffix not in (".csv", ".parquet"):
+        raise InvalidTableError(f"{path}: a feature table must be .csv or .parquet")
+    try:
+        return (pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)), str(path)
+    except pd.errors.EmptyDataError:
+        raise InvalidTableError(f"{path} is empty; give the features.csv that porevox quantify "
+                                "writes") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise InvalidTableError(f"{path} is not a readable feature table ({reason}); fix the file "
+                                "or make it again with porevox quantify STUDY.yaml") from None
 
 
 def resolve_features(table, features) -> tuple[list[str], list[str]]:
@@ -186,6 +194,10 @@ def plan_regression(table, *, target: str = "conductivity", features=None, label
         labels = labels or (names[0] if names else None)
     elif labels is not None:
         raise InvalidTableError("--labels given, but the table has no 'labels' column")
+    if out is not None:   # the output before any other work or warning
+        check_output(default_out(source, labels) if out == "auto" else out,
+                     inputs=[] if source.startswith("<") else [source], what="regression folder",
+                     fix="give another --out")
     columns, symbols = resolve_features(table, features)
     _check_numeric(table, [target], "target")
     _check_numeric(table, columns, "feature")
@@ -513,9 +525,8 @@ def _write(plan: Plan, result: dict, ranking, explained) -> dict:
 
     from . import regress_figures
 
-    out = plan.out
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    out = check_output(plan.out, what="regression folder", fix="give another --out")
+    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir(parents=True)
     try:
         ranking.to_parquet(partial / "models.parquet", index=False)
@@ -537,9 +548,9 @@ def _write(plan: Plan, result: dict, ranking, explained) -> dict:
         final = {k: str(out / v) for k, v in files.items()}
         (partial / "table2.json").write_text(json.dumps(finite({**result, "files": final}),
                                                         indent=1, allow_nan=False))
+        record(partial, [p.name for p in partial.iterdir()])
         if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(out, old)
             os.replace(partial, out)
             shutil.rmtree(old, ignore_errors=True)

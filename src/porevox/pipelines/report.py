@@ -26,10 +26,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-import yaml
 
 from .. import __version__
 from ..engine.provenance import versions as provenance_versions
+from ..errors import StudyFileError
+from .studyfile import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +420,9 @@ def _design(d: dict) -> str:
     reg = d.get("regression") or {}
     rows = [[t.get("target"), t.get("predicted"), t.get("error"),
              100 * t["relative_error"] if isinstance(t.get("relative_error"), (int, float)) else None,
-             t.get("per_image_sd"), t.get("images")] for t in d["targets"]]
+             t.get("per_image_sd"), t.get("images")] if not t.get("flag") else
+            [t.get("target"), f"not a result: {t['flag']}", None, None, None, t.get("images")]
+            for t in d["targets"]]
     return "".join(["<h3>Inverse design</h3>",
                     _table(["target σ", "predicted σ", "error", "error %", "per-image sd", "images"], rows,
                            left=0),
@@ -522,8 +525,8 @@ def render_report(folder, run: dict | None = None) -> str:
         run = _load_json(folder / "run" / "run.json")
     run = run if isinstance(run, dict) else {}
     try:
-        manifest = yaml.safe_load((folder / "study.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        manifest = read_yaml(folder / "study.yaml")
+    except (OSError, StudyFileError):
         manifest = None
     manifest = manifest if isinstance(manifest, dict) else {}
     samples = [s for s in manifest.get("samples") or [] if isinstance(s, dict)]

@@ -38,7 +38,7 @@ from ..engine.cluster import active_client, cluster_workers, in_task, trains_on_
 from ..engine.provenance import versions, write_json
 from ..engine.steps import Step, StepRecord, run_steps
 from ..errors import StudyFileError
-from .studyfile import Study, load_study
+from .studyfile import Study, claim_outputs, load_study
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _generate(study_path: Path, params: dict) -> dict:
     r = generation_stage(study_path, kinds=params["kinds"], minutes=params["minutes"],
                          steps=params["steps"], n=params["n"], seed=params["seed"],
                          targets=params["design"])
-    keep = ("target", "predicted", "error", "relative_error")
+    keep = ("target", "predicted", "error", "relative_error", "flag")
     return {"training": {k: {"steps": t.get("steps"), "seconds": t.get("seconds")}
                          for k, t in r["training"].items()},
             "table3": r["evaluation"].get("table3"),
@@ -346,6 +346,7 @@ def run_study(study: str | os.PathLike, *, parallel: int | None = None, progress
     from distributed import performance_report
 
     study = load_study(study)
+    claim_outputs(study)
     steps = plan_steps(study)
     rundir = study.folder / RUN_DIR
     rundir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import os
 import dask.array as da
 import numpy as np
 
-from ..engine import as_dask, open_volume
+from ..engine import as_dask, histogram, open_volume
 from ..engine.blockwise import block_slices, box_tasks, compute_box, stored_array
 from ..engine.cluster import compute
 from ..engine.storage import LABELS, Volume
@@ -95,11 +95,40 @@ def check_labels(path: str | os.PathLike | Volume, *names: str) -> Volume:
     return volume
 
 
+def label_values(volume: Volume, name: str) -> list[int]:
+    """The distinct values of ``labels/<name>`` (one counting pass on the cluster);
+    a label image that is not uint8 or uint16 raises, naming the fix."""
+    arr = volume.array(f"{LABELS}/{name}")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise InvalidVolumeError(f"{volume.path}: labels/{name} is {arr.dtype}, not a label image (uint8 "
+                                 "or uint16 of whole classes); segment the volume with porevox segment, "
+                                 "or store integer labels")
+    counts, _ = histogram(volume.to_dask(f"{LABELS}/{name}"))
+    return np.flatnonzero(counts).tolist()
+
+
+def check_binary(volume: Volume, name: str, reader: str) -> None:
+    """Refuse ``labels/<name>`` unless it holds only 0 (pore) and 1 (solid): `reader`
+    (e.g. "quantify") would read any other value as something it is not."""
+    values = label_values(volume, name)
+    if set(values) <= {0, 1}:
+        return
+    shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+    binary = name.removesuffix("_annotation")
+    hint = (f"use labels/{binary}, its binary segmentation" if binary != name and binary in volume.labels
+            else "give a binary segmentation (0 pore, 1 solid) with --labels")
+    raise InvalidVolumeError(f"{volume.path}: labels/{name} holds the values {shown}, not a binary "
+                             f"segmentation (0 pore, 1 solid), so {reader} would misread it; {hint}")
+
+
 def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = "truth") -> dict:
-    """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume."""
+    """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume (both
+    checked to be binary first)."""
     volume = check_labels(path, labels, truth)
+    for name in dict.fromkeys((labels, truth)):
+        check_binary(volume, name, "score")
     result = score(volume.reader(f"{LABELS}/{labels}"), volume.reader(f"{LABELS}/{truth}"))
     return {"volume": str(volume.path), "labels": labels, "truth": truth, **result}
 
 
-__all__ = ["check_labels", "confusion", "metrics", "score", "score_volume"]
+__all__ = ["check_binary", "check_labels", "label_values", "confusion", "metrics", "score", "score_volume"]

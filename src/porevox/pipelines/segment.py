@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -39,12 +40,13 @@ from ..engine.blockwise import fit_chunks_to_depth, slice_chunks
 from ..engine.cluster import balanced_depth, chunk_bytes_budget
 from ..engine.provenance import fingerprint_array
 from ..engine.storage import LABELS, Volume
-from ..errors import InvalidVolumeError, PorevoxError
+from ..errors import InvalidVolumeError, OutputError, PorevoxError
 from ..kernels import segment as ks
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("otsu", "hybrid", "unet")
+NAME = re.compile(r"[A-Za-z0-9._-]+")
 #: Default superpixel side in micrometres (~5 px at the paper's 18.6 nm pixels).
 SUPERPIXEL_UM = 0.1
 COMPACTNESS = 0.2
@@ -251,13 +253,24 @@ def copper_from_probabilities(probs: da.Array, scale: float = 1.0) -> da.Array:
 
 
 # --------------------------------------------------------------------------- stages
-def check_segment(path, method: str, *, model=None, src: str | None = None) -> None:
+def check_segment(path, method: str, *, model=None, src: str | None = None, name: str | None = None) -> None:
     """Check a segmentation request before any work (and before a cluster starts):
-    the method, the volume and its source image, and for ``unet`` the model file
-    (loaded safely now, so a refused file fails here)."""
+    the method, the volume and its source image, the label images it would replace
+    (only segmentations of the same name), and for ``unet`` the model file (loaded
+    safely now, so a refused file fails here)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    source_name(open_volume(path, mode="r"), src)
+    volume = open_volume(path, mode="r")
+    source_name(volume, src)
+    name = name or method
+    if not NAME.fullmatch(name):
+        raise ValueError(f"--name must be letters, digits, '.', '_' or '-'; got {name!r}")
+    for out in [name, *([f"{name}_annotation"] if method == "hybrid" else [])]:
+        if out in volume.labels and f"segment:{out}" not in volume.provenance:
+            writers = [k for k, r in volume.provenance.items() if f"{LABELS}/{out}" in r.get("outputs", [])]
+            raise OutputError(f"{volume.path}: labels/{out} exists and was written by "
+                              f"{', '.join(writers) or 'something other than porevox segment'}, not by "
+                              "segment; porevox replaces only its own segmentations: choose another --name")
     if method == "unet":
         if model is None:
             raise ValueError("method unet needs --model <model.pt or model.keras>")
@@ -270,7 +283,7 @@ def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str |
     """Segment the volume at `path` with `method`, writing ``labels/<name>`` (default:
     the method's name) as a resumable stage. Returns what was written, with the
     thresholds used."""
-    check_segment(path, method, model=model, src=src)
+    check_segment(path, method, model=model, src=src, name=name)
     volume = open_volume(path)
     src = source_name(volume, src)
     name = name or method

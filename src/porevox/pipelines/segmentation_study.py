@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ..errors import InvalidVolumeError
 from .preprocess import preprocess
 from .score import score_volume
 from .segment import segment_volume
+from .studyfile import claim_outputs, load_study
 from .train import train_unet_volumes
 
 logger = logging.getLogger(__name__)
@@ -43,17 +42,20 @@ PAPER = {"CTA": (0.69, 0.81, 0.98, 0.81, 0.70, 0.99, 0.87),
          "U-Net Hybrid": (0.86, 0.89, 0.89, 0.96, 0.96, 0.92, 0.94)}
 
 
-def study_volumes(study: str | os.PathLike) -> tuple[Path, list[dict]]:
-    """The folder and samples of a study (a ``study.yaml`` or its folder)."""
-    path = Path(study)
-    manifest_path = path / "study.yaml" if path.is_dir() else path
-    if not manifest_path.is_file():
-        raise InvalidVolumeError(f"no study.yaml at {path}; make one with porevox synth")
-    manifest = yaml.safe_load(manifest_path.read_text())
-    samples = manifest.get("samples") if isinstance(manifest, dict) else None
-    if not samples:
-        raise InvalidVolumeError(f"{manifest_path} lists no samples")
-    return manifest_path.parent, samples
+#: What Table 1 of a study writes beside the study file.
+WRITES = ("table1.md", "table1.json", "table1.csv", "models")
+
+
+def study_volumes(study: str | os.PathLike, writes: tuple[str, ...] = ()) -> tuple[Path, list[dict]]:
+    """The folder and samples of a study (a ``study.yaml`` or its folder), read and
+    checked by the one study-file loader (:func:`.studyfile.load_study`), with the
+    names the caller `writes` beside it claimed (:func:`.studyfile.claim_outputs`).
+    Each sample is a dict: ``id``, ``path`` as the file gives it, ``held_out`` and its
+    metadata."""
+    checked = load_study(study)
+    claim_outputs(checked, writes)
+    return checked.folder, [{"id": s.id, "path": raw["path"], "held_out": s.held_out, **s.meta}
+                            for s, raw in zip(checked.samples, checked.raw["samples"])]
 
 
 def segmentation_study(study: str | os.PathLike, *, epochs: int = 30, patience: int = 8,
@@ -61,7 +63,7 @@ def segmentation_study(study: str | os.PathLike, *, epochs: int = 30, patience: 
     """Segment and score every sample of `study` four ways; return the Table-1 analog
     (also written as ``table1.md``, ``table1.csv`` and ``table1.json`` in the study
     folder)."""
-    folder, samples = study_volumes(study)
+    folder, samples = study_volumes(study, writes=WRITES)
     paths = [folder / s["path"] for s in samples]
     started = time.time()
     for p in paths:

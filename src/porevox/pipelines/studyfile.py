@@ -1,7 +1,8 @@
 """The study file, ``study.yaml``: what ``porevox run`` reads, and its validation.
 
-A study file is plain YAML (read with ``yaml.safe_load``; tags such as ``!!python/...``
-are refused). ``porevox synth`` writes one; a hand-written one looks like::
+A study file is plain YAML (read with the safe loader within bounds on size, nesting
+and aliases; tags such as ``!!python/...`` are refused). ``porevox synth`` writes
+one; a hand-written one looks like::
 
     name: sintered copper, 2024 batch     # optional; default: the folder's name
     voxel_size: [0.05, 0.0372, 0.0372]    # optional default for samples (z, y, x)
@@ -62,6 +63,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from ..engine.outputs import claim
 from ..engine.storage import UNITS, check_voxel_size
 from ..errors import StudyFileError
 
@@ -170,6 +172,21 @@ class Study:
     raw: dict = field(default_factory=dict, repr=False)
 
 
+#: What porevox writes beside a study file; each command claims its own before it
+#: writes any (:func:`claim_outputs`).
+OUTPUTS = ("run", "models", "regression", "generation", "figures", "features.csv", "features.parquet",
+           "table1.md", "table1.json", "table1.csv", "conductivity.csv", "report.html")
+
+
+def claim_outputs(study: Study, names=OUTPUTS) -> None:
+    """Check that each of `names` beside the study file is absent or porevox's own,
+    and record them as porevox's, before anything is written (see
+    :mod:`porevox.engine.outputs`); the study's sources are never among them."""
+    if names:
+        claim(study.folder, names, inputs=[study.path, *(s.source for s in study.samples if s.source)],
+              what="study output")
+
+
 def load_study(path: str | os.PathLike) -> Study:
     """Read and check a study file (a ``study.yaml`` or the folder holding one);
     raise :class:`StudyFileError` naming the file, line and field of the first problem."""
@@ -178,15 +195,104 @@ def load_study(path: str | os.PathLike) -> Study:
     if not file.is_file():
         raise StudyFileError(f"{file}: no such study file; give a study.yaml or the folder "
                              "holding one (porevox synth writes one)")
-    text = file.read_text(encoding="utf-8")
+    checker, raw = _read(file)
+    return checker.study(raw)
+
+
+def read_yaml(file: str | os.PathLike) -> Any:
+    """The plain data of a study file, read within the bounds (:data:`MAX_BYTES` ...)
+    and without tags, but not checked as a study."""
+    return _read(Path(file))[1]
+
+
+def _read(file: Path) -> tuple[_Checker, Any]:
+    size = file.stat().st_size
+    if size > MAX_BYTES:
+        raise StudyFileError(f"{file}:1: study: the file is {size / 2**20:.1f} MiB, over the "
+                             f"{MAX_BYTES // 2**20} MiB a study file may be; list the samples only")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise StudyFileError(f"{file}:1: study: not UTF-8 text ({err.reason} at byte {err.start}); "
+                             "save the study file as UTF-8") from None
+    loader = _BoundedLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            _expanded_size(file, root)
+        checker = _Checker(file, root)   # tags and aliases checked before anything is built
+        return checker, loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         problem = getattr(err, "problem", None) or str(err)
         raise StudyFileError(f"{file}:{mark.line + 1 if mark else 1}: yaml: "
-                             f"{' '.join(str(problem).split())}; fix the YAML syntax") from err
-    return _Checker(file, root).study(yaml.safe_load(text) if root is not None else None)
+                             f"{' '.join(str(problem).split())}"
+                             + ("" if isinstance(err, _Bound) else "; fix the YAML syntax")) from None
+    finally:
+        loader.dispose()
+
+
+#: Bounds that make a hostile study file fail fast in bounded memory.
+MAX_BYTES = 4 * 2**20
+MAX_DEPTH = 32
+MAX_ALIASES = 10_000
+MAX_NODES = 200_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing deep nesting and many aliases while it composes."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = self._aliases = 0
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Bound(f"more than {MAX_ALIASES} aliases; write the values out", mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Bound(f"nested deeper than {MAX_DEPTH} levels; flatten the file", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Bound(yaml.YAMLError):
+    """A bound of :class:`_BoundedLoader` exceeded, with where."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def _expanded_size(file: Path, root: yaml.Node) -> int:
+    """Nodes of the document with every alias written out (memoized over the shared
+    nodes, so a few bytes of nested aliases cannot make it take long); raise past
+    :data:`MAX_NODES` or on a recursive alias."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:
+                raise StudyFileError(f"{file}:{node.start_mark.line + 1}: yaml: a recursive alias; "
+                                     "write the value out")
+            return sizes[key]
+        sizes[key] = -1
+        children = (node.value if isinstance(node, yaml.SequenceNode) else
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1 + sum(size(c) for c in children)
+        if total > MAX_NODES:
+            raise StudyFileError(f"{file}:{node.start_mark.line + 1}: yaml: its aliases expand to more "
+                                 f"than {MAX_NODES:,} values; write the study out without nested aliases")
+        sizes[key] = total
+        return total
+
+    return size(root)
 
 
 class _Checker:

@@ -28,7 +28,9 @@ import yaml
 
 from ..engine import provenance
 from ..engine.cluster import chunk_bytes_budget, compute
+from ..engine.outputs import claim, own
 from ..engine.storage import LABELS, building, choose_chunks, create_volume, dense_array, open_volume
+from ..errors import StudyFileError
 from ..synthetic.fibsem import FibSemModel, image_threshold, render_box
 from ..synthetic.microstructure import (
     PASTES,
@@ -118,6 +120,16 @@ def sample_arrays(ms: Microstructure, model: FibSemModel, seed: int, threshold: 
                          meta=np.empty((0, 0, 0, 0), dtype))
 
 
+def claim_study(out_dir: str | os.PathLike, *, preset: str = "demo", seed: int = 0,
+                preview: bool = False) -> list[SampleSpec]:
+    """Check, before any work, that the files of the twin study are absent from
+    `out_dir` or porevox's own, and record them; returns the samples' specs."""
+    specs = study_specs(preset, seed)
+    claim(out_dir, ["study.yaml", *(["contact_sheet.png"] if preview else []),
+                    *(f"{s.id}.zarr" for s in specs)], what="twin study's file")
+    return specs
+
+
 def synthesize_study(out_dir: str | os.PathLike, *, preset: str = "demo", seed: int = 0,
                      model: FibSemModel | None = None, preview: bool = False,
                      stages: dict | None = None) -> dict:
@@ -125,16 +137,17 @@ def synthesize_study(out_dir: str | os.PathLike, *, preset: str = "demo", seed: 
     Its ``stages`` (what ``porevox run`` does) are `stages`, else those of an existing
     ``study.yaml`` there, else the defaults, written out in full for editing."""
     out_dir = Path(out_dir)
-    if stages is None:
-        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
-            stages = yaml.safe_load((out_dir / "study.yaml").read_text()).get("stages")
+    if stages is None and own(out_dir / "study.yaml"):
+        from .studyfile import read_yaml
+
+        with contextlib.suppress(OSError, StudyFileError, AttributeError):
+            stages = read_yaml(out_dir / "study.yaml").get("stages")
     if stages is None:
         from .studyfile import DEFAULT_STAGES
 
         stages = DEFAULT_STAGES
-    out_dir.mkdir(parents=True, exist_ok=True)
     model = model or FibSemModel()
-    specs = study_specs(preset, seed)
+    specs = claim_study(out_dir, preset=preset, seed=seed, preview=preview)
     todo = [s for s in specs if not _done(out_dir / f"{s.id}.zarr", s, model)]
     logger.info("synth: %d of %d samples to generate (preset %s, seed %d)",
                 len(todo), len(specs), preset, seed)
@@ -237,7 +250,10 @@ def contact_sheet(out_dir: str | os.PathLike, manifest: dict | None = None) -> P
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    manifest = manifest or yaml.safe_load((out_dir / "study.yaml").read_text())
+    if manifest is None:
+        from .studyfile import read_yaml
+
+        manifest = read_yaml(out_dir / "study.yaml")
     samples = [s for s in manifest["samples"] if s["voi"] == 0]
     temps = sorted({s["temperature_c"] for s in samples})
     pastes = [p for p in PASTES if any(s["paste"] == p for s in samples)]
@@ -261,5 +277,5 @@ def contact_sheet(out_dir: str | os.PathLike, manifest: dict | None = None) -> P
     return path
 
 
-__all__ = ["PRESETS", "Preset", "SampleSpec", "contact_sheet", "prepare", "sample_arrays",
+__all__ = ["PRESETS", "Preset", "SampleSpec", "claim_study", "contact_sheet", "prepare", "sample_arrays",
            "study_specs", "synthesize_study"]

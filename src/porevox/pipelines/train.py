@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.storage import LABELS
+from ..engine.outputs import check_output, record
+from ..engine.storage import LABELS, fill_missing
 from ..errors import InvalidVolumeError
 from .score import check_labels
 from .segment import gray_stats, normalize, source_name
@@ -43,7 +44,15 @@ def check_training(volumes, out, labels: str = "hybrid_annotation", every: int =
     _check_every(every)
     for path in volumes:
         check_labels(path, labels)
+    for file in _files(out):
+        check_output(file, inputs=volumes, what="model file", fix="give another --out")
     return volumes
+
+
+def _files(out) -> list[Path]:
+    """The files a training writes: the model, its ``.json`` and its loss curves."""
+    out = Path(out)
+    return [out, out.with_suffix(".json"), out.with_suffix(".png")]
 
 
 def _check_every(every: int) -> None:
@@ -60,7 +69,9 @@ def training_slices(path, *, labels: str = "hybrid_annotation", every: int = 5,
     stats = gray_stats(volume.to_dask(src))
     zs = list(range(0, volume.image.shape[0], every))
     image, lab = volume.array(src), volume.array(f"{LABELS}/{labels}")
-    images = [normalize(image[z], stats) for z in zs]
+    missing = volume.missing
+    images = [normalize(image[z] if not missing else fill_missing(image[z], missing["fill"]), stats)
+              for z in zs]
     targets = [np.asarray(lab[z]) for z in zs]
     if not labels.endswith("annotation"):
         if max(int(t.max()) for t in targets) > 1:
@@ -81,6 +92,7 @@ def train_unet_volumes(volumes, out: str | os.PathLike, *, labels: str = "hybrid
 
     volumes = check_training(volumes, out, labels, every)
     out = Path(out)
+    record(out.parent, [f.name for f in _files(out)])
     started = time.time()
     images, targets, sources = [], [], []
     for path in volumes:
