@@ -95,16 +95,26 @@ def check_labels(path: str | os.PathLike | Volume, *names: str) -> Volume:
     return volume
 
 
+#: Values of the label images counted in this process, by volume, name and the time
+#: the array was last written (every stage writes a new array).
+_VALUES: dict[tuple, list[int]] = {}
+
+
 def label_values(volume: Volume, name: str) -> list[int]:
-    """The distinct values of ``labels/<name>`` (one counting pass on the cluster);
-    a label image that is not uint8 or uint16 raises, naming the fix."""
+    """The distinct values of ``labels/<name>`` (one counting pass on the cluster,
+    once per written array); a label image that is not uint8 or uint16 raises,
+    naming the fix."""
     arr = volume.array(f"{LABELS}/{name}")
     if arr.dtype not in (np.uint8, np.uint16):
         raise InvalidVolumeError(f"{volume.path}: labels/{name} is {arr.dtype}, not a label image (uint8 "
                                  "or uint16 of whole classes); segment the volume with porevox segment, "
                                  "or store integer labels")
-    counts, _ = histogram(volume.to_dask(f"{LABELS}/{name}"))
-    return np.flatnonzero(counts).tolist()
+    written = (volume.path / LABELS / name / "zarr.json").stat().st_mtime_ns
+    key = (os.path.realpath(volume.path), name, written)
+    if key not in _VALUES:
+        counts, _ = histogram(volume.to_dask(f"{LABELS}/{name}"))
+        _VALUES[key] = np.flatnonzero(counts).tolist()
+    return _VALUES[key]
 
 
 def check_binary(volume: Volume, name: str, reader: str) -> None:
@@ -131,4 +141,4 @@ def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = 
     return {"volume": str(volume.path), "labels": labels, "truth": truth, **result}
 
 
-__all__ = ["check_binary", "check_labels", "label_values", "confusion", "metrics", "score", "score_volume"]
+__all__ = ["check_binary", "check_labels", "confusion", "label_values", "metrics", "score", "score_volume"]

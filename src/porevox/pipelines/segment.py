@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -42,11 +41,11 @@ from ..engine.provenance import fingerprint_array
 from ..engine.storage import LABELS, Volume
 from ..errors import InvalidVolumeError, OutputError, PorevoxError
 from ..kernels import segment as ks
+from .studyfile import ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("otsu", "hybrid", "unet")
-NAME = re.compile(r"[A-Za-z0-9._-]+")
 #: Default superpixel side in micrometres (~5 px at the paper's 18.6 nm pixels).
 SUPERPIXEL_UM = 0.1
 COMPACTNESS = 0.2
@@ -263,7 +262,7 @@ def check_segment(path, method: str, *, model=None, src: str | None = None, name
     volume = open_volume(path, mode="r")
     source_name(volume, src)
     name = name or method
-    if not NAME.fullmatch(name):
+    if not ID_PATTERN.fullmatch(name):
         raise ValueError(f"--name must be letters, digits, '.', '_' or '-'; got {name!r}")
     for out in [name, *([f"{name}_annotation"] if method == "hybrid" else [])]:
         if out in volume.labels and f"segment:{out}" not in volume.provenance:
