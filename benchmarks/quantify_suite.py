@@ -76,6 +76,35 @@ def porevox_group(zarr_path: str, group: str, repeat: int) -> dict:
             "values": {k: out.get(k) for k in VALUES[group]}, "method": out.get("tortuosity_method")}
 
 
+def porevox_label_check(zarr_path: str, repeat: int) -> dict:
+    """The values check that quantify, score and the study runner make of a label
+    image before they read it (:func:`porevox.pipelines.score.label_values`)."""
+    from porevox.engine import open_volume
+    from porevox.pipelines import score
+
+    with local_cluster(2, "4GB") as client:
+        volume = open_volume(zarr_path, mode="r")
+        score.label_values(volume, "truth")          # warm-up: numba JIT/cache, imports
+        times, values = [], None
+        for _ in range(repeat):
+            score._VALUES.clear()                    # count again, not from this process's memo
+            t0 = time.perf_counter()
+            values = score.label_values(volume, "truth")
+            times.append(time.perf_counter() - t0)
+        workers = worker_peaks(client)
+    return {"time_s": best(times), "times_s": times, "peak": peak(), "workers": workers, "values": values}
+
+
+def reference_label_check(npy: str, repeat: int) -> dict:
+    arr = np.load(npy)
+    times, values = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        values = np.unique(arr).tolist()
+        times.append(time.perf_counter() - t0)
+    return {"time_s": best(times), "times_s": times, "peak": peak(), "values": values}
+
+
 # --------------------------------------------------------------------------- reference
 def _ref_density(solid, vs):
     from scipy import ndimage as ndi
@@ -200,6 +229,14 @@ def run(cfg) -> list[dict]:
                             notes=(f"D = {made['density']:.3f}; porevox on 2 workers x 1 thread, "
                                    f"chunks {chunks}" + (f", tortuosity method {pv.get('method')}"
                                                          if group == "tortuosity" else ""))))
+        log("  label check")
+        pv = isolated(porevox_label_check, path, max(repeat, 3), timeout=cfg.timeout)
+        ref = isolated(reference_label_check, path + ".npy", max(repeat, 3), timeout=cfg.timeout)
+        rows.append(row("quantify", "label check (values of labels/truth)", shape=shape, dtype="uint8",
+                        pv=pv, ref=ref, reference="np.unique on the whole volume in memory",
+                        check=f"values {pv.get('values')} vs {ref.get('values')}",
+                        notes="the one counting pass quantify, score and run make before reading a "
+                              f"label image; porevox from Zarr on 2 workers x 1 thread, chunks {chunks}"))
     return rows
 
 
