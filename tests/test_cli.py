@@ -85,6 +85,16 @@ def test_bad_input_exit_2_one_line(stack, args, message):
 def test_usage_error_exit_2(stack):
     r = run("ingest", "only-one-arg")
     assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines == ["porevox: error: porevox ingest: Missing argument 'out'; see porevox ingest --help"], \
+        r.stderr
+
+
+def test_version():
+    import porevox
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == porevox.__version__, r.stderr
 
 
 @pytest.mark.timeout(1200)

@@ -172,6 +172,13 @@ def _print_study(m: dict) -> None:
                    f"{s['conductivity']:>9.2f}")
 
 
+def _print_version(value: bool) -> None:
+    """--version, while the options are parsed (before a command is looked for)."""
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 # --------------------------------------------------------------------------- app
 @app.callback()
 def main_options(
@@ -188,12 +195,10 @@ def main_options(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv for Dask's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
 ) -> None:
     """porevox: FIB-SEM / X-ray tomograms of porous materials, at any scale."""
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit()
     _setup_logging(verbose, quiet)
     import dask
 
