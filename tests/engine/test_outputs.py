@@ -78,3 +78,18 @@ def test_building_never_replaces_what_is_not_a_volume(tmp_path):
         vol.image[:] = np.ones((1, 1, 1), np.uint8)
     assert (tmp_path / "w.zarr" / "image").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.zarr", "w.zarr"]
+
+
+def test_a_killed_writer_s_half_written_files_are_removed(tmp_path):
+    from porevox.engine.storage import remove_partial_writes
+
+    vol = create_volume(tmp_path / "v.zarr", (2, 3, 4), "uint8", (1, 1, 1))
+    vol.image[:] = np.ones((2, 3, 4), np.uint8)
+    left = [tmp_path / "v.zarr" / "zarr.0123456789abcdef0123456789abcdef.partial",
+            tmp_path / "v.zarr" / "image" / "c" / "0" / "0" / "0.fedcba9876543210fedcba9876543210.partial"]
+    for path in left:
+        path.write_bytes(b"half")
+    kept = sorted(p for p in (tmp_path / "v.zarr").rglob("*") if p.is_file() and p not in left)
+    assert sorted(remove_partial_writes(tmp_path / "v.zarr")) == sorted(
+        str(p.relative_to(tmp_path / "v.zarr")) for p in left)
+    assert sorted(p for p in (tmp_path / "v.zarr").rglob("*") if p.is_file()) == kept

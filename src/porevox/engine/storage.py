@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import shutil
 import threading
 import time
@@ -564,6 +565,24 @@ def discard(path: str | os.PathLike, settle: float = 0.25, tries: int = 20) -> N
         time.sleep(settle)
         if not path.exists():
             return
+
+
+#: Zarr's local store writes every file as ``<name>.<32 hex>.partial``, then renames it.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_partial_writes(path: str | os.PathLike) -> list[str]:
+    """Delete the half-written files a killed process left in the volume at `path`
+    (Zarr's temporary names). Call it only while nothing writes to the volume."""
+    removed = []
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if _PARTIAL.search(name):
+                Path(folder, name).unlink(missing_ok=True)
+                removed.append(os.path.relpath(os.path.join(folder, name), path))
+    if removed:
+        logger.info("%s: removed %d files half-written by a killed process", path, len(removed))
+    return removed
 
 
 def remove_stale_tmp(volume: Volume, name: str) -> list[str]:

@@ -37,6 +37,7 @@ from ..engine import open_volume
 from ..engine.cluster import active_client, cluster_workers, in_task, trains_on_workers
 from ..engine.provenance import versions, write_json
 from ..engine.steps import Step, StepRecord, run_steps
+from ..engine.storage import remove_partial_writes
 from ..errors import StudyFileError
 from .studyfile import Study, claim_outputs, load_study
 
@@ -347,6 +348,9 @@ def run_study(study: str | os.PathLike, *, parallel: int | None = None, progress
 
     study = load_study(study)
     claim_outputs(study)
+    for sample in study.samples:   # before any step writes: what a killed run half-wrote
+        if sample.path.is_dir():
+            remove_partial_writes(sample.path)
     steps = plan_steps(study)
     rundir = study.folder / RUN_DIR
     rundir.mkdir(parents=True, exist_ok=True)
