@@ -447,8 +447,10 @@ def quantify(
         _emit(result, as_json, human)
         return
     from .pipelines import quantify_volume, volume_info
+    from .pipelines.volumes import tidy_volume
 
     have = volume_info(target)["labels"]
+    tidy_volume(target)
     if labels not in have:
         raise PorevoxError(f"{target} has no label image {labels!r}; it has {list(have) or 'none'}: "
                            "pass --labels <one of them> or segment the volume first")
@@ -527,8 +529,10 @@ def preprocess(
     """Destripe and shading-correct the image into the volume's `preprocessed` array."""
     from .pipelines import preprocess_volume, volume_info
     from .pipelines.preprocess import resolve_params
+    from .pipelines.volumes import tidy_volume
 
     resolve_params(volume_info(volume)["shape"], destripe=destripe, shading=shading)
+    tidy_volume(volume)
     with _session(ctx):
         r = preprocess_volume(volume, destripe=destripe, shading=shading, force=force)
     result = {"volume": str(volume), "written": r.name, "skipped": r.skipped}
@@ -554,8 +558,10 @@ def segment(
     """Segment a volume: labels/<method> with 1 = copper, 0 = pore."""
     from .pipelines import segment_volume
     from .pipelines.segment import check_segment
+    from .pipelines.volumes import tidy_volume
 
     check_segment(volume, method, model=model, src=src, name=name)
+    tidy_volume(volume)
     with _session(ctx):
         result = segment_volume(volume, method, name=name, src=src, model=model,
                                 probabilities=probabilities, force=force)

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..engine import IngestPlan, histogram, open_volume, plan_ingest, run_ingest
+from ..engine.storage import remove_partial_writes
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +19,13 @@ def ingest_volume(plan: IngestPlan) -> dict:
     (False when the same ingest had already been done)."""
     volume, did = run_ingest(plan)
     return {"ingested": did, **volume.summary()}
+
+
+def tidy_volume(path: str | os.PathLike) -> list[str]:
+    """Remove what a killed process half-wrote in the volume at `path` (see
+    :func:`porevox.engine.storage.remove_partial_writes`); for a command about to
+    write to it, before anything else does."""
+    return remove_partial_writes(path) if os.path.isdir(path) else []
 
 
 def volume_info(path: str | os.PathLike) -> dict:
@@ -35,4 +43,4 @@ def volume_histogram(path: str | os.PathLike, name: str = "image") -> dict:
             "voxels": int(counts.sum())}
 
 
-__all__ = ["ingest_volume", "plan_ingest", "volume_histogram", "volume_info"]
+__all__ = ["ingest_volume", "plan_ingest", "tidy_volume", "volume_histogram", "volume_info"]
