@@ -129,12 +129,5 @@ def claim(folder: str | os.PathLike, names: Iterable[str], *,
     record(folder, names)
 
 
-def create_folder(path: str | os.PathLike) -> Path:
-    """Make `path` a porevox output folder (its marker first, listing nothing yet)."""
-    path = Path(path)
-    record(path, ())
-    return path
-
-
-__all__ = ["MARKER", "check_output", "check_writable", "claim", "create_folder", "is_volume", "listed",
+__all__ = ["MARKER", "check_output", "check_writable", "claim", "is_volume", "listed",
            "own", "record"]
