@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import os
@@ -767,6 +768,19 @@ def generate_design(
     _emit(result, as_json, _print_design)
 
 
+def _benchmarks():
+    """The benchmark suites: the `benchmarks` package of the source checkout (not
+    installed with porevox), found from the working directory or beside ``src/``."""
+    checkout = Path(__file__).resolve().parents[2]
+    for root in (Path.cwd(), checkout):
+        if (root / "benchmarks" / "__init__.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return importlib.import_module("benchmarks")
+    raise PorevoxError("the benchmark suites live in the source checkout, not in the installed "
+                       "package; install porevox from its repository (make install) and run there")
+
+
 @app.command()
 @_guard
 def bench(
@@ -787,15 +801,11 @@ def bench(
 ) -> None:
     """Run benchmark suites: porevox against the plain reference code, same run; or
     with --tune, tune layouts and chunk sizes for this machine."""
-    try:
-        import benchmarks
-    except ImportError:
-        raise PorevoxError("the benchmark suites live in the source checkout; run from the "
-                           "porevox repository root (make bench)") from None
+    benchmarks = _benchmarks()
     if tune:
         if suites:
             raise PorevoxError(f"--tune measures its own stages; drop the suite names {' '.join(suites)}")
-        from benchmarks.tune import tune as run_tune
+        run_tune = importlib.import_module("benchmarks.tune").tune
 
         result = run_tune(out, quick=quick, scheduler=(ctx.obj or {}).get("scheduler"))
         typer.echo(result["markdown"])

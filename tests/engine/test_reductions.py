@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from porevox.engine import count_equal, histogram, summary_stats
-from porevox.kernels import bincount
+from porevox.engine.reductions import bincount
 
 ODD = (17, 23, 64)
 

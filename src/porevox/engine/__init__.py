@@ -1,8 +1,8 @@
 """The engine: Zarr volumes, ingest, the Dask cluster, blockwise execution,
 reductions, backend choice, provenance and resume."""
 
-from .backend import gpu_available, to_backend
-from .backend import resolve as resolve_backend
+from ..backend import gpu_available, to_backend
+from ..backend import resolve as resolve_backend
 from .blockwise import (
     Block,
     StageResult,

@@ -30,8 +30,8 @@ import zarr
 
 from ..errors import InvalidVolumeError
 from . import provenance
-from .backend import get_array_module, to_device, to_numpy
-from .backend import resolve as resolve_backend
+from ..backend import get_array_module, to_device, to_numpy
+from ..backend import resolve as resolve_backend
 from .cluster import compute
 from .storage import (
     CheckedArray,

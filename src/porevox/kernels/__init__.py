@@ -11,9 +11,8 @@ from .conductivity import (
     effective_conductivity,
 )
 from .filters import gaussian, gaussian_depth
-from .histogram import bincount
 from .segment import annotate, hybrid_threshold, otsu_threshold
 
-__all__ = ["ConductivityResult", "NoPathWarning", "NotConvergedWarning", "annotate", "bincount",
+__all__ = ["ConductivityResult", "NoPathWarning", "NotConvergedWarning", "annotate",
            "effective_conductivity", "gaussian", "gaussian_depth", "hybrid_threshold",
            "otsu_threshold"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..engine.backend import to_numpy
+from ..backend import to_numpy
 
 #: Face connectivity (6-neighbours).
 STRUCTURE = ndimage.generate_binary_structure(3, 1)

@@ -83,7 +83,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.backend import get_array_module, ndimage_module
+from ..backend import get_array_module, ndimage_module
 from ..errors import InvalidVolumeError
 from ._checks import check_positive, check_segmentation, check_voxel_size
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.backend import ndimage_module
+from ..backend import ndimage_module
 
 
 def gaussian(image, *, sigma=1.0, voxel_size=(1.0, 1.0, 1.0), truncate=4.0, mode="nearest"):

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from ..engine.backend import to_numpy
+from ..backend import to_numpy
 from ..errors import InvalidVolumeError
 from ._checks import check_voxel_size
 from .conductivity import NoPathWarning, check_axis

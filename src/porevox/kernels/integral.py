@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from ..engine.backend import to_numpy
+from ..backend import to_numpy
 from ..errors import InvalidVolumeError
 from ._checks import check_segmentation, check_voxel_size
 

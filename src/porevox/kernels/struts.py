@@ -65,7 +65,7 @@ import numpy as np
 from numba import njit
 from scipy import ndimage as _ndi
 
-from ..engine.backend import get_array_module, ndimage_module, to_numpy
+from ..backend import get_array_module, ndimage_module, to_numpy
 from ..errors import InvalidVolumeError
 from ._checks import check_segmentation, check_voxel_size
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from porevox.engine import gpu_available, map_kernel, resolve_backend, to_backend
-from porevox.engine.backend import get_array_module
+from porevox.backend import get_array_module
 from porevox.kernels import gaussian, gaussian_depth
 
 
