@@ -2,8 +2,8 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from porevox.engine import gpu_available, map_kernel, resolve_backend, to_backend
 from porevox.backend import get_array_module
+from porevox.engine import gpu_available, map_kernel, resolve_backend, to_backend
 from porevox.kernels import gaussian, gaussian_depth
 
 

@@ -28,10 +28,10 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from ..errors import InvalidVolumeError
-from . import provenance
 from ..backend import get_array_module, to_device, to_numpy
 from ..backend import resolve as resolve_backend
+from ..errors import InvalidVolumeError
+from . import provenance
 from .cluster import compute
 from .storage import (
     CheckedArray,
