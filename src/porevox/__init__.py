@@ -4,6 +4,7 @@ from ._version import __version__
 from .engine import cluster, histogram, ingest, open_volume
 from .errors import InvalidVolumeError, PorevoxError, StageError, VolumeNotFoundError
 from .pipelines import conductivity, run_study, synthesize_study
+from .pipelines.distance import distance_transform, feature_transform
 from .pipelines.quantify import quantify
 from .pipelines.regress import regress
 from .pipelines.score import score
@@ -12,6 +13,7 @@ from .pipelines.tortuosity import tortuosity
 
 __all__ = [
     "InvalidVolumeError", "PorevoxError", "StageError", "VolumeNotFoundError", "__version__",
-    "cluster", "conductivity", "histogram", "ingest", "open_volume", "quantify", "regress", "score",
+    "cluster", "conductivity", "distance_transform", "feature_transform", "histogram", "ingest",
+    "open_volume", "quantify", "regress", "score",
     "run_study", "segment", "synthesize_study", "tortuosity",
 ]

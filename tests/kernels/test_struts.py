@@ -10,12 +10,15 @@ import scipy.stats
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
-from porevox.engine import gpu_available, reduce_blocks, reduce_boxes
+from porevox.engine import gpu_available, reduce_blocks
+from porevox.engine.blockwise import block_slices
+from porevox.kernels.edt import feature_distance, feature_transform
 from porevox.kernels.struts import (
     SAFETY,
     UNBOUNDED,
     NoStrutWarning,
     lognormal_fit,
+    merge_log_stats,
     skeleton,
     strut_depth,
     strut_diameters,
@@ -175,14 +178,21 @@ def test_all_solid_volume_warns_nan():
     assert not sk.any() and np.isnan(phi).all()
 
 
-def test_block_without_pore_asks_for_the_whole_volume():
+def test_block_without_pore_needs_the_volumes_transform():
     block = np.ones((10, 10, 10), bool)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = strut_diameters(block, core=(slice(2, 8),) * 3, offset=(5, 5, 5), volume_shape=(40, 40, 40))
     assert res["max_radius"] == math.inf
-    assert res["depth_needed"] == (40, 40, 40) and res["depth_given"] == (2, 2, 2)
-    assert too_small(res)
+    assert res["depth_needed"] == (UNBOUNDED,) * 3 and res["depth_given"] == (2, 2, 2)
+    # with the whole volume's transform the same block knows its distances
+    volume = np.ones((40, 40, 40), bool)
+    volume[:, :, 0] = False
+    feats = feature_transform(volume)
+    box = (slice(5, 15),) * 3
+    res = strut_diameters(volume[box], core=(slice(2, 8),) * 3, offset=(5, 5, 5), volume_shape=(40, 40, 40),
+                          features=feats[(slice(None),) + box])
+    assert res["max_radius"] == 12.0                       # x = 12 in the core, the pore at x = 0
 
 
 def test_depth_given_per_axis():
@@ -248,24 +258,48 @@ def test_chunked_anisotropic_equals_whole():
     np.testing.assert_array_equal(merged(res), np.sort(whole["diameters"]))
 
 
-def test_halo_too_small_detected_and_rerun_fixes_it():
+def blocks_with_features(solid, vs, chunks):
+    """Every block with the halo its own largest radius asks for, read with the whole
+    volume's feature transform: the pipeline's plan, no reruns."""
+    feats = feature_transform(solid, voxel_size=vs)
+    dist = feature_distance(feats, voxel_size=vs)
+    out = []
+    for core in block_slices(solid.shape, chunks):
+        depth = strut_depth(vs, float(np.where(solid[core], dist[core], 0).max()))
+        outer = tuple(slice(max(c.start - d, 0), min(c.stop + d, n))
+                      for c, d, n in zip(core, depth, solid.shape))
+        inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
+        out.append(strut_diameters(solid[outer], voxel_size=vs, core=inner, offset=[o.start for o in outer],
+                                   volume_shape=solid.shape, features=feats[(slice(None),) + outer]))
+    return out
+
+
+@pytest.mark.parametrize("vs", [(1.0, 1.0, 1.0), PAPER_VOXEL])
+def test_halo_from_the_volumes_transform_equals_whole(vs):
     solid = porous((48, 56, 64), 1, porosity=0.3, sigma=3.0)
-    whole = np.sort(strut_diameters(solid)["diameters"])
-    res = reduce_blocks(strut_diameters, solid, 3, chunks=(17, 23, 31), voxel_size=(1, 1, 1))
-    flagged = [i for i, (_, r) in enumerate(res) if too_small(r)]
-    assert flagged
-    assert merged(res).size != whole.size or not np.array_equal(merged(res), whole)
-    for _ in range(3):  # grow the flagged blocks' halos until none is flagged
-        if not flagged:
-            break
-        cores = [res[i][0].core for i in flagged]
-        depths = [res[i][1]["depth_needed"] for i in flagged]
-        again = reduce_boxes(strut_diameters, solid, cores, depths, voxel_size=(1, 1, 1))
-        for i, item in zip(flagged, again):
-            res[i] = item
-        flagged = [i for i, (_, r) in enumerate(res) if too_small(r)]
-    assert not flagged
-    np.testing.assert_array_equal(merged(res), whole)
+    whole = strut_diameters(solid, voxel_size=vs)
+    res = blocks_with_features(solid, vs, (17, 23, 31))
+    assert not any(too_small(r) for r in res)
+    np.testing.assert_array_equal(np.sort(np.concatenate([r["diameters"] for r in res])),
+                                  np.sort(whole["diameters"]))
+    stats = merge_log_stats([r["stats"] for r in res])
+    fit, ref = lognormal_fit(stats=stats), lognormal_fit(whole["diameters"])
+    for key in ("mean", "median", "sigma"):
+        assert fit[key] == pytest.approx(ref[key], rel=1e-12)
+    assert fit["n"] == ref["n"] == whole["skeleton_voxels"]
+    np.testing.assert_array_equal(sum(r["hist"] for r in res), whole["hist"])
+
+
+def test_limit_leaves_out_thick_solid_and_counts_it():
+    solid = np.zeros((40, 40, 40), bool)
+    solid[4:36, 4:36, 4:36] = True                  # a 32-voxel cube: radius 16
+    solid[:, 18:22, 18:22] = True                   # a 4-voxel bar through it
+    whole = strut_diameters(solid)
+    cut = strut_diameters(solid, limit=5.0)
+    assert cut["skeleton_voxels"] < whole["skeleton_voxels"]
+    assert cut["unmeasured_solid"] == int((feature_distance(feature_transform(solid))[solid] > 5.0).sum())
+    assert cut["solid_voxels"] == int(solid.sum()) and whole["unmeasured_solid"] == 0
+    assert np.all(cut["diameters"] <= 2 * 5.0 + 2)
 
 
 # --------------------------------------------------------------------------- GPU

@@ -36,8 +36,11 @@ def test_chunked_equals_whole_for_every_feature(structure):
     assert set(whole["tortuosity_by_axis"]) == {"+y", "-y", "+x"}
     np.testing.assert_allclose(chunked["distributions"]["gm_hist"]["hist"],
                                whole["distributions"]["gm_hist"]["hist"], rtol=1e-6, atol=1e-12)
-    np.testing.assert_allclose(np.sort(chunked["distributions"]["strut_diameters"]),
-                               np.sort(whole["distributions"]["strut_diameters"]), rtol=1e-12)
+    np.testing.assert_array_equal(chunked["distributions"]["strut_hist"]["counts"],
+                                  whole["distributions"]["strut_hist"]["counts"])
+    assert chunked["strut_skeleton_voxels"] == whole["strut_skeleton_voxels"]
+    for key in ("strut_diameter_median", "strut_diameter_sigma_log"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-12), key
     # references computed plainly on the whole volume
     assert whole["relative_density"] == pytest.approx(structure.mean())
     tau = math.log(whole["tortuosity"])
@@ -46,18 +49,42 @@ def test_chunked_equals_whole_for_every_feature(structure):
         abs(whole["gaussian_curvature_mean"]) * whole["strut_diameter_mean"]))
 
 
-def test_short_strut_halos_are_grown(structure, monkeypatch, caplog):
-    """A first halo far below twice the largest radius: the blocks that needed more are
-    rerun with it (logged), and the result equals the whole volume's."""
-    from porevox.pipelines import quantify as q
+def test_struts_blocks_get_their_halos_from_the_distance_transform(structure, caplog):
+    """Blocks planned from the volume's distance transform: no reruns, the whole
+    volume's φ, the plain skeleton + φ of the whole volume as the reference."""
+    from porevox.kernels import struts
 
-    whole = pv.quantify(structure, features=["struts"])
-    monkeypatch.setattr(q, "FIRST_RADIUS_VOXELS", 0.5)
+    ref = struts.strut_diameters(structure)
     with caplog.at_level("INFO", logger="porevox"):
         chunked = pv.quantify(structure, features=["struts"], chunks=(17, 23, 31))
-    assert "rerunning them" in caplog.text
-    assert chunked["strut_diameter_mean"] == whole["strut_diameter_mean"]
-    assert chunked["strut_skeleton_voxels"] == whole["strut_skeleton_voxels"]
+    assert "after the volume's distance transform" in caplog.text
+    fit = struts.lognormal_fit(ref["diameters"])
+    assert chunked["strut_skeleton_voxels"] == ref["skeleton_voxels"]
+    assert chunked["strut_diameter_mean"] == pytest.approx(fit["mean"], rel=1e-12)
+    assert chunked["strut_unmeasured_solid_fraction"] == 0
+
+
+def test_struts_thicker_than_a_task_warn_and_measure_the_rest(monkeypatch):
+    """A solid slab thicker than a task's budget can give a halo for, beside thin
+    struts: a warning with the fraction left out, finite φ of the rest, no error."""
+    import importlib
+
+    from porevox.kernels import struts
+    from porevox.pipelines import quantify as q
+
+    solid = np.zeros((48, 60, 60), np.uint8)
+    solid[:, 4:56, 4:30] = 1                                  # a slab 26 voxels thick
+    solid[:, 10:14, 36:56:6] = 1                              # thin struts beside it
+    solid[:, 40:44, 36:56] = 1
+    cluster = importlib.import_module("porevox.engine.cluster")
+    budget = 40**3 * q.BYTES_PER_VOXEL["struts"] / 4.5          # a block of 40³ voxels
+    monkeypatch.setattr(cluster, "chunk_bytes_budget", lambda default=None: budget)
+    with pytest.warns(FeatureWarning, match="lies deeper than one task's memory"):
+        got = pv.quantify(solid, features=["struts"], chunks=(16, 20, 20))
+    assert 0.5 < got["strut_unmeasured_solid_fraction"] < 1           # most of the slab
+    assert math.isfinite(got["strut_diameter_mean"]) and got["strut_skeleton_voxels"] > 0
+    thin = struts.strut_diameters(solid)["diameters"]
+    assert got["strut_skeleton_voxels"] < thin.size
 
 
 def test_input_not_modified_and_dask_or_zarr_input(structure, tmp_path):
@@ -138,7 +165,7 @@ def test_volume_features_stored_and_resumed(tmp_path, twin_arrays, caplog):
     assert stored["relative_density"] == pytest.approx(twin_arrays["truth"].mean())
     assert stored["specific_surface_area"] == first["specific_surface_area"]
     dist = load_distributions(vol.path, "truth")
-    assert len(dist["strut_diameters"]) == first["strut_skeleton_voxels"]
+    assert dist["strut_hist_counts"].sum() == first["strut_skeleton_voxels"]
     assert len(dist["slices_relative_density"]) == 16
     with caplog.at_level("INFO", logger="porevox"):
         again = quantify_volume(vol.path, labels="truth", features=groups)

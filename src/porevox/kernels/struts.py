@@ -68,6 +68,7 @@ from scipy import ndimage as _ndi
 from ..backend import get_array_module, ndimage_module, to_numpy
 from ..errors import InvalidVolumeError
 from ._checks import check_segmentation, check_voxel_size
+from .edt import feature_distance, feature_transform
 
 #: Gaussian smoothing of the solid indicator (voxels per axis) that locates the
 #: interface at a sub-voxel position along a chord. 0.7 gave the smallest worst-case
@@ -214,19 +215,24 @@ def _chords(f, pts, vec, dist, vs, step, reach):
 
 
 # --------------------------------------------------------------------------- core
-def _analyse(solid, vs, cut, core=None):
+def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0)):
     """Guarded skeleton and φ over a whole block.
+
+    `features`: the nearest pore voxel of every voxel of the block (3, P, M, N), global
+    indices, from the transform of the whole volume; None: the block's own transform.
 
     Returns (points (n, 3) int64 in C order, phi (n,), dist (host float64 array),
     guard_first ((k, 3): the first guard voxel of each guarded component, so that a
     component is counted once over blocks), unresolved_axes (bool[3]: axes along which a
-    skeleton-less component touched a cut face of the block, so its guard cannot be
-    decided here))."""
+    skeleton-less component touched a cut face of the block))."""
     xp = get_array_module(solid)
     ndi = ndimage_module(solid)
-    dist_dev, idx_dev = ndi.distance_transform_edt(solid, sampling=tuple(vs), return_indices=True)
     host = to_numpy(solid)
-    dist = to_numpy(dist_dev).astype(np.float64, copy=False)
+    offset = np.asarray(offset, np.int64)
+    if features is None:
+        features, offset = feature_transform(host, voxel_size=vs), np.zeros(3, np.int64)
+    features = np.asarray(features)
+    dist = feature_distance(features, voxel_size=vs, offset=offset)
     from skimage.morphology import skeletonize
 
     skel = skeletonize(host)
@@ -245,13 +251,11 @@ def _analyse(solid, vs, cut, core=None):
                 box = boxes[lab - 1]
                 touch = [(cut[a][0] and box[a].start == 0) or (cut[a][1] and box[a].stop == host.shape[a])
                          for a in range(3)]
-                if any(touch):
-                    if core is None or np.any(labels[core][tuple(
-                            slice(max(b.start - c.start, 0), max(b.stop - c.start, 0))
-                            for b, c in zip(box, core))] == lab):
-                        unresolved |= np.array(touch)
-                else:
-                    decided.append(lab)
+                if any(touch) and (core is None or np.any(labels[core][tuple(
+                        slice(max(b.start - c.start, 0), max(b.stop - c.start, 0))
+                        for b, c in zip(box, core))] == lab)):
+                    unresolved |= np.array(touch)
+                decided.append(lab)
             if decided:
                 decided = np.asarray(decided)
                 top = np.asarray(_ndi.maximum(dist, labels, index=decided))
@@ -267,9 +271,8 @@ def _analyse(solid, vs, cut, core=None):
     pts = np.argwhere(skel)
     if pts.size == 0:
         return pts, np.empty(0), dist, guard_first, unresolved
-    pts_dev = xp.asarray(pts.T)
-    near = to_numpy(idx_dev[(slice(None),) + tuple(pts_dev)]).T  # (n, 3) nearest pore voxel
-    vec = (near - pts) * vs
+    near = features[(slice(None),) + tuple(pts.T)].T.astype(np.int64)  # (n, 3) nearest pore voxel
+    vec = (near - (pts + offset)) * vs
     sigma = SMOOTH_SIGMA
     smooth = to_numpy(ndi.gaussian_filter(solid.astype(xp.float32), sigma, mode="nearest",
                                           truncate=_TRUNCATE))
@@ -280,7 +283,7 @@ def _analyse(solid, vs, cut, core=None):
 
 
 def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 0, 0),
-                    volume_shape=None) -> dict:
+                    volume_shape=None, features=None, limit=math.inf, values=True) -> dict:
     """Strut diameters φ at the skeleton voxels in the core of a block.
 
     Parameters
@@ -297,20 +300,32 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
     volume_shape : 3 ints, optional
         Shape of the whole volume (default: ``offset + solid.shape``, i.e. the block is
         the volume, or reaches its end).
+    features : (3, P, M, N) int ndarray, optional
+        The nearest pore voxel of every voxel of the block, as global indices: the
+        whole volume's feature transform (:mod:`porevox.kernels.edt`), so the
+        distances are the volume's whatever the halo. Default: the block's own.
+    limit : float
+        Skeleton voxels farther than `limit` from the pore are left out (a block
+        whose halo could only be given for radii up to `limit`); the core's solid
+        voxels beyond it are counted in ``unmeasured_solid``.
+    values : bool
+        Return φ itself (``diameters``); else only its statistics.
 
     Returns
     -------
     dict
         ``diameters`` float64 (n,) φ at the core's skeleton voxels in C order (unit of
-        `voxel_size`); ``max_radius`` the largest distance to the pore in the core
-        (inf where the block holds no pore but is not the whole volume, NaN where the
-        whole volume has none); ``depth_needed`` :func:`strut_depth` of that radius
-        (3 ints, grown where a skeleton-less component touched a cut face, see the
-        module docstring); ``depth_given`` the halo the block had on its smaller cut
-        side per axis (:data:`UNBOUNDED` where both sides are outer faces);
-        ``guarded`` components given a skeleton by the guard, counted in the block
-        whose core holds the component's first guard voxel (so block counts add up);
-        ``skeleton_voxels`` the count in the core.
+        `voxel_size`; empty where `values` is False); ``stats`` their
+        :func:`log_stats` and ``hist`` their counts on :func:`diameter_edges`;
+        ``max_radius`` the largest distance to the pore in the core (inf where no pore
+        is known, NaN where the whole volume has none); ``depth_needed``
+        :func:`strut_depth` of that radius; ``depth_given`` the halo the block had on
+        its smaller cut side per axis (:data:`UNBOUNDED` where both sides are outer
+        faces); ``guarded`` components given a skeleton by the guard, counted in the
+        block whose core holds the component's first guard voxel; ``guard_cut``
+        pieces guarded though they ran out of the block (guarded by their own largest
+        distance in it); ``skeleton_voxels``; ``solid_voxels`` and
+        ``unmeasured_solid`` in the core.
     """
     vs = _check_voxel_size(voxel_size)
     solid = _check_solid(solid)
@@ -325,23 +340,29 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
     given = _depth_given(shape, core, offset, volume_shape)
     whole = all(g == UNBOUNDED for g in given)
     cut = [((offset[a] > 0), (offset[a] + shape[a] < volume_shape[a])) for a in range(3)]
+    edges = diameter_edges(vs)
 
-    def result(diameters, max_radius, needed, guarded=0):
-        return {"diameters": np.asarray(diameters, dtype=np.float64), "max_radius": float(max_radius),
-                "depth_needed": tuple(int(x) for x in needed), "depth_given": given,
-                "guarded": int(guarded), "skeleton_voxels": int(len(diameters))}
+    def result(diameters, max_radius, guarded=0, guard_cut=0, core_solid=0, unmeasured=0):
+        diameters = np.asarray(diameters, dtype=np.float64)
+        return {"diameters": diameters if values else np.empty(0), "max_radius": float(max_radius),
+                "stats": log_stats(diameters), "hist": np.histogram(diameters, edges)[0],
+                "depth_needed": strut_depth(vs, max_radius) if not math.isnan(max_radius) else (0, 0, 0),
+                "depth_given": given, "guarded": int(guarded), "guard_cut": int(guard_cut),
+                "skeleton_voxels": int(len(diameters)), "solid_voxels": int(core_solid),
+                "unmeasured_solid": int(unmeasured)}
 
     n_solid = int(solid.sum())
+    core_solid = int(solid[core].sum())
     if solid.size == 0 or n_solid == 0:
-        return result([], 0.0, strut_depth(vs, 0.0))
-    if n_solid == solid.size:
-        if whole:
+        return result([], 0.0)
+    if n_solid == solid.size and (features is None or int(np.asarray(features[0]).max()) < 0):
+        if whole or features is not None:
             warnings.warn("the volume has no pore: strut diameters are undefined (NaN)",
                           NoStrutWarning, stacklevel=2)
-            return result([], math.nan, (0, 0, 0))
-        # The nearest pore lies beyond this block: any halo up to the whole volume.
-        return result([], math.inf, volume_shape)
-    pts, phi, dist, guard_first, unresolved = _analyse(solid, vs, cut, core)
+            return result([], math.nan, core_solid=core_solid)
+        # The nearest pore lies beyond this block: its transform cannot say how far.
+        return result([], math.inf, core_solid=core_solid)
+    pts, phi, dist, guard_first, unresolved = _analyse(solid, vs, cut, core, features, offset)
 
     def inside(p):
         ok = np.ones(len(p), bool)
@@ -351,11 +372,13 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
 
     core_dist = dist[core]
     max_radius = float(core_dist.max()) if core_dist.size else 0.0
-    needed = list(strut_depth(vs, max_radius))
-    for a in range(3):
-        if unresolved[a]:  # a skeleton-less component runs out of the block: grow the halo
-            needed[a] = max(needed[a], 2 * given[a] + 1)
-    return result(phi[inside(pts)], max_radius, needed, int(inside(guard_first).sum()))
+    keep = inside(pts)
+    unmeasured = 0
+    if max_radius > limit:
+        keep &= dist[tuple(pts.T)] <= limit
+        unmeasured = int(((core_dist > limit) & np.asarray(to_numpy(solid))[core]).sum())
+    return result(phi[keep], max_radius, int(inside(guard_first).sum()),
+                  int(unresolved.any()), core_solid, unmeasured)
 
 
 def skeleton(solid, *, voxel_size=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
@@ -384,29 +407,61 @@ def skeleton(solid, *, voxel_size=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarr
 
 
 # --------------------------------------------------------------------------- fit
-def lognormal_fit(diameters) -> dict:
-    """Maximum-likelihood log-normal fit of strut diameters (location fixed at 0).
+def diameter_edges(voxel_size=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Fixed bin edges for φ histograms: 0, then geometric, 16 per octave, from a
+    quarter of the smallest voxel to 65 536 of them (the same for every block and
+    tomogram of a voxel size, so block histograms add up)."""
+    h = float(_check_voxel_size(voxel_size).min())
+    return np.concatenate([[0.0], h * 2.0 ** (np.arange(-32, 16 * 16 + 1) / 16.0)])
+
+
+def log_stats(diameters) -> tuple[int, float, float]:
+    """Sufficient statistics of ln φ over the finite positive values: (n, mean, sum of
+    squared deviations), merged across blocks by :func:`merge_log_stats`."""
+    x = np.asarray(to_numpy(diameters) if hasattr(diameters, "shape") else diameters, dtype=np.float64)
+    x = x.ravel()
+    x = x[np.isfinite(x) & (x > 0)]
+    if x.size == 0:
+        return (0, 0.0, 0.0)
+    logs = np.log(np.sort(x))
+    mean = float(logs.mean())
+    return (int(x.size), mean, float(((logs - mean) ** 2).sum()))
+
+
+def merge_log_stats(parts) -> tuple[int, float, float]:
+    """Chan et al.'s pairwise merge of :func:`log_stats` (exact up to rounding)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        if nb == 0:
+            continue
+        total = n + nb
+        delta = mb - mean
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+    return (n, mean, m2)
+
+
+def lognormal_fit(diameters=None, *, stats=None) -> dict:
+    """Maximum-likelihood log-normal fit of strut diameters (location fixed at 0),
+    from the values or from their merged :func:`log_stats`.
 
     ``mu`` = mean(ln φ), ``sigma`` = std(ln φ) (ddof 0) — scipy's
     ``lognorm.fit(x, floc=0)`` gives ``s = sigma``, ``scale = exp(mu)``; ``mean`` =
     exp(μ + σ²/2), ``median`` = exp(μ), ``ci95`` = [lo, hi] Cox's 95 % interval of the
     mean, exp(μ + σ²/2 ± 1.96·sqrt(σ²/n + σ⁴/(2(n−1)))) (NaN for n < 2), ``n``.
-    Values that are not finite and positive are left out; the rest is summed in sorted
-    order, so the fit of merged per-block values equals the whole-volume fit bit for
-    bit. Without values: NaN and a :class:`NoStrutWarning`.
+    Values that are not finite and positive are left out. Without values: NaN and a
+    :class:`NoStrutWarning`.
     """
-    x = np.asarray(to_numpy(diameters) if hasattr(diameters, "shape") else diameters, dtype=np.float64)
-    x = x.ravel()
-    x = np.sort(x[np.isfinite(x) & (x > 0)])  # sorted: the same values give the same sums
-    n = int(x.size)
+    n, mu, m2 = log_stats(diameters) if stats is None else stats
+    n = int(n)
     if n == 0:
         warnings.warn("no strut diameters to fit (no skeleton: no solid, or no pore); NaN",
                       NoStrutWarning, stacklevel=2)
         nan = math.nan
         return {"mean": nan, "ci95": [nan, nan], "median": nan, "mu": nan, "sigma": nan, "n": 0}
-    logs = np.log(x)
-    mu = float(logs.mean())
-    sigma = float(logs.std())
+    mu = float(mu)
+    sigma = math.sqrt(max(m2, 0.0) / n)
     mean = math.exp(mu + sigma**2 / 2)
     if n >= 2:
         half = 1.96 * math.sqrt(sigma**2 / n + sigma**4 / (2 * (n - 1)))
@@ -416,5 +471,5 @@ def lognormal_fit(diameters) -> dict:
     return {"mean": mean, "ci95": ci, "median": math.exp(mu), "mu": mu, "sigma": sigma, "n": n}
 
 
-__all__ = ["SAFETY", "SMOOTH_SIGMA", "UNBOUNDED", "NoStrutWarning", "lognormal_fit", "skeleton",
-           "strut_depth", "strut_diameters"]
+__all__ = ["SAFETY", "SMOOTH_SIGMA", "UNBOUNDED", "NoStrutWarning", "diameter_edges", "log_stats",
+           "lognormal_fit", "merge_log_stats", "skeleton", "strut_depth", "strut_diameters"]

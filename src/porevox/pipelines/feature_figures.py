@@ -98,6 +98,19 @@ def _first_voi(table, paste, temp):
     return rows.sort_values("voi").iloc[0] if len(rows) else None
 
 
+def _strut_hist(d: dict):
+    """(counts, edges) of a tomogram's stored φ histogram, or None."""
+    counts, edges = d.get("strut_hist_counts"), d.get("strut_hist_edges")
+    if counts is None or edges is None or not np.sum(counts):
+        return None
+    return np.asarray(counts, float), np.asarray(edges, float)
+
+
+def _upper(counts, edges, q=0.995) -> float:
+    c = np.cumsum(counts) / counts.sum()
+    return float(edges[1:][np.searchsorted(c, q)])
+
+
 def strut_histograms(table, dists: dict, path: Path) -> Path:
     from scipy import stats
 
@@ -105,23 +118,27 @@ def strut_histograms(table, dists: dict, path: Path) -> Path:
     pastes, temps = _grid(table)
     fig, axes = plt.subplots(len(pastes), len(temps), squeeze=False,
                              figsize=(2.3 * len(temps), 2.0 * len(pastes)), sharex=True)
-    top = np.nanpercentile(np.concatenate([d.get("strut_diameters", np.empty(0)) for d in dists.values()]
-                                          or [np.ones(1)]), 99.5)
-    bins = np.linspace(0, top, 40)
+    hists = [h for h in (_strut_hist(d) for d in dists.values()) if h is not None]
+    top = max((_upper(*h) for h in hists), default=1.0)
     for r, paste in enumerate(pastes):
         for c, temp in enumerate(temps):
             ax = axes[r, c]
             row = _first_voi(table, paste, temp)
-            values = dists.get(row["id"], {}).get("strut_diameters") if row is not None else None
-            if values is None or not len(values):
+            hist = _strut_hist(dists.get(row["id"], {})) if row is not None else None
+            if hist is None:
                 ax.set_axis_off()
                 continue
-            ax.hist(values, bins=bins, density=True, color=COLORS.get(paste, "gray"), alpha=0.5)
+            counts, edges = hist
+            keep = edges[:-1] < top
+            density = counts / counts.sum() / np.diff(edges)
+            ax.stairs(density[keep], edges[:np.count_nonzero(keep) + 1], fill=True,
+                      color=COLORS.get(paste, "gray"), alpha=0.5)
             mu, s = np.log(row["strut_diameter_median"]), row["strut_diameter_sigma_log"]
             if np.isfinite(mu) and s > 0:
-                x = np.linspace(bins[1] / 4, top, 200)
+                x = np.linspace(top / 200, top, 200)
                 ax.plot(x, stats.lognorm.pdf(x, s, scale=np.exp(mu)), "k-", lw=1)
             ax.axvline(row["strut_diameter_mean"], color="k", ls="--", lw=0.8)
+            ax.set_xlim(0, top)
             ax.set_title(f"{paste} {temp} °C  φ={row['strut_diameter_mean']:.3f}", fontsize=8)
             ax.tick_params(labelsize=7)
     for ax in axes[-1]:

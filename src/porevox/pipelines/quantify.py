@@ -8,8 +8,12 @@ reduction (:func:`porevox.engine.block_tasks`) merged in this process:
   voxel Euler characteristic, and the per-slice 2-D descriptors (SP2D, shape index);
 * **curvature** (the level-set kernel's halo): area-weighted sums of M and G and their
   joint histogram;
-* **struts** (a halo of at least twice the largest radius in the block, checked and
-  grown where it was not): φ at the skeleton voxels, then the log-normal fit;
+* **struts**: where the volume fits one task, one task; else the exact distance
+  transform of the whole volume first (:mod:`porevox.pipelines.distance`, in
+  bounded blocks), whose largest radius per chunk gives every block the halo it
+  needs before it runs (about twice its largest radius; capped, with a warning and
+  the solid left out counted, where a task's memory cannot hold it); φ's
+  statistics and fixed-bin histogram merged, never the values themselves;
 * **tortuosity**: fast marching from the inlet face per direction, per tomogram on one
   worker where it fits, else block-decomposed (:mod:`porevox.pipelines.tortuosity`).
 
@@ -40,6 +44,7 @@ from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, t
 from ..errors import InvalidVolumeError
 from ..kernels import components, curvature, descriptors2d, fmm, integral, struts
 from ..kernels.conductivity import check_axis
+from . import distance
 from . import tortuosity as tortuosity_pipeline
 from .score import check_binary
 
@@ -51,15 +56,9 @@ DIRECTIONS = tortuosity_pipeline.SIGNED
 PAPER_DIRECTIONS = tortuosity_pipeline.PAPER_DIRECTIONS
 
 #: Peak bytes per voxel of a block (with its halo) in each pass — measured with
-#: tracemalloc on a 128³ porous block: local 13, struts 50, curvature 74 — with a
-#: margin; they size the compute blocks.
-BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 64}
-#: A first guess of the largest strut radius, in voxels, for the struts pass's halo;
-#: blocks whose core holds a larger one are rerun with the halo they need.
-FIRST_RADIUS_VOXELS = 12
-#: Reruns of struts blocks with grown halos (one suffices: a rerun gets the halo its
-#: core's largest radius asks for, and a larger halo can only lower that radius).
-MAX_ROUNDS = 2
+#: tracemalloc on a 128³ porous block: local 13, struts 50 (+ 12 for the features read),
+#: curvature 74 — with a margin; they size the compute blocks.
+BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 80}
 
 
 class FeatureWarning(RuntimeWarning):
@@ -140,8 +139,7 @@ class Job:
     blocks: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     tortuosity_plan: str = "none"
-    regrown: list = field(default_factory=list)     # struts blocks rerun: (index, new block)
-    rounds: int = 0
+    features: Any = None             # the volume's feature transform, where struts run in blocks
     explicit_chunks: bool = False    # compute blocks = these chunks (else sized to memory)
 
     def __post_init__(self):
@@ -181,10 +179,14 @@ class Job:
                             self.name, need / 2**20, room)
                 whole = [tuple(slice(0, n) for n in self.shape)]
                 self.blocks["struts"], self.tasks["struts"] = block_tasks(
-                    struts.strut_diameters, self.source, whole, 0, voxel_size=vs)
+                    struts.strut_diameters, self.source, whole, 0, voxel_size=vs, values=False)
             else:
-                first = FIRST_RADIUS_VOXELS * max(vs)
-                self._add("struts", struts.strut_diameters, struts.strut_depth(vs, first), voxel_size=vs)
+                logger.info("struts of %s: in blocks, after the volume's distance transform (the whole "
+                            "volume in one task needs ~%.0f MiB; %s)", self.name, need / 2**20, room)
+                self.features = dask.persist(distance.feature_transform(
+                    self.solid, voxel_size=vs, chunks=self.chunks))[0]
+                grid = distance.radius_grid(self.features, self.solid, voxel_size=vs)
+                self.tasks["struts_radius"] = [dask.delayed(np.asarray, pure=True)(grid)]
         if "tortuosity" in want:
             self._plan_tortuosity()
 
@@ -221,35 +223,25 @@ class Job:
             self.results[name] = [next(it) for _ in tasks]
         self.tasks = {}
 
-    # -- second rounds -------------------------------------------------------------
-    def regrow(self) -> None:
-        """Struts blocks whose halo was thinner than twice their largest radius are
-        queued again with the halo they need."""
-        if "struts" not in self.results:
+    # -- second round ----------------------------------------------------------------
+    def advance(self) -> None:
+        """Once the largest radius of every chunk is known, the struts blocks, each
+        with the halo its own radius asks for."""
+        grid = self.results.pop("struts_radius", None)
+        if grid is None:
             return
-        redo = [(k, r) for k, r in enumerate(self.results["struts"])
-                if any(n > g for n, g in zip(r["depth_needed"], r["depth_given"]))]
-        if not redo:
-            return
-        self.rounds += 1
-        if self.rounds > MAX_ROUNDS:   # a rerun gets all it asked for: this is a bug
-            raise RuntimeError(f"struts of {self.name}: halos still short after {MAX_ROUNDS} reruns")
-        cores = [self.blocks["struts"][k].core for k, _ in redo]
-        depths = [tuple(max(n, g) for n, g in zip(r["depth_needed"], r["depth_given"])) for _, r in redo]
-        logger.info("struts of %s: %d block(s) held a radius larger than their halo; rerunning them "
-                    "with halos up to %s", self.name, len(redo), tuple(np.max(depths, axis=0)))
-        blocks, tasks = block_tasks(struts.strut_diameters, self.source, cores, depths,
-                                    voxel_size=self.voxel_size)
-        self.tasks["struts_regrow"] = tasks
-        self.regrown = [(k, block) for (k, _), block in zip(redo, blocks)]
-
-    def merge_regrown(self) -> None:
-        values = self.results.pop("struts_regrow", None)
-        if values is None:
-            return
-        for (k, block), value in zip(self.regrown, values):
-            self.results["struts"][k] = value
-            self.blocks["struts"][k] = block
+        cores, depths, limits = plan_struts(np.asarray(grid[0]), self.shape, self.chunks, self.voxel_size,
+                                            self.name)
+        self.blocks["struts"] = cores
+        run = dask.delayed(_struts_block, pure=True)
+        tasks = []
+        for core, depth, limit in zip(cores, depths, limits):
+            outer = tuple(slice(max(c.start - d, 0), min(c.stop + d, n))
+                          for c, d, n in zip(core, depth, self.shape))
+            inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
+            tasks.append(run(self.solid[outer], self.features[(slice(None),) + outer], inner,
+                             tuple(o.start for o in outer), self.shape, self.voxel_size, limit))
+        self.tasks["struts"] = tasks
 
     @property
     def pending(self) -> bool:
@@ -293,14 +285,22 @@ class Job:
             dist["gm_hist"] = {"hist": np.asarray(cs["hist"], dtype=np.float64),
                                "g_edges": np.asarray(cs["g_edges"]), "m_edges": np.asarray(cs["m_edges"])}
         if "struts" in self.results:
-            values = [np.asarray(r["diameters"], dtype=np.float64) for r in self.results["struts"]]
-            diameters = np.concatenate(values) if values else np.empty(0)
-            fit = struts.lognormal_fit(diameters)
+            parts = self.results["struts"]
+            fit = struts.lognormal_fit(stats=struts.merge_log_stats([r["stats"] for r in parts]))
+            solid = sum(r["solid_voxels"] for r in parts)
+            left = sum(r["unmeasured_solid"] for r in parts)
             out.update(strut_diameter_mean=fit["mean"], strut_diameter_ci95=list(fit["ci95"]),
                        strut_diameter_median=fit["median"], strut_diameter_sigma_log=fit["sigma"],
                        strut_skeleton_voxels=int(fit["n"]),
-                       strut_guarded_components=int(sum(r["guarded"] for r in self.results["struts"])))
-            dist["strut_diameters"] = diameters
+                       strut_guarded_components=int(sum(r["guarded"] for r in parts)),
+                       strut_unmeasured_solid_fraction=left / solid if solid else 0.0)
+            if left:
+                warnings.warn(f"{self.name}: {100 * left / solid:.3g} % of the solid lies deeper than one "
+                              "task's memory can give a strut block the halo for; φ is measured on the "
+                              "rest (strut_unmeasured_solid_fraction); give the workers more memory to "
+                              "measure it all", FeatureWarning, stacklevel=2)
+            dist["strut_hist"] = {"counts": np.sum([r["hist"] for r in parts], axis=0).astype(np.float64),
+                                  "edges": struts.diameter_edges(vs)}
         if "tortuosity" in opts.features:
             tort = self._tortuosity()
             by = {d: t["tortuosity"] for d, t in tort.items()}
@@ -390,7 +390,8 @@ def _warn_undefined(f: dict, name: str) -> None:
 
 def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
     """Compute every job's passes together (all tomograms' blocks in one go), then the
-    second rounds (struts blocks with grown halos), then merge."""
+    second round (struts blocks, once the distance transform gave their halos), then
+    merge."""
     for job in jobs:
         job.build()
     while any(job.pending for job in jobs):
@@ -401,9 +402,56 @@ def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
             n = len(job.delayed())
             job.take(list(values[at:at + n]))
             at += n
-            job.merge_regrown()
-            job.regrow()
+            job.advance()
+    for job in jobs:
+        job.features = None      # the persisted transform: release it on the workers
     return [job.finish(distributions) for job in jobs]
+
+
+def _struts_block(solid, features, core, offset, volume_shape, voxel_size, limit) -> dict:
+    """One struts block, read with its halo and the volume's features (a Dask task)."""
+    return struts.strut_diameters(np.asarray(solid), voxel_size=voxel_size, core=core, offset=offset,
+                                  volume_shape=volume_shape, features=np.asarray(features), limit=limit,
+                                  values=False)
+
+
+def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume"):
+    """Cores, halos and radius limits of the struts blocks, from the largest radius of
+    every chunk (`grid`): each core gets :func:`~porevox.kernels.struts.strut_depth`
+    of the largest radius of the chunks it covers; where core and halo would not fit
+    one task's budget, the halo of the largest radius that fits, and that radius as
+    the block's limit (the solid beyond it is counted, not measured)."""
+    from ..engine.cluster import chunk_bytes_budget
+
+    vs = tuple(float(v) for v in voxel_size)
+    budget = 4.5 * chunk_bytes_budget()
+    per_voxel = BYTES_PER_VOXEL["struts"]
+    finite = grid[np.isfinite(grid) & (grid > 0)]
+    typical = float(np.percentile(finite, 90)) if finite.size else 0.0
+    box = compute_box(shape, chunks, per_voxel, struts.strut_depth(vs, typical))
+    cores, depths, limits = [], [], []
+
+    def need(core, depth):
+        return math.prod(min(n, c.stop - c.start + 2 * d) for c, d, n in zip(core, depth, shape)) * per_voxel
+
+    for core in block_slices(shape, box):
+        cover = tuple(slice(c.start // k, -(-c.stop // k)) for c, k in zip(core, chunks))
+        r = float(grid[cover].max())
+        limit = math.inf
+        if not math.isfinite(r) or need(core, struts.strut_depth(vs, r)) > budget:
+            lo, hi = 0.0, r if math.isfinite(r) else float(max(n * v for n, v in zip(shape, vs)))
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if need(core, struts.strut_depth(vs, mid)) <= budget else (lo, mid)
+            r = limit = lo
+        cores.append(core)
+        depths.append(struts.strut_depth(vs, r))
+        limits.append(limit)
+    capped = sum(math.isfinite(x) for x in limits)
+    logger.info("struts of %s: %d blocks of %s, halos up to %s voxels%s", name, len(cores), box,
+                tuple(np.max(depths, axis=0)) if depths else (0, 0, 0),
+                f"; {capped} capped by the task memory" if capped else "")
+    return cores, depths, limits
 
 
 # --------------------------------------------------------------------------- public API
