@@ -38,7 +38,7 @@ import numpy as np
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle
-from ..engine.cluster import compute, worker_memory_limit
+from ..engine.cluster import compute, total_threads, worker_memory_limit
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, tmp_group
 from ..errors import InvalidVolumeError
@@ -59,6 +59,9 @@ PAPER_DIRECTIONS = tortuosity_pipeline.PAPER_DIRECTIONS
 #: tracemalloc on a 128³ porous block: local 13, struts 50 (+ 12 for the features read),
 #: curvature 74 — with a margin; they size the compute blocks.
 BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 80}
+#: Below this many voxels per worker thread a tomogram's struts run as one task: the
+#: distance transform and the halos would cost more than the threads gain.
+STRUTS_SPLIT_VOXELS = 2**21
 
 
 class FeatureWarning(RuntimeWarning):
@@ -140,6 +143,7 @@ class Job:
     results: dict = field(default_factory=dict)
     tortuosity_plan: str = "none"
     features: Any = None             # the volume's feature transform, where struts run in blocks
+    together: int = 1                # tomograms computed at the same time (run_jobs sets it)
     explicit_chunks: bool = False    # compute blocks = these chunks (else sized to memory)
 
     def __post_init__(self):
@@ -172,9 +176,11 @@ class Job:
         if "struts" in want:
             need = math.prod(self.shape) * BYTES_PER_VOXEL["struts"]
             fits, room = _fits_one_task(need)
-            if not self.explicit_chunks and fits:
-                # the halo grows with the struts (twice the largest radius): where the whole
-                # volume fits one task, blocks would mostly repeat each other's work
+            spare = total_threads() // max(self.together, 1)   # threads this tomogram can use alone
+            if not self.explicit_chunks and fits and (spare < 2 or math.prod(self.shape) < spare
+                                                       * STRUTS_SPLIT_VOXELS):
+                # one task where the volume fits it and the other tomograms keep the
+                # threads busy (or the volume is small): no transform pass, no halos
                 logger.info("struts of %s: the whole volume in one task (needs ~%.0f MiB; %s)",
                             self.name, need / 2**20, room)
                 whole = [tuple(slice(0, n) for n in self.shape)]
@@ -231,7 +237,8 @@ class Job:
         if grid is None:
             return
         cores, depths, limits = plan_struts(np.asarray(grid[0]), self.shape, self.chunks, self.voxel_size,
-                                            self.name)
+                                            self.name, slabs=None if self.explicit_chunks
+                                            else max(total_threads() // max(self.together, 1), 1))
         self.blocks["struts"] = cores
         run = dask.delayed(_struts_block, pure=True)
         tasks = []
@@ -343,6 +350,19 @@ def _tortuosity_whole(solid, voxel_size, direction: str, order: int, last_fracti
             "profile": [float(v) for v in r["profile"]]}
 
 
+def task_budget() -> float:
+    """Bytes one task may hold: a thread's share of WORKER_FRACTION of a worker's
+    memory limit above its baseline (without a cluster, of the free memory)."""
+    from ..engine.cluster import WORKER_BASELINE, cluster_workers
+
+    workers = cluster_workers()
+    limit = worker_memory_limit(workers) if workers else None
+    if limit:
+        threads = max(w.get("nthreads", 1) for w in workers.values())
+        return max((WORKER_FRACTION * limit - WORKER_BASELINE) / threads, 2**24)
+    return WORKER_FRACTION * free_memory() / (os.cpu_count() or 1)
+
+
 def _fits_one_task(need: int) -> tuple[bool, str]:
     """Whether a whole-volume task needing `need` bytes fits a worker (at most
     WORKER_FRACTION of its memory limit; without a cluster, of the free memory), and
@@ -393,6 +413,7 @@ def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
     second round (struts blocks, once the distance transform gave their halos), then
     merge."""
     for job in jobs:
+        job.together = len(jobs)
         job.build()
     while any(job.pending for job in jobs):
         pending = [job for job in jobs if job.pending]
@@ -415,24 +436,37 @@ def _struts_block(solid, features, core, offset, volume_shape, voxel_size, limit
                                   values=False)
 
 
-def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume"):
+def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume", slabs: int | None = None):
     """Cores, halos and radius limits of the struts blocks, from the largest radius of
     every chunk (`grid`): each core gets :func:`~porevox.kernels.struts.strut_depth`
     of the largest radius of the chunks it covers; where core and halo would not fit
     one task's budget, the halo of the largest radius that fits, and that radius as
-    the block's limit (the solid beyond it is counted, not measured)."""
-    from ..engine.cluster import chunk_bytes_budget
+    the block's limit (the solid beyond it is counted, not measured).
 
+    The cores are `slabs` slabs across the longest axis where they fit (halos on two
+    faces only: the least repeated work for a few blocks), else boxes sized by
+    :func:`~porevox.engine.blockwise.compute_box` (the given `chunks` where `slabs` is
+    None)."""
     vs = tuple(float(v) for v in voxel_size)
-    budget = 4.5 * chunk_bytes_budget()
+    budget = task_budget()
     per_voxel = BYTES_PER_VOXEL["struts"]
     finite = grid[np.isfinite(grid) & (grid > 0)]
     typical = float(np.percentile(finite, 90)) if finite.size else 0.0
-    box = compute_box(shape, chunks, per_voxel, struts.strut_depth(vs, typical))
-    cores, depths, limits = [], [], []
 
     def need(core, depth):
         return math.prod(min(n, c.stop - c.start + 2 * d) for c, d, n in zip(core, depth, shape)) * per_voxel
+
+    box = None
+    if slabs:
+        axis = int(np.argmax(shape))
+        slab = tuple(-(-n // slabs) if a == axis else n for a, n in enumerate(shape))
+        whole = tuple(slice(0, min(n, b)) for n, b in zip(shape, slab))
+        if need(whole, struts.strut_depth(vs, typical)) <= budget:
+            box = slab
+    if box is None:
+        box = compute_box(shape, chunks, per_voxel, struts.strut_depth(vs, typical),
+                          grow=slabs is not None)
+    cores, depths, limits = [], [], []
 
     for core in block_slices(shape, box):
         cover = tuple(slice(c.start // k, -(-c.stop // k)) for c, k in zip(core, chunks))
@@ -449,7 +483,7 @@ def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume
         limits.append(limit)
     capped = sum(math.isfinite(x) for x in limits)
     logger.info("struts of %s: %d blocks of %s, halos up to %s voxels%s", name, len(cores), box,
-                tuple(np.max(depths, axis=0)) if depths else (0, 0, 0),
+                tuple(int(d) for d in np.max(depths, axis=0)) if depths else (0, 0, 0),
                 f"; {capped} capped by the task memory" if capped else "")
     return cores, depths, limits
 
