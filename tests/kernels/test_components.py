@@ -1,12 +1,15 @@
 """Connected components across blocks: equal to scipy.ndimage.label on the whole volume."""
 
+import dask
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 from porevox.engine import reduce_blocks
+from porevox.engine.blockwise import tree_reduce
 from porevox.kernels.components import (
     block_components,
+    combine_components,
     components_depth,
     merge_components,
     percolating_fraction,
@@ -40,6 +43,22 @@ def test_chunked_equals_whole_volume_label(rng, porosity):
     np.testing.assert_array_equal(np.sort(chunked["sizes"]), expected)
     for axis in range(3):
         assert percolating_fraction(chunked, axis) == pytest.approx(reference(solid, axis), abs=1e-12)
+
+
+@pytest.mark.parametrize("fan", [2, 3])
+def test_tree_of_combined_blocks_equals_the_flat_merge(rng, fan):
+    """Blocks combined with their neighbours level by level (on the workers) give the
+    components of the whole volume; each level keeps only its boxes' faces."""
+    solid = porous((41, 52, 63), rng, porosity=0.6, sigma=1.5)
+    parts = reduce_blocks(block_components, solid, components_depth(), chunks=(9, 11, 13))
+    tasks = [dask.delayed(r) for _, r in parts]
+    root = tree_reduce(tasks, [b.core for b, _ in parts], combine_components, fan=fan).compute()
+    assert root["origin"] == (0, 0, 0) and root["shape"] == solid.shape
+    assert all(f is None for pair in root["faces"] for f in pair)     # only outer faces remain
+    tree, flat = merge_components([root]), merge_components([r for _, r in parts])
+    np.testing.assert_array_equal(np.sort(tree["sizes"]), np.sort(flat["sizes"]))
+    for axis in range(3):
+        assert percolating_fraction(tree, axis) == pytest.approx(reference(solid, axis), abs=1e-12)
 
 
 def test_serpentine_joined_only_through_many_blocks():

@@ -347,6 +347,32 @@ def block_tasks(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
     return blocks, [run(kernel, image[b.outer], b, shape, backend, kwargs) for b in blocks]
 
 
+def _combine(combine, *parts):
+    return combine(list(parts))
+
+
+def tree_reduce(tasks: Sequence[Any], cores: Sequence[Sequence[slice]], combine: Callable,
+                fan: int = 2) -> Any:
+    """Merge per-block results on the workers, neighbours first: the blocks of a
+    regular grid (`cores`, as :func:`block_slices` gives them) are combined in groups
+    of ``fan`` per axis, level by level, by ``combine(list_of_results)``, whose result
+    must be a valid input again. Returns one Dask delayed: the driver receives one
+    merged result, whatever the number of blocks."""
+    if not tasks:
+        raise ValueError("tree_reduce needs at least one task")
+    starts = [sorted({int(c[a].start) for c in cores}) for a in range(3)]
+    index = [tuple(starts[a].index(int(c[a].start)) for a in range(3)) for c in cores]
+    level = dict(zip(index, tasks))
+    run = dask.delayed(_combine, pure=True)
+    while len(level) > 1:
+        groups: dict = {}
+        for key, task in sorted(level.items()):
+            groups.setdefault(tuple(i // fan for i in key), []).append(task)
+        level = {key: (group[0] if len(group) == 1 else run(combine, *group))
+                 for key, group in groups.items()}
+    return next(iter(level.values()))
+
+
 def reduce_boxes(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
                  depth: int | Sequence[int] | Sequence[Sequence[int]], *, backend: str = "auto",
                  **kwargs: Any) -> list[tuple[Block, Any]]:

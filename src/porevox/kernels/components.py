@@ -79,20 +79,11 @@ def block_components(solid, *, core=None, offset=(0, 0, 0), volume_shape=None) -
             "faces": faces}
 
 
-def merge_components(parts) -> dict:
-    """Join the blocks' components (results of :func:`block_components`, any order)
-    into the volume's.
-
-    Returns
-    -------
-    dict
-        ``sizes`` (int64 per global component), ``touch`` ((m, 3, 2) bool), and
-        ``solid`` (all solid voxels).
-    """
+def _join(parts):
+    """The global component of every local one, over blocks that share faces."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    parts = list(parts)
     base = np.cumsum([0] + [len(p["sizes"]) for p in parts])
     total = int(base[-1])
     where = {p["origin"]: (k, p) for k, p in enumerate(parts)}
@@ -105,6 +96,9 @@ def merge_components(parts) -> dict:
                 continue
             j, q = where[tuple(nxt)]
             a, b = p["faces"][axis][1], q["faces"][axis][0]
+            if a.shape != b.shape:
+                raise ValueError(f"blocks at {p['origin']} and {q['origin']} share a face of different "
+                                 "shapes; merge blocks of one regular grid")
             both = (a > 0) & (b > 0)
             links.append(np.unique(np.stack([a[both].astype(np.int64) - 1 + base[k],
                                              b[both].astype(np.int64) - 1 + base[j]]), axis=1))
@@ -117,6 +111,56 @@ def merge_components(parts) -> dict:
     if total:
         np.add.at(sizes, inverse, np.concatenate([p["sizes"] for p in parts]))
         np.logical_or.at(touch, inverse, np.concatenate([p["touch"] for p in parts]))
+    return base, inverse, sizes, touch
+
+
+def combine_components(parts) -> dict:
+    """Join blocks that tile a box into one :func:`block_components` result for the
+    box: its components, and its faces relabelled with them. Combining neighbours
+    level by level (a tree) keeps every merge to one box's faces, whatever the
+    number of blocks."""
+    parts = list(parts)
+    base, inverse, sizes, touch = _join(parts)
+    lo = np.min([p["origin"] for p in parts], axis=0)
+    hi = np.max([np.add(p["origin"], p["shape"]) for p in parts], axis=0)
+    shape = tuple(int(h - o) for h, o in zip(hi, lo))
+    small = np.min_scalar_type(len(sizes))
+    faces = []
+    for axis in range(3):
+        sides = []
+        for side, at in ((0, lo[axis]), (1, hi[axis])):
+            plane = np.zeros([n for a, n in enumerate(shape) if a != axis], small)
+            outer = False
+            for k, p in enumerate(parts):
+                edge = p["origin"][axis] + (p["shape"][axis] if side else 0)
+                if edge != at:
+                    continue
+                face = p["faces"][axis][side]
+                if face is None:
+                    outer = True
+                    continue
+                lab = np.zeros(len(p["sizes"]) + 1, np.int64)
+                lab[1:] = inverse[base[k]:base[k + 1]] + 1
+                box = tuple(slice(p["origin"][a] - lo[a], p["origin"][a] - lo[a] + p["shape"][a])
+                            for a in range(3) if a != axis)
+                plane[box] = lab[face.astype(np.int64)]
+            sides.append(None if outer else plane)
+        faces.append(tuple(sides))
+    return {"origin": tuple(int(o) for o in lo), "shape": shape, "sizes": sizes, "touch": touch,
+            "faces": faces}
+
+
+def merge_components(parts) -> dict:
+    """Join the blocks' components (results of :func:`block_components` or
+    :func:`combine_components`, any order) into the volume's.
+
+    Returns
+    -------
+    dict
+        ``sizes`` (int64 per global component), ``touch`` ((m, 3, 2) bool), and
+        ``solid`` (all solid voxels).
+    """
+    _, _, sizes, touch = _join(list(parts))
     return {"sizes": sizes, "touch": touch, "solid": int(sizes.sum())}
 
 
@@ -129,4 +173,5 @@ def percolating_fraction(merged: dict, axis: int) -> float:
     return float(merged["sizes"][through].sum() / merged["solid"])
 
 
-__all__ = ["block_components", "components_depth", "merge_components", "percolating_fraction"]
+__all__ = ["block_components", "combine_components", "components_depth", "merge_components",
+           "percolating_fraction"]

@@ -37,7 +37,7 @@ import dask
 import numpy as np
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
-from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle
+from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle, tree_reduce
 from ..engine.cluster import compute, total_threads, worker_memory_limit
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, tmp_group
@@ -129,6 +129,17 @@ def _local(block, *, core, offset, volume_shape, shape_index_sigma, with_surface
     return out
 
 
+def _combine_local(parts: list[dict]) -> dict:
+    """Several blocks' local results as one (what :func:`tree_reduce` merges)."""
+    out = {"components": components.combine_components([p["components"] for p in parts])}
+    if "surface" in parts[0]:
+        out["surface"] = _add_dicts([p["surface"] for p in parts])
+        out["euler"] = _add_dicts([p["euler"] for p in parts])
+    if "slices" in parts[0]:
+        out["slices"] = descriptors2d.merge_slices([p["slices"] for p in parts])
+    return out
+
+
 @dataclass
 class Job:
     """One volume's quantification: lazy per-block tasks, then the merge."""
@@ -165,13 +176,14 @@ class Job:
             components.components_depth(), integral.surface_depth() if surface else none,
             integral.euler_depth() if surface else none,
             descriptors2d.slice_depth(opts.shape_index_sigma) if slices else none))
-        self._add("local", _local, depth, shape_index_sigma=opts.shape_index_sigma,
+        self._add("local", _local, depth, _combine_local, shape_index_sigma=opts.shape_index_sigma,
                   with_surface=surface, with_slices=slices)
         if "curvature" in want:
             self.sigma = opts.sigma or curvature.default_sigma(vs)
             self.edges = curvature.curvature_edges(vs, self.sigma)
             self._add("curvature", curvature.interface_curvature,
-                      curvature.curvature_depth(vs, self.sigma), voxel_size=vs, sigma=self.sigma,
+                      curvature.curvature_depth(vs, self.sigma), curvature.merge_curvature,
+                      voxel_size=vs, sigma=self.sigma,
                       edges=self.edges)
         if "struts" in want:
             need = math.prod(self.shape) * BYTES_PER_VOXEL["struts"]
@@ -196,11 +208,13 @@ class Job:
         if "tortuosity" in want:
             self._plan_tortuosity()
 
-    def _add(self, name, kernel, depth, **kwargs) -> None:
+    def _add(self, name, kernel, depth, combine, **kwargs) -> None:
+        """Blocks of one pass, their results combined on the workers (a tree)."""
         box = compute_box(self.shape, self.chunks, BYTES_PER_VOXEL[name], depth,
                           grow=not self.explicit_chunks)
         cores = list(block_slices(self.shape, box))
-        self.blocks[name], self.tasks[name] = block_tasks(kernel, self.source, cores, depth, **kwargs)
+        self.blocks[name], tasks = block_tasks(kernel, self.source, cores, depth, **kwargs)
+        self.tasks[name] = [tree_reduce(tasks, cores, combine)]
 
     def _plan_tortuosity(self) -> None:
         opts = self.options
