@@ -1,7 +1,8 @@
 """Interface curvature: analytic shapes (spheres, cylinders, tori, a spherical shell,
 a half-space), the Schwarz P nodal surface (analytic derivatives of its implicit
-function as the reference), Gauss–Bonnet against scikit-image's Euler number, and the
-whole-volume call as the reference of the chunked one."""
+function as the reference), Gauss–Bonnet against scikit-image's Euler number, shapes
+near and cut by the volume's outer faces, and the whole-volume call as the reference
+of the chunked one."""
 
 import math
 import warnings
@@ -64,6 +65,13 @@ def summary(solid, voxel_size=(1, 1, 1), **kw):
     return curvature_summary(interface_curvature(solid, voxel_size=voxel_size, **kw))
 
 
+def interior(shape, voxel_size=(1, 1, 1)):
+    """The core that leaves a :func:`curvature_depth` halo inside the volume on every
+    side: what an unbounded shape (a cylinder, a periodic surface) reads away from the
+    outer faces."""
+    return tuple(slice(d, n - d) for n, d in zip(shape, curvature_depth(voxel_size)))
+
+
 # --------------------------------------------------------------------------- analytic shapes
 @pytest.mark.parametrize("r", [10, 15, 20])
 def test_sphere(r):
@@ -80,7 +88,8 @@ def test_sphere(r):
 @pytest.mark.parametrize("axis", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 1, 2)])
 def test_cylinder(axis):
     r = 10
-    s = summary(cylinder(r, axis, rng=np.random.default_rng(sum(axis))))
+    solid = cylinder(r, axis, rng=np.random.default_rng(sum(axis)))
+    s = summary(solid, core=interior(solid.shape))      # the infinite cylinder, away from the faces
     assert s["mean_curvature_mean"] == pytest.approx(1 / (2 * r), rel=0.03)
     assert abs(s["gaussian_curvature_mean"]) < 0.02 / r**2
     assert s["gaussian_curvature_std"] < 0.2 / r**2
@@ -142,31 +151,37 @@ def test_pore_inversion_flips_mean_curvature():
     assert b["g_sum"] == pytest.approx(a["g_sum"], rel=1e-9, abs=1e-12)
 
 
+def _plane_area(n, box):
+    """Area of the plane n·(z+0.3, y+0.3, x+0.3) = 0 inside the centred box `box` (a fine
+    2-D grid over the box's (y, x) projection; the plane is a graph z(y, x))."""
+    lz, ly, lx = box
+    if n[1] == 0 and n[2] == 0:
+        return ly * lx
+    yy, xx = np.meshgrid((np.arange(2000) + 0.5) / 2000 * ly - ly / 2,
+                         (np.arange(2000) + 0.5) / 2000 * lx - lx / 2, indexing="ij")
+    zz = -(n[1] * (yy + 0.3) + n[2] * (xx + 0.3)) / n[0] - 0.3
+    return np.mean(np.abs(zz) < lz / 2) * ly * lx / n[0]
+
+
 @pytest.mark.parametrize("tilt", [(1.0, 0.0, 0.0), (1.0, 0.3, 0.2)])
-def test_half_space_and_outer_margin(tilt):
-    """A plane crossing the volume: M = G = 0, and the area is the plane's area inside
-    the sampled region (the outer-face margin excluded)."""
+def test_half_space(tilt):
+    """A plane crossing the volume: M = G = 0; its area is the plane's area inside the
+    volume (the outer faces cut it and add none), or inside the core's box of voxel
+    centres where only a core is sampled."""
     shape = (50, 54, 58)
-    depth = curvature_depth()
     n = np.asarray(tilt) / np.linalg.norm(tilt)
     z, y, x = np.meshgrid(*(np.arange(k) - (k - 1) / 2 + 0.3 for k in shape), indexing="ij", sparse=True)
     solid = n[0] * z + n[1] * y + n[2] * x < 0
-    s = summary(solid)
+    core = interior(shape)
+    s = summary(solid, core=core)
     assert abs(s["mean_curvature_mean"]) < 1e-3
     assert abs(s["gaussian_curvature_mean"]) < 1e-5
-    # the plane's area inside the sampled box of voxel centres (Monte Carlo-free: a
-    # fine 2-D grid over the box's (y, x) projection, the plane is a graph z(y, x))
-    ly, lx = (shape[1] - 2 * depth[1]), (shape[2] - 2 * depth[2])
-    lz = shape[0] - 2 * depth[0]
-    if tilt[1] == 0 and tilt[2] == 0:
-        expected = ly * lx
-    else:
-        yy, xx = np.meshgrid((np.arange(2000) + 0.5) / 2000 * ly - ly / 2,
-                             (np.arange(2000) + 0.5) / 2000 * lx - lx / 2, indexing="ij")
-        zz = -(n[1] * (yy + 0.3) + n[2] * (xx + 0.3)) / n[0] - 0.3
-        inside = np.abs(zz) < lz / 2
-        expected = inside.mean() * ly * lx / n[0]
-    assert s["interface_area"] == pytest.approx(expected, rel=0.03)
+    assert s["interface_area"] == pytest.approx(_plane_area(n, [c.stop - c.start for c in core]), rel=0.03)
+    # up to the faces: cut obliquely, the continued φ leaves G ~ 4e-5 at the faces' edges
+    s = summary(solid)
+    assert abs(s["mean_curvature_mean"]) < 1e-3
+    assert abs(s["gaussian_curvature_mean"]) < 1e-4
+    assert s["interface_area"] == pytest.approx(_plane_area(n, shape), rel=0.03)
 
 
 def test_schwarz_p_saddles():
@@ -192,11 +207,80 @@ def test_schwarz_p_saddles():
     shape = tuple(2 * d + 2 * period for d in curvature_depth())
     zz, yy, xx = np.meshgrid(*(np.arange(m) + o for m, o in zip(shape, off)), indexing="ij", sparse=True)
     solid = np.cos(k * xx) + np.cos(k * yy) + np.cos(k * zz) > 0
-    s = summary(solid)
+    s = summary(solid, core=interior(shape))      # 2 whole periods, away from the faces
     assert ref < -0.25
     assert s["gaussian_curvature_mean"] < 0
     assert s["gaussian_curvature_mean"] == pytest.approx(ref * k * k, rel=0.05)
     assert abs(s["mean_curvature_mean"]) < 0.02 * k
+
+
+# --------------------------------------------------------------------------- outer faces
+def _near_faces(extent, margin, rng):
+    """Coordinates (sparse) of a volume holding a centred object of half-extents
+    `extent` (z, y, x) with `margin` voxels to every face; centre jittered by up to
+    half a voxel."""
+    shape = tuple(int(math.ceil(2 * e)) + 2 * margin + 1 for e in extent)
+    centre = [(n - 1) / 2 + u for n, u in zip(shape, rng.uniform(-0.5, 0.5, 3))]
+    return np.meshgrid(*(np.arange(n) - c for n, c in zip(shape, centre)), indexing="ij", sparse=True)
+
+
+def _near_sphere(margin, seed, r=12):
+    z, y, x = _near_faces((r, r, r), margin, np.random.default_rng(seed))
+    return z * z + y * y + x * x <= r * r
+
+
+def _near_torus(margin, seed, big=20, r=8):
+    z, y, x = _near_faces((r, big + r, big + r), margin, np.random.default_rng(seed))
+    q = np.sqrt(y * y + x * x) - big
+    return q * q + z * z <= r * r
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_closed_shapes_near_the_faces(seed):
+    """A sphere (r = 12) and a torus (R = 20, r = 8) 8 voxels from every face: analytic
+    M, Gauss–Bonnet, and the very values of the same shapes padded far from the faces
+    (the continued φ past a face meets no image of the shape). Where the old kernel
+    left a margin at the faces, they read no interface at all (the sphere) or a torus
+    M 43 % low and ∫G dA/4π = -0.16."""
+    sphere, torus = _near_sphere(8, seed), _near_torus(8, seed)
+    s, t = summary(sphere), summary(torus)
+    assert s["mean_curvature_mean"] == pytest.approx(1 / 12, rel=0.03)
+    assert s["gauss_bonnet_euler"] == pytest.approx(1.0, abs=0.015)
+    assert t["mean_curvature_mean"] == pytest.approx(1 / 16, rel=0.03)     # ∫M dA = 2π²R
+    assert abs(t["gauss_bonnet_euler"]) < 0.015                           # ∫G dA = 0
+    assert t["interface_area"] == pytest.approx(4 * math.pi**2 * 20 * 8, rel=0.03)
+    for solid, near in ((sphere, s), (torus, t)):
+        far = summary(np.pad(solid, 16))
+        for key in ("interface_area", "mean_curvature_mean", "gaussian_curvature_mean"):
+            assert near[key] == pytest.approx(far[key], rel=1e-9), key
+    # 2 voxels from the faces: still as in the middle
+    s2 = summary(_near_sphere(2, seed))
+    assert s2["mean_curvature_mean"] == pytest.approx(s["mean_curvature_mean"], rel=0.005)
+    assert s2["gauss_bonnet_euler"] == pytest.approx(1.0, abs=0.015)
+
+
+@pytest.mark.parametrize("axis", [(1.0, 0.0, 0.0), (1.0, 0.5, 0.0)])
+def test_cylinder_cut_by_the_faces(axis):
+    """A cylinder (r = 10) through two opposite faces: M = 1/(2r), ∫G dA = 0, and the
+    area is its lateral area inside the volume (the cut faces are no interface), cut
+    at a right angle and at 27° (which leaves ∫G dA/4π ≈ -0.01 per cut)."""
+    r, nz = 10, 31
+    a = np.asarray(axis) / np.linalg.norm(axis)
+    ny = int(2 * (r + a[1] * nz / 2) / a[0]) + 13          # 6 voxels clear of the y and x faces
+    _, y, x = _near_faces((0, ny / 2 - 6.5, r), 6, np.random.default_rng(4))
+    z = np.arange(nz)[:, None, None] - (nz - 1) / 2         # the z faces cut the cylinder
+    t = a[0] * z + a[1] * y + a[2] * x
+    solid = z * z + y * y + x * x - t * t <= r * r
+    assert solid[0].any() and solid[-1].any()
+    s = summary(solid)
+    assert s["mean_curvature_mean"] == pytest.approx(1 / (2 * r), rel=0.03)
+    assert abs(s["gaussian_curvature_mean"]) < 0.02 / r**2
+    assert abs(s["gauss_bonnet_euler"]) < 0.05
+    assert s["interface_area"] == pytest.approx(2 * math.pi * r * nz / a[0], rel=0.03)
+    if axis == (1.0, 0.0, 0.0):     # φ is the same on every slice: exactly the middle's values
+        assert s["gaussian_curvature_std"] < 1e-12
+        middle = summary(np.concatenate([solid] * 3), core=(slice(nz, 2 * nz), slice(None), slice(None)))
+        assert s["mean_curvature_mean"] == pytest.approx(middle["mean_curvature_mean"], rel=1e-9)
 
 
 # --------------------------------------------------------------------------- anisotropic voxels
@@ -213,7 +297,8 @@ def test_anisotropic_sphere():
 @pytest.mark.parametrize("axis", [(1, 0, 0), (0, 0, 1), (1, 1, 1)])
 def test_anisotropic_cylinder(axis):
     r = 0.2
-    s = summary(cylinder(r, axis, FIB, rng=np.random.default_rng(9)), FIB)
+    solid = cylinder(r, axis, FIB, rng=np.random.default_rng(9))
+    s = summary(solid, FIB, core=interior(solid.shape, FIB))
     assert s["mean_curvature_mean"] == pytest.approx(1 / (2 * r), rel=0.03)
     assert abs(s["gaussian_curvature_mean"]) < 0.02 / r**2
 
@@ -242,13 +327,20 @@ def test_anisotropic_same_physical_answer():
 
 
 # --------------------------------------------------------------------------- chunked == whole
-@pytest.mark.parametrize("voxel_size", [(1.0, 1.0, 1.0), FIB])
-def test_chunked_equals_whole(voxel_size):
-    solid = porous((58, 62, 66), np.random.default_rng(21), porosity=0.45, sigma=2.5).astype(np.uint8)
+@pytest.mark.parametrize("voxel_size, shape, chunks", [
+    ((1.0, 1.0, 1.0), (58, 62, 66), (17, 23, 29)),
+    (FIB, (58, 62, 66), (17, 23, 29)),
+    ((1.0, 1.0, 1.0), (12, 50, 47), (5, 23, 29)),     # thinner than the halo along z
+])
+def test_chunked_equals_whole(voxel_size, shape, chunks):
+    """Blocks (odd cores; at the outer faces the kernel continues φ itself) merge to the
+    whole-volume call, which samples up to the faces."""
+    solid = porous(shape, np.random.default_rng(21), porosity=0.45, sigma=2.5).astype(np.uint8)
     edges = curvature_edges(voxel_size)
     whole = interface_curvature(solid, voxel_size=voxel_size, edges=edges)
-    parts = reduce_blocks(interface_curvature, solid, curvature_depth(voxel_size), chunks=(17, 23, 31),
+    parts = reduce_blocks(interface_curvature, solid, curvature_depth(voxel_size), chunks=chunks,
                           voxel_size=voxel_size, edges=edges)
+    assert any(b.outer[0].start == 0 and b.core[0].start == 0 for b, _ in parts)
     merged = merge_curvature(parts)
     assert whole["samples"] > 1000
     assert merged["samples"] == whole["samples"]
@@ -259,6 +351,11 @@ def test_chunked_equals_whole(voxel_size):
     for key in ("mean_curvature_mean", "gaussian_curvature_mean", "mean_curvature_std",
                 "gaussian_curvature_std"):
         assert sm[key] == pytest.approx(sw[key], rel=1e-9), key
+    # the interface is sampled up to every face
+    w = curvature_fields(solid, voxel_size=voxel_size)[2]
+    for axis in range(3):
+        for end in (0, -1):
+            assert np.take(w, end, axis=axis).sum() > 0
 
 
 def test_too_small_halo_differs():
@@ -323,12 +420,14 @@ def test_no_interface_is_nan(make):
     assert math.isnan(s["mean_curvature_std"]) and s["interface_area"] == 0
 
 
-def test_interface_only_in_margin_is_nan():
-    solid = np.zeros((40, 40, 40), bool)
-    solid[:3] = True          # a slab on the outer face: its surface lies within the margin
-    with pytest.warns(NoInterfaceWarning):
-        s = summary(solid)
-    assert math.isnan(s["mean_curvature_mean"])
+def test_slab_on_an_outer_face():
+    """A slab 3 voxels thick on an outer face: its free surface is measured (flat, the
+    face's area); the face the slab lies on is not interface."""
+    solid = np.zeros((30, 34, 38), bool)
+    solid[:3] = True
+    s = summary(solid)
+    assert s["interface_area"] == pytest.approx(34 * 38, rel=0.01)
+    assert abs(s["mean_curvature_mean"]) < 1e-6 and abs(s["gaussian_curvature_mean"]) < 1e-9
 
 
 def test_input_not_modified():
