@@ -172,23 +172,29 @@ def feature_transform(image, *, voxel_size=(1.0, 1.0, 1.0)) -> np.ndarray:
     return feature_pass(feat, 2, voxel_size=voxel_size)
 
 
+@njit(cache=True, nogil=True)
+def _feature_distance(features, vs, offset, out):
+    _, n0, n1, n2 = features.shape
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                if features[0, i, j, k] < 0:
+                    out[i, j, k] = np.inf
+                    continue
+                a = float(features[0, i, j, k] - (i + offset[0])) * vs[0]
+                b = float(features[1, i, j, k] - (j + offset[1])) * vs[1]
+                c = float(features[2, i, j, k] - (k + offset[2])) * vs[2]
+                out[i, j, k] = np.sqrt((a * a + b * b) + c * c)
+
+
 def feature_distance(features, *, voxel_size=(1.0, 1.0, 1.0), offset=(0, 0, 0)) -> np.ndarray:
     """Distance from each voxel to its feature, in the unit of `voxel_size` (float64,
     inf where there is none), with SciPy's arithmetic: ``sqrt(Σ ((f_a − i_a)·h_a)²)``
     summed over the axes in order."""
     features = np.asarray(features)
-    vs = check_voxel_size(voxel_size)
-    shape = features.shape[1:]
-    total = None
-    for a in range(3):
-        idx = np.arange(shape[a], dtype=np.int64) + int(offset[a])
-        d = (features[a].astype(np.int64) - idx.reshape([-1 if b == a else 1 for b in range(3)]))
-        d = d.astype(np.float64)
-        d *= vs[a]
-        np.multiply(d, d, d)
-        total = d if total is None else np.add(total, d, out=total)
-    out = np.sqrt(total)
-    out[features[0] < 0] = np.inf
+    vs = np.asarray(check_voxel_size(voxel_size), np.float64)
+    out = np.empty(features.shape[1:], np.float64)
+    _feature_distance(features, vs, np.asarray(offset, np.int64), out)
     return out
 
 

@@ -138,31 +138,33 @@ def _depth_given(shape, core, offset, volume_shape) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------- numba
+@njit(cache=True, nogil=True, inline="always")
+def _corner(p, off, n):
+    """Lower corner index and weight along one axis, clamped to the array."""
+    fl = math.floor(off)
+    i0 = p + int(fl)
+    w = off - fl
+    if i0 < 0:
+        i0 = 0
+        w = 0.0
+    elif i0 >= n - 1:
+        i0 = n - 1
+        w = 0.0
+    return i0, min(i0 + 1, n - 1), w
+
+
 @njit(cache=True, nogil=True)
 def _sample(f, p, off):
     """`f` trilinearly interpolated at voxel ``p`` (ints) + ``off`` (floats), clamped
     to the array. The weights come from `off` alone, so a block and the whole volume
     give bit-identical values wherever the same voxels are read."""
-    n = f.shape
-    i0 = np.empty(3, np.int64)
-    i1 = np.empty(3, np.int64)
-    w = np.empty(3)
-    for k in range(3):
-        fl = math.floor(off[k])
-        i0[k] = p[k] + int(fl)
-        w[k] = off[k] - fl
-        if i0[k] < 0:
-            i0[k] = 0
-            w[k] = 0.0
-        elif i0[k] >= n[k] - 1:
-            i0[k] = n[k] - 1
-            w[k] = 0.0
-        i1[k] = min(i0[k] + 1, n[k] - 1)
-    a, b, c = w[0], w[1], w[2]
-    c00 = f[i0[0], i0[1], i0[2]] * (1 - c) + f[i0[0], i0[1], i1[2]] * c
-    c01 = f[i0[0], i1[1], i0[2]] * (1 - c) + f[i0[0], i1[1], i1[2]] * c
-    c10 = f[i1[0], i0[1], i0[2]] * (1 - c) + f[i1[0], i0[1], i1[2]] * c
-    c11 = f[i1[0], i1[1], i0[2]] * (1 - c) + f[i1[0], i1[1], i1[2]] * c
+    a0, a1, a = _corner(p[0], off[0], f.shape[0])
+    b0, b1, b = _corner(p[1], off[1], f.shape[1])
+    c0, c1, c = _corner(p[2], off[2], f.shape[2])
+    c00 = f[a0, b0, c0] * (1 - c) + f[a0, b0, c1] * c
+    c01 = f[a0, b1, c0] * (1 - c) + f[a0, b1, c1] * c
+    c10 = f[a1, b0, c0] * (1 - c) + f[a1, b0, c1] * c
+    c11 = f[a1, b1, c0] * (1 - c) + f[a1, b1, c1] * c
     return (c00 * (1 - b) + c01 * b) * (1 - a) + (c10 * (1 - b) + c11 * b) * a
 
 
@@ -215,13 +217,14 @@ def _chords(f, pts, vec, dist, vs, step, reach):
 
 
 # --------------------------------------------------------------------------- core
-def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0)):
+def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0), limit=math.inf):
     """Guarded skeleton and φ over a whole block.
 
     `features`: the nearest pore voxel of every voxel of the block (3, P, M, N), global
     indices, from the transform of the whole volume; None: the block's own transform.
 
-    Returns (points (n, 3) int64 in C order, phi (n,), dist (host float64 array),
+    Returns (points (n, 3) int64 in C order: the skeleton voxels in `core` within
+    `limit` of the pore, phi (n,), dist (host float64 array),
     guard_first ((k, 3): the first guard voxel of each guarded component, so that a
     component is counted once over blocks), unresolved_axes (bool[3]: axes along which a
     skeleton-less component touched a cut face of the block))."""
@@ -257,17 +260,22 @@ def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0)):
                     unresolved |= np.array(touch)
                 decided.append(lab)
             if decided:
-                decided = np.asarray(decided)
-                top = np.asarray(_ndi.maximum(dist, labels, index=decided))
-                best = np.zeros(n + 1)
-                best[decided] = top
                 sel = np.zeros(n + 1, bool)
-                sel[decided] = True
-                add = sel[labels] & (dist == best[labels])
+                sel[np.asarray(decided)] = True
+                member = sel[labels]
+                best = np.full(n + 1, -np.inf)
+                np.maximum.at(best, labels[member], dist[member])
+                add = member & (dist == best[labels])
                 skel |= add
                 where = np.argwhere(add)
                 _, first = np.unique(labels[tuple(where.T)], return_index=True)
                 guard_first = where[first]
+    if core is not None:
+        inner = np.zeros_like(skel)
+        inner[core] = skel[core]
+        skel = inner
+    if limit < math.inf:
+        skel &= dist <= limit
     pts = np.argwhere(skel)
     if pts.size == 0:
         return pts, np.empty(0), dist, guard_first, unresolved
@@ -362,7 +370,7 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
             return result([], math.nan, core_solid=core_solid)
         # The nearest pore lies beyond this block: its transform cannot say how far.
         return result([], math.inf, core_solid=core_solid)
-    pts, phi, dist, guard_first, unresolved = _analyse(solid, vs, cut, core, features, offset)
+    pts, phi, dist, guard_first, unresolved = _analyse(solid, vs, cut, core, features, offset, limit)
 
     def inside(p):
         ok = np.ones(len(p), bool)
@@ -372,12 +380,10 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
 
     core_dist = dist[core]
     max_radius = float(core_dist.max()) if core_dist.size else 0.0
-    keep = inside(pts)
     unmeasured = 0
     if max_radius > limit:
-        keep &= dist[tuple(pts.T)] <= limit
         unmeasured = int(((core_dist > limit) & np.asarray(to_numpy(solid))[core]).sum())
-    return result(phi[keep], max_radius, int(inside(guard_first).sum()),
+    return result(phi, max_radius, int(inside(guard_first).sum()),
                   int(unresolved.any()), core_solid, unmeasured)
 
 
