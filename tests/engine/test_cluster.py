@@ -51,6 +51,35 @@ def test_local_cluster_limits_threads_and_logs_dashboard(caplog):
     assert f"Dask dashboard: {link}" in caplog.text
 
 
+def _interval(seconds):
+    import time
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
+def test_whole_tomogram_tasks_reserve_worker_memory():
+    """Workers offer their memory limit as a resource; tasks that reserve more than
+    half of it never run together on one worker (they would without it)."""
+    import dask
+
+    from porevox.engine.cluster import MEMORY, reservation, reserving
+
+    with cluster(n_workers=1, threads_per_worker=2, memory_limit="1GB",
+                 dashboard_address="127.0.0.1:0") as c:
+        [info] = c.scheduler_info()["workers"].values()
+        assert info["resources"] == {MEMORY: 10**9}
+        assert reservation(6 * 10**8) == {MEMORY: 6 * 10**8}
+        with reserving(6 * 10**8):
+            big = [dask.delayed(_interval, pure=False)(0.5) for _ in range(2)]
+        small = [dask.delayed(_interval, pure=False)(0.5) for _ in range(2)]
+        a, b = dask.compute(*big)
+        c_, d = dask.compute(*small)
+    assert a[1] <= b[0] or b[1] <= a[0]                 # one after the other
+    assert c_[0] < d[1] and d[0] < c_[1]                # side by side
+
+
 def test_attach_to_external_scheduler(external_scheduler, tmp_path, rng):
     data = rng.integers(0, 65535, (20, 30, 40), dtype=np.uint16)
     np.save(tmp_path / "s.npy", data)

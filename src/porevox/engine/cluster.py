@@ -93,6 +93,32 @@ def worker_memory_limit(workers: dict | None = None) -> int | None:
     return min(limits) if limits else None
 
 
+#: The Dask resource by which whole-tomogram tasks reserve memory on the worker that
+#: runs them (bytes). LocalCluster workers declare their memory limit; workers started
+#: elsewhere declare it with ``dask worker --resources MEMORY=<bytes>``.
+MEMORY = "MEMORY"
+
+
+def reservation(need: int) -> dict | None:
+    """``{MEMORY: need}`` for a task's ``resources`` where every worker declares the
+    resource (then the scheduler never runs two tasks whose reservations exceed one
+    worker's memory together on it), else None (a task asking for a resource no worker
+    has would never run)."""
+    workers = cluster_workers()
+    if not workers or not all(MEMORY in (w.get("resources") or {}) for w in workers.values()):
+        return None
+    return {MEMORY: int(need)}
+
+
+def reserving(need: int):
+    """A context in which the Dask tasks created carry :func:`reservation` (a no-op
+    where the workers declare no memory resource)."""
+    import dask
+
+    resources = reservation(need)
+    return dask.annotate(resources=resources) if resources else contextlib.nullcontext()
+
+
 #: Memory of a worker process before its tasks' data: the interpreter, NumPy, SciPy,
 #: Zarr and numba's compiled kernels — measured at 240-300 MiB once porevox's
 #: kernels have run (``benchmarks/outofcore_suite.py``).
@@ -230,7 +256,7 @@ def cluster(
     logged either way.
     """
     import dask
-    from dask.utils import format_bytes
+    from dask.utils import format_bytes, parse_bytes
     from distributed import Client, LocalCluster
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
@@ -249,6 +275,10 @@ def cluster(
         n_workers = n_workers or layout["n_workers"]
         threads = threads_per_worker or layout["threads_per_worker"]
         memory = memory_limit if memory_limit is not None else layout["memory_limit"]
+        try:   # each worker offers its memory limit as a resource that whole-tomogram tasks reserve
+            limit = int(parse_bytes(memory) if isinstance(memory, str) else memory)
+        except (TypeError, ValueError):   # "auto"
+            limit = 0
         # Worker processes get the limits in their environment before they start, so
         # BLAS, OpenMP and numba size their pools from them; the plugin covers the rest.
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
@@ -276,6 +306,7 @@ def cluster(
                     memory_limit=memory,
                     processes=processes,
                     dashboard_address=dashboard_address,
+                    resources={MEMORY: limit} if limit else None,
                     # a failing task reaches the client as its exception: the workers'
                     # own tracebacks stay off the terminal unless asked for (-vv)
                     silence_logs=logging.WARNING if dask.config.get("porevox.worker_logs", False)

@@ -31,7 +31,7 @@ from dask.utils import format_bytes
 
 from ..errors import InvalidVolumeError
 from .blockwise import as_dask
-from .cluster import active_client, compute, worker_memory_limit
+from .cluster import active_client, compute, reservation, worker_memory_limit
 from .storage import LABELS, Volume, check_voxel_size, open_volume
 
 logger = logging.getLogger(__name__)
@@ -102,16 +102,17 @@ def place(need: int, *, what: str = "stage", log: logging.Logger = logger,
 
 # --------------------------------------------------------------------------- run
 def run_whole(func: Callable, source, options: Sequence[dict], where: str, *,
-              threads: int = 1) -> list[tuple[Any, list]]:
+              threads: int = 1, need: int | None = None) -> list[tuple[Any, list]]:
     """``func(array, **opts)`` for each `opts` in `options`, on the whole `source`
     array, where :func:`place` said; returns ``[(result, warnings)]`` in order, the
     warnings as ``(category, message)`` for the caller to raise again.
 
     "worker": the data is read (or scattered) on the cluster once and every call is
-    one task. "driver": the data is read here once; with ``threads > 1`` the calls
-    run in that many threads (for GIL-releasing kernels) and their warnings are not
-    captured (the warnings machinery is process-global): such a `func` reports
-    problems in its result.
+    one task, reserving `need` bytes of its worker's memory where the workers declare
+    it (:func:`~porevox.engine.cluster.reservation`). "driver": the data is read here
+    once; with ``threads > 1`` the calls run in that many threads (for GIL-releasing
+    kernels) and their warnings are not captured (the warnings machinery is
+    process-global): such a `func` reports problems in its result.
     """
     if where == "worker":
         client = active_client()
@@ -119,7 +120,9 @@ def run_whole(func: Callable, source, options: Sequence[dict], where: str, *,
             data = client.scatter(source)
         else:
             data = client.compute(as_dask(source))  # read and assembled on the cluster
-        futures = [client.submit(solve_task, func, data, opts, pure=False) for opts in options]
+        resources = reservation(need) if need else None
+        futures = [client.submit(solve_task, func, data, opts, pure=False, resources=resources)
+                   for opts in options]
         try:
             return client.gather(futures)
         finally:

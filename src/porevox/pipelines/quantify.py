@@ -38,7 +38,7 @@ import numpy as np
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle, tree_reduce
-from ..engine.cluster import compute, total_threads, worker_memory_limit
+from ..engine.cluster import compute, reserving, total_threads, worker_memory_limit
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, tmp_group
 from ..errors import InvalidVolumeError
@@ -196,8 +196,9 @@ class Job:
                 logger.info("struts of %s: the whole volume in one task (needs ~%.0f MiB; %s)",
                             self.name, need / 2**20, room)
                 whole = [tuple(slice(0, n) for n in self.shape)]
-                self.blocks["struts"], self.tasks["struts"] = block_tasks(
-                    struts.strut_diameters, self.source, whole, 0, voxel_size=vs, values=False)
+                with reserving(need):   # never two of them together where only one fits
+                    self.blocks["struts"], self.tasks["struts"] = block_tasks(
+                        struts.strut_diameters, self.source, whole, 0, voxel_size=vs, values=False)
             else:
                 logger.info("struts of %s: in blocks, after the volume's distance transform (the whole "
                             "volume in one task needs ~%.0f MiB; %s)", self.name, need / 2**20, room)

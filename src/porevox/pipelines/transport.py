@@ -86,7 +86,7 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_opt
                 voxels / 1e6, "zyx"[axis], format_bytes(need),
                 "as one task on a Dask worker" if where == "worker" else "in this process")
     options = {"voxel_size": voxel_size, "axis": axis, **solver_options}
-    [(result, caught)] = run_whole(_solve, source, [options], where)
+    [(result, caught)] = run_whole(_solve, source, [options], where, need=need)
     for category, message in caught:  # the solver's warnings, raised at the caller
         warnings.warn(message, category, stacklevel=2)
     result.update(axis="zyx"[axis], voxel_size=[float(v) for v in voxel_size],
