@@ -203,6 +203,58 @@ def inlet_distance(solid, *, axis=1, direction=1, voxel_size=(1.0, 1.0, 1.0), or
     return out
 
 
+def fast_marching_update(allowed, distance, seeds, *, fixed=None, voxel_size=(1.0, 1.0, 1.0),
+                         order=2) -> int:
+    """Lower `distance` in place to the fast-marching solution after some values dropped.
+
+    The incremental form of :func:`fast_marching` for a block whose neighbours'
+    values (its halo) came down since its last solve: the finite values of
+    `distance` are *known* (a previous solve's, upper bounds), the `seeds` are the
+    voxels whose values just dropped (or new sources), and the march starts from the
+    seeds alone. A known voxel is re-opened only where its upwind value computed from
+    a newly accepted neighbour is lower than it; voxels that were unreached (``inf``)
+    are marched as by :func:`fast_marching`. The work is that of the voxels whose
+    values drop, not of the block. With every value ``inf`` but the seeds' it is
+    :func:`fast_marching` from them (the same result). For ``order=1`` (a monotone
+    scheme) the result is the whole solve's from the same data: every voxel ends with
+    the upwind value of its neighbours (the fast-marching fixed point).
+
+    Parameters
+    ----------
+    allowed : (P, M, N) ndarray of bool
+        Voxels the front may enter. Not modified.
+    distance : (P, M, N) float64 ndarray
+        Known values (``inf`` where unknown); updated in place.
+    seeds : (P, M, N) ndarray of bool
+        Voxels the march starts from, at their (finite) values in `distance`.
+    fixed : (P, M, N) ndarray of bool, optional
+        Voxels whose values are imposed (never lowered): the halo, the inlet.
+    voxel_size, order
+        As for :func:`fast_marching`.
+
+    Returns
+    -------
+    int
+        Voxels accepted by the march (the work done).
+    """
+    allowed = _check_3d("allowed", allowed)
+    if not isinstance(distance, np.ndarray) or distance.dtype != np.float64 or distance.ndim != 3:
+        raise InvalidVolumeError("distance must be a 3-D float64 NumPy array (updated in place)")
+    for name, other in (("distance", distance), ("seeds", seeds), ("fixed", fixed)):
+        if other is not None and np.shape(other) != allowed.shape:
+            raise InvalidVolumeError(f"allowed and {name} must have one shape; got {allowed.shape} "
+                                     f"and {np.shape(other)}")
+    h = check_voxel_size(voxel_size)
+    order = check_order(order)
+    fixed = np.zeros((0, 0, 0), np.uint8) if fixed is None else _flags(fixed)
+    framed = math.prod(n + 2 * _PAD for n in allowed.shape)
+    pops = _update(_flags(allowed), distance, _flags(seeds), fixed, _positions(framed), h[0], h[1], h[2],
+                   order)
+    if pops < 0:
+        raise InvalidVolumeError("distance must not hold NaN: use +inf for unknown voxels")
+    return int(pops)
+
+
 @dataclass(frozen=True)
 class TortuosityResult:
     """Result of :func:`geodesic_tortuosity`.
@@ -356,6 +408,14 @@ def _framed(allowed) -> tuple[np.ndarray, np.ndarray, tuple]:
     state = np.full(shape, _BLOCKED, np.uint8)
     np.copyto(state[inner], np.uint8(_FAR), where=np.asarray(allowed) != 0)
     return state, np.full(shape, np.inf), inner
+
+
+def _flags(mask) -> np.ndarray:
+    """A mask as uint8 (nonzero = set) without a copy where it is bool or uint8."""
+    mask = to_numpy(mask)
+    if mask.dtype == bool:
+        return mask.view(np.uint8)
+    return mask if mask.dtype == np.uint8 else (mask != 0).view(np.uint8)
 
 
 def _positions(n: int) -> np.ndarray:
@@ -556,6 +616,137 @@ def _march_heap(st, d, b, pos, hv, hi, size, n1, n2, bounds, i0, i1, i2, order):
     return 0
 
 
+@njit(cache=True, nogil=True)
+def _update(allowed, distance, seeds, fixed, pos, h0, h1, h2, order):
+    """:func:`fast_marching_update`: the framed state built in one pass (known voxels
+    _FROZEN with their value as bound, imposed ones with ``-inf``, unknown imposed ones
+    _BLOCKED; seeds _SOURCE if imposed, else _TRIAL), the march from the seeds, the
+    values copied back. Returns the voxels accepted, or -1 on a NaN distance."""
+    n0, n1, n2 = allowed.shape
+    has_fixed = fixed.size > 0
+    shape = (n0 + 2 * _PAD, n1 + 2 * _PAD, n2 + 2 * _PAD)
+    state = np.full(shape, _BLOCKED, np.uint8)
+    dist = np.full(shape, np.inf)
+    bound = np.full(shape, np.inf)
+    size = 0
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                if allowed[i, j, k] == 0:
+                    continue
+                v = distance[i, j, k]
+                if v != v:
+                    return -1
+                imposed = has_fixed and fixed[i, j, k] != 0
+                a, b, c = i + _PAD, j + _PAD, k + _PAD
+                if v == np.inf:
+                    state[a, b, c] = _BLOCKED if imposed else _FAR
+                    continue
+                dist[a, b, c] = v
+                bound[a, b, c] = -np.inf if imposed else v
+                if seeds[i, j, k] != 0:
+                    state[a, b, c] = _SOURCE if imposed else _TRIAL
+                    size += 1
+                else:
+                    state[a, b, c] = _FROZEN
+    if size == 0:
+        return 0
+    st = state.ravel()
+    d = dist.ravel()
+    hv = np.empty(max(1024, 2 * size), np.float64)
+    hi = np.empty(hv.size, np.int64)
+    size = 0
+    for p in range(st.size):
+        if st[p] == _TRIAL or st[p] == _SOURCE:
+            _sift_up(hv, hi, pos, size, d[p], p)
+            size += 1
+    pops = 0
+    while True:
+        size, done = _update_heap(st, d, bound.ravel(), pos, hv, hi, size, shape[1], shape[2],
+                                  1.0 / (h0 * h0), 1.0 / (h1 * h1), 1.0 / (h2 * h2), order)
+        pops += done
+        if size == 0:
+            break
+        grown_v = np.empty(2 * hv.size, np.float64)
+        grown_i = np.empty(2 * hv.size, np.int64)
+        grown_v[:size] = hv[:size]
+        grown_i[:size] = hi[:size]
+        hv = grown_v
+        hi = grown_i
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                distance[i, j, k] = dist[i + _PAD, j + _PAD, k + _PAD]
+    return pops
+
+
+@njit(cache=True, nogil=True)
+def _update_heap(st, d, b, pos, hv, hi, size, n1, n2, i0, i1, i2, order):
+    """The main loop of :func:`_update`: as :func:`_march_heap`, but a known voxel
+    (_FROZEN with a ``b`` above ``-inf``) is re-opened where its new upwind value is
+    lower. Returns (heap size, 0 when done; voxels accepted)."""
+    s0 = n1 * n2
+    s1 = n2
+    offsets = (-s0, s0, -s1, s1, -1, 1)
+    room = hv.size - 12  # a voxel's acceptance pushes at most 12 voxels (order 2)
+    pops = 0
+    while size > 0:
+        if size > room:
+            return size, pops
+        p = hi[0]
+        size -= 1
+        if size > 0:
+            _sift_down(hv, hi, pos, size, 0, hv[size], hi[size])
+        st[p] = _FROZEN
+        b[p] = -np.inf
+        pops += 1
+        for off in offsets:
+            q = p + off
+            for step in range(order):
+                if step == 1:
+                    # the voxel beyond an accepted q may now use p in its stencil
+                    if st[q] != _FROZEN:
+                        break
+                    q += off
+                sq = st[q]
+                if sq == _BLOCKED or sq == _SOURCE:
+                    continue
+                if sq == _FROZEN and b[q] == -np.inf:
+                    continue
+                if sq == _FAR and step == 1:
+                    continue
+                t0, w0 = _axis_term(st[q - s0], d[q - s0], st[q - 2 * s0], d[q - 2 * s0],
+                                    st[q + s0], d[q + s0], st[q + 2 * s0], d[q + 2 * s0], order)
+                t1, w1 = _axis_term(st[q - s1], d[q - s1], st[q - 2 * s1], d[q - 2 * s1],
+                                    st[q + s1], d[q + s1], st[q + 2 * s1], d[q + 2 * s1], order)
+                t2, w2 = _axis_term(st[q - 1], d[q - 1], st[q - 2], d[q - 2],
+                                    st[q + 1], d[q + 1], st[q + 2], d[q + 2], order)
+                u = _solve(t0, w0 * i0, t1, w1 * i1, t2, w2 * i2)
+                if b[q] < u:
+                    u = b[q]
+                if sq == _FAR:
+                    if u == np.inf:
+                        continue
+                    st[q] = _TRIAL
+                    d[q] = u
+                    _sift_up(hv, hi, pos, size, u, q)
+                    size += 1
+                elif sq == _TRIAL:
+                    if u != d[q]:
+                        at = pos[q]
+                        if u < d[q]:
+                            _sift_up(hv, hi, pos, at, u, q)
+                        else:
+                            _sift_down(hv, hi, pos, size, at, u, q)
+                        d[q] = u
+                elif u < d[q]:  # a known voxel whose value drops: re-opened
+                    st[q] = _TRIAL
+                    d[q] = u
+                    _sift_up(hv, hi, pos, size, u, q)
+                    size += 1
+    return 0, pops
+
+
 __all__ = ["BYTES_PER_VOXEL", "TortuosityResult", "check_direction", "check_order", "fast_marching",
-           "fast_marching_depth", "geodesic_tortuosity", "inlet_distance", "memory_estimate",
-           "tortuosity_from_sums", "tortuosity_sums"]
+           "fast_marching_depth", "fast_marching_update", "geodesic_tortuosity", "inlet_distance",
+           "memory_estimate", "tortuosity_from_sums", "tortuosity_sums"]

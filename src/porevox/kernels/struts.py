@@ -37,20 +37,19 @@ Method, at every voxel ``s`` of the skeleton of the solid:
    under-resolves it); plates of 3 voxels and more read exactly their thickness.
 
 Chunking: a block's core is exact if its halo covers what the core's values depend
-on: the distance transform within the largest radius ``r`` of the core, the rays (at
-most ``r`` plus two voxels), the smoothing (3 voxels) and the thinning, which
-propagates about one voxel per iteration, about ``r`` iterations:
-:func:`strut_depth` gives ``SAFETY·r`` voxels per axis plus a fixed margin.
-:func:`strut_diameters` reports ``depth_needed`` from the radius it found in its core
-(an upper bound of the true one, so the check is conservative) and ``depth_given``;
-where ``depth_needed > depth_given`` the caller reruns the block with the grown halo.
-With enough halo the merged φ of all cores is the whole volume's, bit for bit (the
-rays interpolate with weights that do not depend on the block's offset). The guard is
-decided only for components that do not touch a cut face of the block; a
-skeleton-less component that touches one and reaches into the core raises
-``depth_needed`` on that axis to twice the halo plus one (the caller grows it).
-Known limit: a component whose piece in the block keeps a skeleton voxel near a cut
-face while the whole component has none is not detected (not seen in the tests).
+on: the distance transform (given exactly by the whole volume's feature transform,
+``features``, whatever the halo), the rays (at most ``r`` plus two voxels, ``r`` the
+largest radius in the core), the smoothing (3 voxels) and the thinning, which
+propagates about one voxel per iteration, about ``r`` iterations: :func:`strut_depth`
+gives ``SAFETY·r`` voxels per axis plus a fixed margin. With it the merged φ of all
+cores is the whole volume's, bit for bit (the rays interpolate with weights that do
+not depend on the block's offset, and the features do not depend on the blocking).
+Where a task cannot hold that halo, ``limit`` leaves out the skeleton voxels deeper
+than the radius its halo covers and counts the solid it leaves unmeasured. The guard
+decides a component that runs out of the block by its piece in the block (its
+largest distance there; exact for even-width bars of constant section, counted in
+``guard_cut``). Without ``features`` a block uses its own transform, exact where
+its halo holds the nearest pore of every core voxel.
 
 Units: φ and radii in the unit of ``voxel_size`` (µm by the porevox convention).
 """

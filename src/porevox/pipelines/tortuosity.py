@@ -60,30 +60,33 @@ its halo.
 
 from __future__ import annotations
 
-import itertools
+import concurrent.futures as cf
+import heapq
 import logging
 import math
+import operator
 import os
-import tempfile
 import time
 import uuid
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
 import zarr
 from dask.utils import format_bytes
 
-from ..engine.cluster import active_client, chunk_bytes_budget, compute, worker_memory_limit
+from ..engine.cluster import active_client, chunk_bytes_budget, worker_memory_limit
 from ..engine.placement import free_memory, place, resolve_source, run_whole
-from ..engine.storage import Volume, check_chunks, choose_chunks, discard, open_volume
+from ..engine.storage import CheckedArray, check_chunks, choose_chunks, discard
 from ..errors import InvalidVolumeError, StageError
 from ..kernels.conductivity import NoPathWarning, NotConvergedWarning, check_axis
 from ..kernels.fmm import (
     check_order,
-    fast_marching,
     fast_marching_depth,
+    fast_marching_update,
     inlet_distance,
     memory_estimate,
     tortuosity_from_sums,
@@ -102,7 +105,8 @@ METHODS = ("auto", "whole", "blocks")
 #: solid and fixed masks, the kernel's framed state, distances, bounds and heap
 #: positions (21), comparison temporaries.
 BLOCK_BYTES_PER_VOXEL = 72
-_RTOL = 1e-6  # a block changed if a value dropped by more than this (relative)
+_RTOL = 1e-9  # a face changed if a value dropped by more than this (relative)
+SCRATCH_PREFIX = ".porevox-tortuosity-"
 
 
 def tortuosity(solid, *, voxel_size=None, axis=1, directions=None, order=2, method="auto",
@@ -191,15 +195,11 @@ def tortuosity(solid, *, voxel_size=None, axis=1, directions=None, order=2, meth
         iterations = dict.fromkeys(names, 0)
         ran_on, used_chunks = where, None
     else:
-        solver = BlockSolver(source, voxel_size=voxel_size, order=order, chunks=chunks,
-                             scratch=_scratch_home(solid, scratch))
-        try:
-            iterations = solver.run(names)
-            results = {n: solver.tortuosity(n, last_fraction).to_dict() for n in names}
-        finally:
-            solver.close()
+        results, iterations, used_chunks = block_tortuosity(
+            source, names, voxel_size=voxel_size, order=order, last_fraction=last_fraction,
+            chunks=chunks, scratch=scratch)
         ran_on = "cluster" if active_client() is not None else "driver"
-        used_chunks = list(solver.chunks)
+        used_chunks = list(used_chunks)
     for name in names:
         if results[name]["note"]:
             warnings.warn(f"tortuosity along {name}: {results[name]['note']}", NoPathWarning,
@@ -285,11 +285,15 @@ def direction_tortuosity(arr: np.ndarray, *, direction: str, voxel_size, order: 
 
 
 # --------------------------------------------------------------------------- blocks
-def _scratch_home(solid, scratch) -> Path | None:
+def scratch_home(source, scratch=None) -> Path | None:
+    """The folder the block solver keeps its scratch in: `scratch` where given, else
+    the store folder of a volume or Zarr array on local disk (the workers read the
+    volume there, so they see it), else None: the blocks stay in memory."""
     if scratch is not None:
         return Path(scratch)
-    if isinstance(solid, (str, os.PathLike, Volume)):
-        return open_volume(solid, mode="r").path.parent
+    arr = source.arr if isinstance(source, CheckedArray) else source
+    if isinstance(arr, zarr.Array) and isinstance(arr.store, zarr.storage.LocalStore):
+        return Path(arr.store.root)
     return None
 
 
@@ -306,196 +310,556 @@ def block_chunks(shape, chunks, depth: int) -> tuple[int, int, int]:
     return chunks
 
 
+def _cuts(n: int, c: int, depth: int) -> list[int]:
+    """Block boundaries along one axis: every `c` voxels, a last block thinner than the
+    halo joined to the one before (a face is then always one neighbour's)."""
+    cuts = [*range(0, n, c), n]
+    if len(cuts) > 2 and cuts[-1] - cuts[-2] < depth:
+        del cuts[-2]
+    return cuts
+
+
+@dataclass
+class _Direction:
+    """The driver's record of one direction's solve."""
+
+    name: str
+    axis: int
+    sign: int
+    folder: str | None                                   # scratch folder (None: in memory)
+    visited: set = field(default_factory=set)
+    seen: dict = field(default_factory=dict)             # block -> {side: neighbour face version used}
+    versions: dict = field(default_factory=dict)         # (block, side) -> times its face dropped
+    core: dict = field(default_factory=dict)             # in memory: block -> core (array or future)
+    faces: dict = field(default_factory=dict)            # in memory: block -> {side: face}
+    visits: int = 0
+    pops: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+
 class BlockSolver:
     """The block-decomposed fast marching of the module docstring, for one volume and
     any number of directions.
 
-    ``run(names)`` iterates to convergence and returns the iterations per direction;
-    ``tortuosity(name, last_fraction)`` reduces the converged field by blocks;
-    ``read(name)`` assembles the whole field (for tests and small volumes);
-    ``close()`` removes the scratch folder.
+    ``run(names)`` solves them together and returns the block visits per direction
+    (``stats`` has the voxels accepted and the task seconds too);
+    ``tortuosity(name, last_fraction)`` reduces a solved field by blocks;
+    ``read(name)`` assembles a whole field (for tests and small volumes);
+    ``close()`` removes the scratch.
     """
 
-    def __init__(self, source, *, voxel_size, order=2, chunks=None, scratch=None, max_iterations=None):
+    def __init__(self, source, *, voxel_size, order=2, chunks=None, scratch=None, max_visits=None):
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.order = int(order)
         self.depth = fast_marching_depth(self.order)
         self.shape = tuple(int(s) for s in source.shape)
         self.chunks = block_chunks(self.shape, chunks, self.depth)
-        self.grid = tuple(-(-n // c) for n, c in zip(self.shape, self.chunks))
-        self.max_iterations = max_iterations or 4 * sum(self.grid) * max(self.grid) + 20
-        home = Path(scratch) if scratch is not None else Path(tempfile.gettempdir())
-        home.mkdir(parents=True, exist_ok=True)
-        self.path = home / f".porevox-tortuosity-{uuid.uuid4().hex[:12]}"
-        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        logger.info("tortuosity: block solver in %s blocks of %s (halo %d), scratch %s",
-                    "x".join(map(str, self.grid)), self.chunks, self.depth, self.path)
+        self.cuts = [_cuts(n, c, self.depth) for n, c in zip(self.shape, self.chunks)]
+        self.grid = tuple(len(c) - 1 for c in self.cuts)
+        self.max_visits = max_visits or 50 * math.prod(self.grid) + 100
+        self.pool = _pool()
+        self.path: Path | None = None
+        self.directions: dict[str, _Direction] = {}
+        self.stats: dict[str, dict] = {}
+        home = scratch_home(source, scratch)
         try:
+            if home is not None:
+                self.path = _make_scratch(home)
+                if isinstance(self.pool, _ClusterPool):  # before any work: every worker must see it
+                    check_scratch(self.pool.client, self.path)
             self.solid = self._solid(source)
         except BaseException:
             self.close()
             raise
-        self.arrays: dict[str, tuple[zarr.Array, zarr.Array]] = {}
-        self.latest: dict[str, np.ndarray] = {}
+        logger.info("tortuosity: block solver in %s blocks of %s (halo %d) on %s, %s",
+                    "x".join(map(str, self.grid)), self.chunks, self.depth, self.pool.describe(),
+                    f"scratch {self.path}" if self.path is not None else
+                    "the blocks kept in memory (no scratch folder)")
 
-    def _solid(self, source) -> zarr.Array:
-        """`source` as a Zarr array the workers can read: itself where it is on disk."""
-        if isinstance(source, zarr.Array) and isinstance(source.store, zarr.storage.LocalStore):
-            return source
-        out = self.group.create_array("solid", shape=self.shape, dtype="uint8", chunks=self.chunks,
-                                      fill_value=0)
+    def _solid(self, source):
+        """What a task reads its block of the solid from: `source` itself where every
+        task can read it, else one box per block (on the workers)."""
+        if not isinstance(self.pool, _ClusterPool) or _readable_by_workers(source):
+            return dict.fromkeys(self.blocks(), source)
+        outers = {b: self._outer(b) for b in self.blocks()}
+        client = self.pool.client
         if hasattr(source, "dask"):
-            import dask.array as da
-
-            data = (source.rechunk(self.chunks) != 0).astype(np.uint8)
-            compute(da.store(data, out, lock=False, compute=False))
+            boxes = client.compute([(source[o] != 0).astype(np.uint8) for o in outers.values()])
         else:
-            out[...] = np.asarray(source[...]) != 0
-        return out
+            boxes = client.scatter([np.ascontiguousarray(np.asarray(source[o]) != 0)
+                                    for o in outers.values()], hash=False)
+        return dict(zip(outers, boxes))
 
     def close(self) -> None:
-        discard(self.path)
+        if self.path is not None:
+            discard(self.path)
+        self.directions.clear()
+        self.solid = {}
+        self.pool.close()
 
-    # -- iterations ----------------------------------------------------------------
-    def run(self, names) -> dict[str, int]:
-        active: dict[str, set] = {}
-        for name in names:
-            self.arrays[name] = tuple(
-                self.group.create_array(f"{name[0].replace('+', 'p').replace('-', 'm')}{name[1]}-{v}",
-                                        shape=self.shape, dtype="float64", chunks=self.chunks,
-                                        fill_value=np.inf, compressors=None)
-                for v in (0, 1))
-            self.latest[name] = np.zeros(self.grid, np.int8)
-            axis, sign = _axis_sign(name)
-            first = 0 if sign > 0 else self.grid[axis] - 1
-            active[name] = {b for b in np.ndindex(self.grid) if b[axis] == first}
-        iterations = dict.fromkeys(names, 0)
-        step = dask.delayed(_block_step, pure=False)
-        solid = dask.delayed(self.solid, name=f"solid-{self.path.name}")
-        arrays = {n: dask.delayed(self.arrays[n], name=f"distance-{n}-{self.path.name}") for n in names}
-        for it in range(self.max_iterations):
-            work = [(name, b) for name in names for b in sorted(active[name])]
-            if not work:
-                break
-            tasks = [step(arrays[name], self._versions(name, b), solid, self._core(b),
-                          self._outer(b), self.chunks, self._inlet(name), self.voxel_size, self.order)
-                     for name, b in work]
-            changed = compute(*tasks)
-            for name in names:
-                if active[name]:
-                    iterations[name] += 1
-            nxt = {name: set() for name in names}
-            for (name, b), ch in zip(work, changed):
-                if ch:
-                    self.latest[name][b] ^= 1
-                    nxt[name].update(self._neighbours(b))
-            logger.debug("tortuosity: iteration %d: %d blocks, %d changed", it + 1, len(work),
-                         sum(changed))
-            active = nxt
-        else:
-            warnings.warn(f"the block solver stopped after {self.max_iterations} iterations with blocks "
-                          "still changing; its τ may be too large: use larger chunks",
-                          NotConvergedWarning, stacklevel=3)
-        logger.info("tortuosity: block solver converged in %s iterations",
-                    ", ".join(f"{n} {i}" for n, i in iterations.items()))
-        return iterations
+    # -- geometry ------------------------------------------------------------------
+    def blocks(self):
+        return np.ndindex(self.grid)
 
     def _core(self, b) -> tuple[slice, ...]:
-        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(b, self.chunks, self.shape))
+        return tuple(slice(c[i], c[i + 1]) for c, i in zip(self.cuts, b))
+
+    def _sides(self, b) -> tuple[tuple[int, int], ...]:
+        return tuple((a, s) for a in range(3) for s in (-1, 1) if 0 <= b[a] + s < self.grid[a])
 
     def _outer(self, b) -> tuple[slice, ...]:
-        return tuple(slice(max(s.start - self.depth, 0), min(s.stop + self.depth, n))
-                     for s, n in zip(self._core(b), self.shape))
+        sides = self._sides(b)
+        return tuple(slice(c.start - self.depth * ((a, -1) in sides), c.stop + self.depth * ((a, 1) in sides))
+                     for a, c in enumerate(self._core(b)))
 
-    def _neighbours(self, b):
-        ranges = [range(max(i - 1, 0), min(i + 2, g)) for i, g in zip(b, self.grid)]
-        return itertools.product(*ranges)
+    def _visit_spec(self, d: _Direction, b, seeds, first: bool) -> _Visit:
+        outer = self._outer(b)
+        inlet = None
+        k = 0 if d.sign > 0 else self.shape[d.axis] - 1
+        if outer[d.axis].start <= k < outer[d.axis].stop and self._core(b)[d.axis].start <= k:
+            inlet = (d.axis, k - outer[d.axis].start)
+        return _Visit(d.folder, tuple(int(i) for i in b), self._core(b), outer, self._sides(b), tuple(seeds),
+                      first, inlet, self.voxel_size, self.order)
 
-    def _versions(self, name, b) -> dict:
-        """Which array holds the latest version of each chunk under block `b` and its
-        halo."""
-        latest = self.latest[name]
-        return {c: int(latest[c]) for c in _chunks_under(self._outer(b), self.chunks)}
+    # -- the solve -----------------------------------------------------------------
+    def run(self, names) -> dict[str, int]:
+        """Solve the directions `names` together (see the module docstring); returns the
+        block visits (tasks) of each."""
+        pending: dict[tuple, float] = {}
+        heap: list = []
+        for name in names:
+            axis, sign = _axis_sign(name)
+            folder = None
+            if self.path is not None:
+                folder = self.path / _tag(name)
+                folder.mkdir(exist_ok=True)
+            d = self.directions[name] = _Direction(name, axis, sign, None if folder is None else str(folder))
+            first = 0 if sign > 0 else self.grid[axis] - 1
+            for b in self.blocks():
+                if b[axis] == first:
+                    pending[(name, b)] = 0.0
+                    heapq.heappush(heap, (0.0, name, b))
+        running: dict = {}
+        busy: set = set()
+        total = 0
+        t0 = time.perf_counter()
+        while heap or running:
+            held = []
+            while heap and len(running) < self.pool.slots:
+                key, name, b = heapq.heappop(heap)
+                if pending.get((name, b)) != key:
+                    continue  # superseded by a lower key
+                if (name, b) in busy:
+                    held.append((key, name, b))  # one visit of a block at a time
+                    continue
+                del pending[(name, b)]
+                handle = self._submit(self.directions[name], b)
+                if handle is not None:
+                    running[handle] = (name, b)
+                    busy.add((name, b))
+                    total += 1
+            for item in held:
+                heapq.heappush(heap, item)
+            if not running:
+                break
+            for handle in self.pool.wait(list(running)):
+                name, b = running.pop(handle)
+                busy.discard((name, b))
+                for nb, low in self._finish(self.directions[name], b, handle):
+                    if low < pending.get((name, nb), math.inf):
+                        pending[(name, nb)] = low
+                        heapq.heappush(heap, (low, name, nb))
+            if total > self.max_visits * len(self.directions):
+                for handle in running:
+                    self.pool.wait([handle])
+                warnings.warn(f"the block solver stopped after {total} block visits with blocks still "
+                              "changing; its τ may be too large: use larger chunks", NotConvergedWarning,
+                              stacklevel=3)
+                break
+        for name in names:
+            d = self.directions[name]
+            self.stats[name] = {"visits": d.visits, "voxels_accepted": d.pops, "task_seconds": d.seconds,
+                                "task_cpu_seconds": d.cpu}
+        logger.info("tortuosity: block solver done in %.2f s: %s", time.perf_counter() - t0, "; ".join(
+            f"{n} {s['visits']} visits of {math.prod(self.grid)} blocks, {s['voxels_accepted'] / 1e6:.3g}M "
+            f"voxels accepted, {s['task_seconds']:.3g} task-s" for n, s in self.stats.items()))
+        return {name: self.directions[name].visits for name in names}
 
-    def _inlet(self, name) -> tuple[int, int]:
-        axis, sign = _axis_sign(name)
-        return axis, (0 if sign > 0 else self.shape[axis] - 1)
+    def _submit(self, d: _Direction, b):
+        """Start a visit of block `b`: seeded from the neighbours' faces that dropped
+        since its last visit (all of them, and the inlet, at the first)."""
+        first = b not in d.visited
+        seen = d.seen.setdefault(b, {})
+        seeds = []
+        for a, s in self._sides(b):
+            nb = _step(b, a, s)
+            version = d.versions.get((nb, (a, -s)), 0)
+            if version != seen.get((a, s), 0):
+                seeds.append((a, s))
+            seen[(a, s)] = version
+        spec = self._visit_spec(d, b, seeds, first)
+        if not seeds and not (first and spec.inlet is not None):
+            return None
+        d.visited.add(b)
+        d.visits += 1
+        if d.folder is not None:
+            return self.pool.submit(_visit, spec, self.solid[b])
+        faces = {(a, s): d.faces[_step(b, a, s)] for a, s in spec.sides if _step(b, a, s) in d.faces}
+        return self.pool.submit(_visit, spec, self.solid[b], d.core.get(b), faces, parts=("core", "faces"))
+
+    def _finish(self, d: _Direction, b, handle) -> list:
+        """Record a finished visit; the neighbours it gives new values, with the lowest."""
+        info, parts = self.pool.result(handle)
+        if parts is not None:
+            d.core[b], d.faces[b] = parts["core"], parts["faces"]
+        d.pops += info["pops"]
+        d.seconds += info["seconds"]
+        d.cpu += info["cpu"]
+        out = []
+        for (a, s), low in info["changed"].items():
+            d.versions[(b, (a, s))] = d.versions.get((b, (a, s)), 0) + 1
+            out.append((_step(b, a, s), low))
+        return out
 
     # -- results -------------------------------------------------------------------
     def tortuosity(self, name, last_fraction=0.25):
-        """:class:`~porevox.kernels.fmm.TortuosityResult` of the converged field, reduced
-        by blocks (a NaN τ is explained in ``note``, not warned)."""
-        axis, sign = _axis_sign(name)
-        run = dask.delayed(_block_sums, pure=False)
-        tasks = [run(self.arrays[name][int(self.latest[name][b])], self.solid, self._core(b), axis, sign,
-                     self.voxel_size, self.shape) for b in np.ndindex(self.grid)]
-        parts = compute(*tasks)
+        """:class:`~porevox.kernels.fmm.TortuosityResult` of a solved field, reduced by
+        blocks (a NaN τ is explained in ``note``, not warned)."""
+        d = self.directions[name]
+        handles = [self.pool.submit(_block_sums, self._visit_spec(d, b, (), False), self.solid[b],
+                                    d.core.get(b), d.axis, d.sign, self.shape) for b in self.blocks()]
+        parts = [self.pool.result(h)[0] for h in handles]
         merged = {k: sum(p[k] for p in parts) for k in ("sums", "counts", "solid", "reached")}
-        return tortuosity_from_sums(merged, axis=axis, direction=sign, last_fraction=last_fraction)
+        return tortuosity_from_sums(merged, axis=d.axis, direction=d.sign, last_fraction=last_fraction)
 
     def read(self, name) -> np.ndarray:
-        """The converged distance field of direction `name` (float64, inf where
-        unreached)."""
-        box = tuple(slice(0, n) for n in self.shape)
-        return _read_box(self.arrays[name], self._versions_all(name), box, self.chunks)
+        """The solved distance field of direction `name` (float64, inf where unreached)."""
+        d = self.directions[name]
+        out = np.full(self.shape, np.inf)
+        handles = {b: self.pool.submit(_read_core, self._visit_spec(d, b, (), False), d.core.get(b))
+                   for b in self.blocks()}
+        for b, h in handles.items():
+            core = self.pool.result(h)[0]
+            if core is not None:
+                out[self._core(b)] = core
+        return out
 
-    def _versions_all(self, name) -> dict:
-        return {b: int(self.latest[name][b]) for b in np.ndindex(self.grid)}
+
+def block_tortuosity(source, names, *, voxel_size, order, last_fraction, chunks=None, scratch=None):
+    """τ along `names` by the block solver: ({name: TortuosityResult as a dict}, {name:
+    block visits}, the blocks). NaN τ are explained in ``note``, not warned."""
+    solver = BlockSolver(source, voxel_size=voxel_size, order=order, chunks=chunks, scratch=scratch)
+    try:
+        visits = solver.run(names)
+        results = {n: solver.tortuosity(n, last_fraction).to_dict() for n in names}
+    finally:
+        solver.close()
+    return results, visits, solver.chunks
+
+
+# --------------------------------------------------------------------------- scratch
+def _make_scratch(home: Path) -> Path:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
+        path.mkdir()
+    except OSError as err:
+        raise StageError(f"cannot create the tortuosity scratch folder in {home} ({err.strerror or err}); "
+                         "pass scratch=<a writable folder every Dask worker sees>") from None
+    return path
+
+
+def check_scratch(client, path: Path) -> None:
+    """Raise :class:`StageError` unless every worker of `client` reads the token the
+    driver writes in `path` (workers on other machines that do not share the folder
+    would read fill values for blocks written elsewhere)."""
+    token = uuid.uuid4().hex
+    probe = path / f"token-{token[:8]}"
+    probe.write_text(token)
+    try:
+        seen = client.run(_read_token, str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = sorted(w for w, t in seen.items() if t != token)
+    if blind:
+        raise StageError(
+            f"the tortuosity scratch folder {path.parent} is not visible to {len(blind)} of the "
+            f"{len(seen)} Dask workers ({', '.join(blind[:2])}{', ...' if len(blind) > 2 else ''}); "
+            "pass scratch=<a folder on a filesystem every worker shares> (a volume's own folder "
+            "must be shared too)")
+
+
+def _read_token(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _readable_by_workers(source) -> bool:
+    """Whether tasks on other processes can read `source` box by box themselves: a
+    Zarr array (or a volume's reader) not held in this process's memory."""
+    arr = source.arr if isinstance(source, CheckedArray) else source
+    return isinstance(arr, zarr.Array) and not isinstance(arr.store, zarr.storage.MemoryStore)
+
+
+def _tag(name: str) -> str:
+    return ("p" if name[0] == "+" else "m") + name[1]
+
+
+def _step(b, axis: int, side: int) -> tuple:
+    return tuple(i + side * (a == axis) for a, i in enumerate(b))
+
+
+def _core_file(folder: str, b) -> str:
+    return os.path.join(folder, "c-{}-{}-{}.npy".format(*b))
+
+
+def _face_file(folder: str, b, side) -> str:
+    return os.path.join(folder, "f-{}-{}-{}-{}{}.npy".format(*b, side[0], "p" if side[1] > 0 else "m"))
+
+
+def _load(path: str) -> np.ndarray | None:
+    try:
+        return np.load(path)
+    except FileNotFoundError:
+        return None
+
+
+def _save(path: str, arr: np.ndarray) -> None:
+    """Write atomically: a reader sees the old file or the new one, whole."""
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- pools
+def _pool():
+    """Where the tasks run: the workers of the active distributed client, inline
+    under Dask's synchronous scheduler (e.g. inside a Dask task), else threads here."""
+    if dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded"):
+        return _InlinePool()
+    client = active_client()
+    if client is not None:
+        return _ClusterPool(client)
+    return _ThreadPool(os.cpu_count() or 1)
+
+
+class _InlinePool:
+    slots = 1
+
+    def describe(self) -> str:
+        return "this thread"
+
+    def submit(self, fn, *args, parts=None):
+        fut = cf.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as err:  # raised again by result()
+            fut.set_exception(err)
+        return _Handle(fut, parts)
+
+    def wait(self, handles):
+        return [h for h in handles if h.future.done()] or handles[:1]
+
+    def result(self, handle) -> tuple:
+        value = handle.future.result()
+        if handle.parts is None:
+            return value, None
+        return value["info"], {k: value[k] for k in handle.parts}
+
+    def close(self) -> None:
+        pass
+
+
+class _ThreadPool(_InlinePool):
+    """Threads of this process (the kernel releases the GIL)."""
+
+    def __init__(self, threads: int):
+        self.slots = threads
+        self.executor = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="porevox-fmm")
+
+    def describe(self) -> str:
+        return f"{self.slots} threads here"
+
+    def submit(self, fn, *args, parts=None):
+        return _Handle(self.executor.submit(fn, *args), parts)
+
+    def wait(self, handles):
+        done, _ = cf.wait([h.future for h in handles], return_when=cf.FIRST_COMPLETED)
+        return [h for h in handles if h.future in done]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _ClusterPool(_InlinePool):
+    """The workers of a distributed client. In memory, a visit's core and faces stay
+    on its worker as futures (split off by small tasks there); only its summary comes
+    here."""
+
+    def __init__(self, client):
+        self.client = client
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        self.threads = max(threads, 1)
+        self.slots = 2 * self.threads  # a queued task per thread: no idle worker between tasks
+
+    def describe(self) -> str:
+        return f"the Dask cluster's {self.threads} worker threads"
+
+    def submit(self, fn, *args, parts=None):
+        main = self.client.submit(fn, *args, pure=False)
+        if parts is None:
+            return _Handle(main, None)
+        picks = {k: self.client.submit(operator.getitem, main, k, pure=False) for k in parts}
+        return _Handle(self.client.submit(operator.getitem, main, "info", pure=False), picks)
+
+    def wait(self, handles):
+        from distributed import wait
+
+        done = wait([h.future for h in handles], return_when="FIRST_COMPLETED").done
+        return [h for h in handles if h.future in done]
+
+    def result(self, handle) -> tuple:
+        return handle.future.result(), handle.parts
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Handle:
+    future: Any
+    parts: Any
 
 
 # --------------------------------------------------------------------------- block tasks
-def _chunks_under(box, chunks):
-    ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, chunks)]
-    return itertools.product(*ranges)
+@dataclass(frozen=True)
+class _Visit:
+    """A task's block: its core and its box with the faces' halo (volume coordinates),
+    the sides with a neighbour, those to seed from, the inlet plane (axis, index in
+    the box) if the box holds it."""
+
+    folder: str | None
+    block: tuple[int, int, int]
+    core: tuple[slice, ...]
+    outer: tuple[slice, ...]
+    sides: tuple[tuple[int, int], ...]
+    seeds: tuple[tuple[int, int], ...]
+    first: bool
+    inlet: tuple[int, int] | None
+    voxel_size: tuple[float, float, float]
+    order: int
+
+    @property
+    def inner(self) -> tuple[slice, ...]:
+        return tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(self.core, self.outer))
+
+    def halo(self, axis: int, side: int) -> tuple[slice, ...]:
+        """The face halo on `side` of `axis`, in the box: the neighbour's layers."""
+        box = list(self.inner)
+        c = box[axis]
+        box[axis] = slice(c.start - self.order, c.start) if side < 0 else slice(c.stop, c.stop + self.order)
+        return tuple(box)
+
+    def face(self, axis: int, side: int) -> tuple[slice, ...]:
+        """The core's own layers on `side` of `axis` (core coordinates): what that
+        neighbour reads as its halo."""
+        n = self.core[axis].stop - self.core[axis].start
+        return tuple((slice(0, self.order) if side < 0 else slice(n - self.order, n)) if a == axis
+                     else slice(None) for a in range(3))
 
 
-def _read_box(arrays, versions: dict, box, chunks) -> np.ndarray:
-    """Values of `box`, each chunk's part from the array holding its latest version
-    (one read per array: Zarr's per-call overhead dominates small halo pieces)."""
-    used = sorted(set(versions.values()))
-    parts = {v: np.asarray(arrays[v][box], dtype=np.float64) for v in used}
-    out = parts[used[0]]
-    if len(used) > 1:
-        for c, v in versions.items():
-            if v != used[0]:
-                local = tuple(slice(max(s.start, i * k) - s.start, min(s.stop, (i + 1) * k) - s.start)
-                              for s, i, k in zip(box, c, chunks))
-                out[local] = parts[v][local]
-    return out
+def _box(v: _Visit, solid) -> np.ndarray:
+    """The solid of the visit's box: `solid` itself where it is the box, else read."""
+    if isinstance(solid, np.ndarray) and solid.shape == tuple(o.stop - o.start for o in v.outer):
+        return solid
+    return np.asarray(solid[v.outer])
 
 
-def _block_step(arrays, versions, solid_arr, core, outer, chunks, inlet, voxel_size, order) -> bool:
-    """One block of one iteration: fast marching on core + halo, the halo's current
-    values imposed and the inlet's solid at 0; writes the core to the array not
-    holding its latest version if a value changed. Returns whether it did."""
-    solid = np.asarray(solid_arr[outer]) != 0
-    stored = _read_box(arrays, versions, outer, chunks)
-    inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
-    fixed = np.ones(stored.shape, bool)
+def _visit(v: _Visit, solid, core=None, faces=None):
+    """One visit of one block: its core's values lowered from its neighbours' faces
+    (:func:`~porevox.kernels.fmm.fast_marching_update`), everything outside the core
+    imposed. The block is kept as its box (core and the halo it last used). With a
+    scratch folder the box and the faces that dropped are written there and a summary
+    returned; in memory the box and faces are returned with it."""
+    t0, c0 = time.perf_counter(), time.thread_time()
+    box = _box(v, solid)
+    inner = v.inner
+    if v.first:
+        dist = np.full(box.shape, np.inf)
+    elif v.folder is not None:
+        dist = np.load(_core_file(v.folder, v.block))
+    else:
+        dist = core.copy()
+    core_view = dist[inner]
+    old = {side: core_view[v.face(*side)].copy() for side in v.sides}
+    fixed = np.ones(box.shape, bool)
     fixed[inner] = False
-    initial = stored.copy()
-    axis, k = inlet
-    if outer[axis].start <= k < outer[axis].stop:
-        plane = tuple(k - outer[axis].start if a == axis else slice(None) for a in range(3))
-        initial[plane] = np.where(solid[plane], 0.0, np.inf)
+    seeds = np.zeros(box.shape, bool)
+    for side in v.seeds:
+        back = (side[0], -side[1])
+        if v.folder is not None:
+            face = _load(_face_file(v.folder, _step(v.block, *side), back))
+        else:
+            face = (faces or {}).get(side, {}).get(back)
+        if face is not None:
+            halo = v.halo(*side)
+            seeds[halo] = face < dist[halo]  # the neighbour's values that dropped
+            dist[halo] = face
+    if v.inlet is not None:
+        plane = tuple(v.inlet[1] if a == v.inlet[0] else s for a, s in enumerate(inner))
         fixed[plane] = True
-    if not np.isfinite(initial[solid]).any():
-        return False  # nothing reached this block or its halo yet
-    new = fast_marching(solid, initial, voxel_size=voxel_size, order=order, fixed=fixed)[inner]
-    old = stored[inner]
+        if v.first:
+            dist[plane] = np.where(box[plane] != 0, 0.0, np.inf)
+            seeds[plane] = True
+    pops = fast_marching_update(box, dist, seeds, fixed=fixed, voxel_size=v.voxel_size, order=v.order)
+    changed, out_faces = {}, {}
+    h = min(v.voxel_size)
+    for side in v.sides:
+        new = core_view[v.face(*side)]
+        drop = _dropped(old[side], new, h)
+        if drop.any():
+            changed[side] = float(new[drop].min())
+            if v.folder is not None:
+                _save(_face_file(v.folder, v.block, side), np.ascontiguousarray(new))
+        out_faces[side] = new.copy()
+    if v.folder is not None:
+        _save(_core_file(v.folder, v.block), dist)
+    info = {"changed": changed, "pops": int(pops), "seconds": time.perf_counter() - t0,
+            "cpu": time.thread_time() - c0}
+    if v.folder is not None:
+        return info
+    return {"info": info, "core": dist, "faces": out_faces}
+
+
+def _dropped(old, new, h: float) -> np.ndarray:
+    """Where a value dropped by more than the tolerance (relative, to the distance plus
+    a voxel)."""
     with np.errstate(invalid="ignore"):  # inf - inf where neither is reached
-        same = (np.abs(new - old) <= _RTOL * (np.minimum(new, old) + min(voxel_size))) | (new == old)
-    if same.all():
-        return False
-    b = tuple(s.start // c for s, c in zip(core, chunks))
-    arrays[1 - versions[b]][core] = new
-    return True
+        return (new < old) & ~(old - new <= _RTOL * (new + h))
 
 
-def _block_sums(arr, solid_arr, core, axis, sign, voxel_size, shape) -> dict:
-    return tortuosity_sums(np.asarray(arr[core], dtype=np.float64), np.asarray(solid_arr[core]), axis=axis,
-                           direction=sign, voxel_size=voxel_size, offset=tuple(s.start for s in core),
-                           volume_shape=shape)
+def _read_core(v: _Visit, box=None):
+    """The block's core values (None if never visited)."""
+    if v.folder is not None:
+        box = _load(_core_file(v.folder, v.block))
+    return None if box is None else box[v.inner]
 
 
-__all__ = ["PAPER_DIRECTIONS", "BlockSolver", "direction_tortuosity", "parse_directions", "tortuosity"]
+def _block_sums(v: _Visit, solid, core, axis, sign, shape) -> dict:
+    core = _read_core(v, core)
+    if isinstance(solid, np.ndarray) and solid.shape == tuple(o.stop - o.start for o in v.outer):
+        part = solid[v.inner]
+    else:
+        part = np.asarray(solid[v.core])
+    if core is None:
+        core = np.full(part.shape, np.inf)
+    return tortuosity_sums(core, part, axis=axis, direction=sign, voxel_size=v.voxel_size,
+                           offset=tuple(s.start for s in v.core), volume_shape=shape)
+
+
+__all__ = ["PAPER_DIRECTIONS", "BlockSolver", "block_tortuosity", "check_scratch", "direction_tortuosity",
+           "parse_directions", "scratch_home", "tortuosity"]
