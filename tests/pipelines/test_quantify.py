@@ -83,6 +83,35 @@ def test_struts_thicker_than_a_task_warn_and_measure_the_rest(monkeypatch):
     assert got["strut_skeleton_voxels"] < thin.size
 
 
+def test_volume_keeps_its_distance_transform(tmp_path, twin_arrays, monkeypatch, caplog):
+    """A volume's struts in blocks: the feature transform is stored in the volume
+    (distance/<labels>, equal to the whole-volume kernel's), recorded, and read back
+    by the next run instead of recomputed; φ equals the whole-volume kernel's."""
+    from porevox.kernels import struts
+    from porevox.kernels.edt import feature_transform
+    from porevox.pipelines import quantify as q
+    from tests.conftest import twin_volume
+
+    monkeypatch.setattr(q, "STRUTS_SPLIT_VOXELS", 1)          # split even this small volume
+    vol = twin_volume(tmp_path / "v.zarr", twin_arrays, (8, 32, 48))
+    vs = tuple(vol.voxel_size)
+    with caplog.at_level("INFO", logger="porevox"):
+        first = pv.quantify(vol.path, labels="truth", features=["struts"])
+    assert "after the volume's distance transform" in caplog.text
+    stored = pv.open_volume(vol.path)
+    np.testing.assert_array_equal(stored.array("distance/truth")[...],
+                                  feature_transform(twin_arrays["truth"], voxel_size=vs))
+    assert "distance:truth" in stored.provenance
+    ref = struts.lognormal_fit(struts.strut_diameters(twin_arrays["truth"], voxel_size=vs)["diameters"])
+    assert first["strut_diameter_mean"] == pytest.approx(ref["mean"], rel=1e-12)
+    assert first["strut_skeleton_voxels"] == ref["n"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="porevox"):
+        again = pv.quantify(vol.path, labels="truth", features=["struts"])
+    assert "reading the stored distance transform" in caplog.text
+    assert again["strut_diameter_mean"] == first["strut_diameter_mean"]
+
+
 def test_input_not_modified_and_dask_or_zarr_input(structure, tmp_path):
     import dask.array as da
     import zarr

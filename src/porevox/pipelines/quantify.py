@@ -34,13 +34,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
+import zarr
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle, tree_reduce
 from ..engine.cluster import compute, reserving, total_threads, worker_memory_limit
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
-from ..engine.storage import LABELS, discard, publish_array, remove_stale_tmp, tmp_group
+from ..engine.storage import (
+    LABELS,
+    CheckedArray,
+    discard,
+    publish_array,
+    remove_stale_tmp,
+    tmp_array,
+    tmp_group,
+)
 from ..errors import InvalidVolumeError
 from ..kernels import components, curvature, descriptors2d, fmm, integral, struts
 from ..kernels.conductivity import check_axis
@@ -59,6 +69,8 @@ PAPER_DIRECTIONS = tortuosity_pipeline.PAPER_DIRECTIONS
 #: tracemalloc on a 128³ porous block: local 13, struts 50 (+ 12 for the features read),
 #: curvature 74 — with a margin; they size the compute blocks.
 BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 80}
+#: Where a volume keeps the feature transform of ``labels/<name>``: ``distance/<name>``.
+DISTANCE = "distance"
 #: Below this many voxels per worker thread a tomogram's struts run as one task: the
 #: distance transform and the halos would cost more than the threads gain.
 STRUTS_SPLIT_VOXELS = 2**21
@@ -154,6 +166,7 @@ class Job:
     results: dict = field(default_factory=dict)
     tortuosity_plan: str = "none"
     features: Any = None             # the volume's feature transform, where struts run in blocks
+    _publish: Any = None             # the stored transform's publication, once written
     together: int = 1                # tomograms computed at the same time (run_jobs sets it)
     explicit_chunks: bool = False    # compute blocks = these chunks (else sized to memory)
 
@@ -202,12 +215,41 @@ class Job:
             else:
                 logger.info("struts of %s: in blocks, after the volume's distance transform (the whole "
                             "volume in one task needs ~%.0f MiB; %s)", self.name, need / 2**20, room)
-                self.features = dask.persist(distance.feature_transform(
-                    self.solid, voxel_size=vs, chunks=self.chunks))[0]
-                grid = distance.radius_grid(self.features, self.solid, voxel_size=vs)
-                self.tasks["struts_radius"] = [dask.delayed(np.asarray, pure=True)(grid)]
+                self._plan_features()
         if "tortuosity" in want:
             self._plan_tortuosity()
+
+    def _plan_features(self) -> None:
+        """The volume's feature transform: stored in the volume (``distance/<labels>``,
+        reused while the labels are unchanged) where the labels are a volume's, else
+        kept in the workers' memory; and the largest radius of every chunk."""
+        vs = self.voxel_size
+        home = _volume_home(self.source)
+        if home is None:
+            self.features = dask.persist(distance.feature_transform(
+                self.solid, voxel_size=vs, chunks=self.chunks))[0]
+            grid = distance.radius_grid(self.features, self.solid, voxel_size=vs)
+            self.tasks["struts_radius"] = [dask.delayed(np.asarray, pure=True)(grid)]
+            return
+        volume, leaf = home
+        name, stage = f"{DISTANCE}/{leaf}", f"distance:{leaf}"
+        params = {"kernels": "porevox.kernels.edt", "voxel_size": list(vs)}
+        inputs = {f"{LABELS}/{leaf}": provenance.fingerprint_array(volume, f"{LABELS}/{leaf}")}
+        record = provenance.completed(volume, stage, params, inputs)
+        if record is not None:
+            logger.info("struts of %s: reading the stored distance transform %s", self.name, name)
+            self.features = volume.reader(name)
+            grid = np.asarray(record["max_radius"], dtype=np.float64)   # JSON holds inf as null
+            self.tasks["struts_radius"] = [dask.delayed(np.where(np.isnan(grid), np.inf, grid))]
+            return
+        remove_stale_tmp(volume, name)
+        chunks = tuple(self.source.chunks)
+        arr, tmp = tmp_array(volume, name, (3,) + self.shape, "int32", (3,) + chunks)
+        feats = distance.feature_transform(self.solid, voxel_size=vs, chunks=chunks)
+        grid = distance.radius_grid(feats, self.solid, voxel_size=vs)
+        stored = da.store(feats, arr, lock=False, compute=False)
+        self.tasks["struts_radius"] = [dask.delayed(_stored_grid, pure=False)(grid, stored)]
+        self._publish = (volume, tmp, name, stage, params, inputs, time.time())
 
     def _add(self, name, kernel, depth, combine, **kwargs) -> None:
         """Blocks of one pass, their results combined on the workers (a tree)."""
@@ -251,18 +293,29 @@ class Job:
         grid = self.results.pop("struts_radius", None)
         if grid is None:
             return
+        if self._publish is not None:    # the transform is written: publish it, record it
+            volume, tmp, name, stage, params, inputs, started = self._publish
+            publish_array(volume, tmp, name)
+            provenance.write_record(volume, stage, params, inputs, [name], started,
+                                    max_radius=np.asarray(grid[0]).tolist())
+            self.features, self._publish = volume.reader(name), None
         cores, depths, limits = plan_struts(np.asarray(grid[0]), self.shape, self.chunks, self.voxel_size,
                                             self.name, slabs=None if self.explicit_chunks
                                             else max(total_threads() // max(self.together, 1), 1))
         self.blocks["struts"] = cores
-        run = dask.delayed(_struts_block, pure=True)
+        stored = stored_array(self.features)
+        run = dask.delayed(_read_struts_block if stored else _struts_block, pure=True)
+        solid = stored_handle(self.source) if stored and stored_array(self.source) else self.solid
+        features = stored_handle(self.features) if stored else self.features
         tasks = []
         for core, depth, limit in zip(cores, depths, limits):
             outer = tuple(slice(max(c.start - d, 0), min(c.stop + d, n))
                           for c, d, n in zip(core, depth, self.shape))
             inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
-            tasks.append(run(self.solid[outer], self.features[(slice(None),) + outer], inner,
-                             tuple(o.start for o in outer), self.shape, self.voxel_size, limit))
+            args = (solid, features, outer) if stored else (self.solid[outer],
+                                                            self.features[(slice(None),) + outer])
+            tasks.append(run(*args, inner, tuple(o.start for o in outer), self.shape, self.voxel_size,
+                             limit))
         self.tasks["struts"] = tasks
 
     @property
@@ -378,6 +431,21 @@ def task_budget() -> float:
     return WORKER_FRACTION * free_memory() / (os.cpu_count() or 1)
 
 
+def _volume_home(source):
+    """(volume, labels name) where `source` is a volume's label image on a local
+    store, else None."""
+    arr = source.arr if isinstance(source, CheckedArray) else source
+    if not isinstance(arr, zarr.Array) or not isinstance(arr.store, zarr.storage.LocalStore):
+        return None
+    parent, _, leaf = arr.path.rpartition("/")
+    if parent != LABELS:
+        return None
+    try:
+        return open_volume(arr.store.root), leaf
+    except Exception:     # not a porevox volume: keep the transform in memory
+        return None
+
+
 def _fits_one_task(need: int) -> tuple[bool, str]:
     """Whether a whole-volume task needing `need` bytes fits a worker (at most
     WORKER_FRACTION of its memory limit; without a cluster, of the free memory), and
@@ -442,6 +510,17 @@ def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
     for job in jobs:
         job.features = None      # the persisted transform: release it on the workers
     return [job.finish(distributions) for job in jobs]
+
+
+def _stored_grid(grid, _stored):
+    """The radius grid, once the transform is stored (a Dask task)."""
+    return np.asarray(grid)
+
+
+def _read_struts_block(solid, features, outer, core, offset, volume_shape, voxel_size, limit) -> dict:
+    """One struts block read by the task itself from the stored labels and features."""
+    return _struts_block(solid[outer], features[(slice(None),) + outer], core, offset, volume_shape,
+                         voxel_size, limit)
 
 
 def _struts_block(solid, features, core, offset, volume_shape, voxel_size, limit) -> dict:
