@@ -9,7 +9,7 @@ compute.
 ``SUITES`` maps a suite name to ``callable(cfg) -> list[dict]``; :func:`run` runs
 suites and writes ``results.json`` and ``results.md``. ``all`` leaves out the
 suites in ``EXPLICIT_ONLY`` (a 2 GiB ingest, the generative models' training, the
-out-of-core run and the many-tomogram study).
+out-of-core run, the many-tomogram study and the every-feature scale run).
 Only this package's own
 modules are imported here; the heavy libraries are imported in the measuring
 processes.
@@ -29,10 +29,12 @@ from . import (
     outofcore_suite,
     quantify_suite,
     regression_suite,
+    scale_suite,
     segmentation_suite,
     slic_suite,
     study_suite,
     synthesis_suite,
+    voi_suite,
 )
 from .harness import Config, run_suites
 
@@ -50,10 +52,12 @@ SUITES = {
     "generation": generation_suite.run,
     "outofcore": outofcore_suite.run,
     "study": study_suite.run,
+    "scale": scale_suite.run,
+    "voi": voi_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.
-EXPLICIT_ONLY = ("ingest_large", "generation", "outofcore", "study")
+EXPLICIT_ONLY = ("ingest_large", "generation", "outofcore", "study", "scale", "voi")
 
 
 def run(suites: list[str], out: Path, quick: bool = False) -> list[dict]:

@@ -788,7 +788,7 @@ def bench(
     suites: list[str] = typer.Argument(
         None, help="Suites: io, histogram, gaussian, conductivity, synthesis, slic, segmentation, "
                    "quantify, regression, or all; and, only when named, ingest_large, generation, "
-                   "outofcore, study."),
+                   "outofcore, study, scale, voi."),
     out: Path = typer.Option(
         Path("bench-out"), "--out",
         help="Folder for results.json and results.md (with --tune: tune.md and tune.json)."),
