@@ -61,6 +61,7 @@ its halo.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import heapq
 import logging
 import math
@@ -450,7 +451,8 @@ class BlockSolver:
                 key, name, b = heapq.heappop(heap)
                 if pending.get((name, b)) != key:
                     continue  # superseded by a lower key
-                if (name, b) in busy:
+                if (name, b) in busy or (any(
+                        (name, _step(b, a, s)) in busy for a, s in self._sides(b))):
                     held.append((key, name, b))  # one visit of a block at a time
                     continue
                 del pending[(name, b)]
@@ -506,13 +508,14 @@ class BlockSolver:
         if d.folder is not None:
             return self.pool.submit(_visit, spec, self.solid[b])
         faces = {(a, s): d.faces[_step(b, a, s)] for a, s in spec.sides if _step(b, a, s) in d.faces}
-        return self.pool.submit(_visit, spec, self.solid[b], d.core.get(b), faces, parts=("core", "faces"))
+        return self.pool.submit(_visit, spec, self.solid[b], d.core.get(b), faces, split=True)
 
     def _finish(self, d: _Direction, b, handle) -> list:
         """Record a finished visit; the neighbours it gives new values, with the lowest."""
-        info, parts = self.pool.result(handle)
-        if parts is not None:
-            d.core[b], d.faces[b] = parts["core"], parts["faces"]
+        if d.folder is not None:
+            info = self.pool.result(handle)
+        else:
+            info, d.core[b], d.faces[b] = self.pool.result(handle)
         d.pops += info["pops"]
         d.seconds += info["seconds"]
         d.cpu += info["cpu"]
@@ -529,7 +532,7 @@ class BlockSolver:
         d = self.directions[name]
         handles = [self.pool.submit(_block_sums, self._visit_spec(d, b, (), False), self.solid[b],
                                     d.core.get(b), d.axis, d.sign, self.shape) for b in self.blocks()]
-        parts = [self.pool.result(h)[0] for h in handles]
+        parts = [self.pool.result(h) for h in handles]
         merged = {k: sum(p[k] for p in parts) for k in ("sums", "counts", "solid", "reached")}
         return tortuosity_from_sums(merged, axis=d.axis, direction=d.sign, last_fraction=last_fraction)
 
@@ -540,7 +543,7 @@ class BlockSolver:
         handles = {b: self.pool.submit(_read_core, self._visit_spec(d, b, (), False), d.core.get(b))
                    for b in self.blocks()}
         for b, h in handles.items():
-            core = self.pool.result(h)[0]
+            core = self.pool.result(h)
             if core is not None:
                 out[self._core(b)] = core
         return out
@@ -648,27 +651,29 @@ def _pool():
 
 
 class _InlinePool:
+    """Runs each task when it is submitted (Dask's synchronous scheduler)."""
+
     slots = 1
 
     def describe(self) -> str:
         return "this thread"
 
-    def submit(self, fn, *args, parts=None):
+    def submit(self, fn, *args, split=False):
         fut = cf.Future()
         try:
             fut.set_result(fn(*args))
         except BaseException as err:  # raised again by result()
             fut.set_exception(err)
-        return _Handle(fut, parts)
+        return _Handle(fut, split)
 
     def wait(self, handles):
         return [h for h in handles if h.future.done()] or handles[:1]
 
-    def result(self, handle) -> tuple:
+    def result(self, handle):
+        """The task's value; for a `split` visit (in memory) its summary, its whole value
+        (the next visit's `state`) and its faces."""
         value = handle.future.result()
-        if handle.parts is None:
-            return value, None
-        return value["info"], {k: value[k] for k in handle.parts}
+        return (value["info"], value, value["faces"]) if handle.split else value
 
     def close(self) -> None:
         pass
@@ -684,8 +689,8 @@ class _ThreadPool(_InlinePool):
     def describe(self) -> str:
         return f"{self.slots} threads here"
 
-    def submit(self, fn, *args, parts=None):
-        return _Handle(self.executor.submit(fn, *args), parts)
+    def submit(self, fn, *args, split=False):
+        return _Handle(self.executor.submit(fn, *args), split)
 
     def wait(self, handles):
         done, _ = cf.wait([h.future for h in handles], return_when=cf.FIRST_COMPLETED)
@@ -696,9 +701,9 @@ class _ThreadPool(_InlinePool):
 
 
 class _ClusterPool(_InlinePool):
-    """The workers of a distributed client. In memory, a visit's core and faces stay
-    on its worker as futures (split off by small tasks there); only its summary comes
-    here."""
+    """The workers of a distributed client. A visit in memory leaves its value on its
+    worker (the next visit of the block is placed there, by data locality); two small
+    tasks there split off its faces (for the neighbours) and its summary (for here)."""
 
     def __init__(self, client):
         self.client = client
@@ -709,12 +714,12 @@ class _ClusterPool(_InlinePool):
     def describe(self) -> str:
         return f"the Dask cluster's {self.threads} worker threads"
 
-    def submit(self, fn, *args, parts=None):
+    def submit(self, fn, *args, split=False):
         main = self.client.submit(fn, *args, pure=False)
-        if parts is None:
-            return _Handle(main, None)
-        picks = {k: self.client.submit(operator.getitem, main, k, pure=False) for k in parts}
-        return _Handle(self.client.submit(operator.getitem, main, "info", pure=False), picks)
+        if not split:
+            return _Handle(main, False)
+        pick = functools.partial(self.client.submit, operator.getitem, main, pure=False)
+        return _Handle(pick("info"), (main, pick("faces")))
 
     def wait(self, handles):
         from distributed import wait
@@ -722,17 +727,16 @@ class _ClusterPool(_InlinePool):
         done = wait([h.future for h in handles], return_when="FIRST_COMPLETED").done
         return [h for h in handles if h.future in done]
 
-    def result(self, handle) -> tuple:
-        return handle.future.result(), handle.parts
-
-    def close(self) -> None:
-        pass
+    def result(self, handle):
+        if not handle.split:
+            return handle.future.result()
+        return (handle.future.result(), *handle.split)
 
 
 @dataclass(eq=False)
 class _Handle:
     future: Any
-    parts: Any
+    split: Any
 
 
 # --------------------------------------------------------------------------- block tasks
@@ -779,7 +783,7 @@ def _box(v: _Visit, solid) -> np.ndarray:
     return np.asarray(solid[v.outer])
 
 
-def _visit(v: _Visit, solid, core=None, faces=None):
+def _visit(v: _Visit, solid, state=None, faces=None):
     """One visit of one block: its core's values lowered from its neighbours' faces
     (:func:`~porevox.kernels.fmm.fast_marching_update`), everything outside the core
     imposed. The block is kept as its box (core and the halo it last used). With a
@@ -793,7 +797,7 @@ def _visit(v: _Visit, solid, core=None, faces=None):
     elif v.folder is not None:
         dist = np.load(_core_file(v.folder, v.block))
     else:
-        dist = core.copy()
+        dist = state["core"].copy()
     core_view = dist[inner]
     old = {side: core_view[v.face(*side)].copy() for side in v.sides}
     fixed = np.ones(box.shape, bool)
@@ -842,10 +846,9 @@ def _dropped(old, new, h: float) -> np.ndarray:
         return (new < old) & ~(old - new <= _RTOL * (new + h))
 
 
-def _read_core(v: _Visit, box=None):
+def _read_core(v: _Visit, state=None):
     """The block's core values (None if never visited)."""
-    if v.folder is not None:
-        box = _load(_core_file(v.folder, v.block))
+    box = _load(_core_file(v.folder, v.block)) if v.folder is not None else (state or {}).get("core")
     return None if box is None else box[v.inner]
 
 
