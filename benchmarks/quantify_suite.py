@@ -98,6 +98,45 @@ def porevox_label_check(zarr_path: str, repeat: int) -> dict:
     return {"time_s": best(times), "times_s": times, "peak": peak(), "workers": workers, "values": values}
 
 
+def porevox_distance(zarr_path: str, repeat: int) -> dict:
+    """The exact distance transform of labels/truth, blockwise (three separable passes
+    over bundles of whole lines), stored to Zarr; and its largest value."""
+    import dask.array as da
+    import zarr
+
+    import porevox as pv
+    from porevox.engine import open_volume
+
+    with local_cluster(2, "4GB") as client:
+        client.run(exec, "import porevox.pipelines.distance")
+        volume = open_volume(zarr_path, mode="r")
+        solid = volume.to_dask("labels/truth")
+        times, top = [], None
+        for k in range(repeat + 1):                  # the first run compiles the kernels
+            out = zarr.open_array(zarr_path + f".dist{k}.zarr", mode="w", shape=solid.shape,
+                                  chunks=solid.chunksize, dtype="float64")
+            t0 = time.perf_counter()
+            d = pv.distance_transform(solid, voxel_size=volume.voxel_size)
+            da.store(d, out, lock=False)
+            if k:
+                times.append(time.perf_counter() - t0)
+            top = float(np.max(out[...]))
+        workers = worker_peaks(client)
+    return {"time_s": best(times), "times_s": times, "peak": peak(), "workers": workers, "max": top}
+
+
+def reference_distance(npy: str, vs, repeat: int) -> dict:
+    from scipy import ndimage as ndi
+
+    solid = np.load(npy) != 0
+    times, top = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        top = float(ndi.distance_transform_edt(solid, sampling=vs).max())
+        times.append(time.perf_counter() - t0)
+    return {"time_s": best(times), "times_s": times, "peak": peak(), "max": top}
+
+
 def reference_label_check(npy: str, repeat: int) -> dict:
     arr = np.load(npy)
     times, values = [], None
@@ -241,6 +280,18 @@ def run(cfg) -> list[dict]:
                             notes=(f"D = {made['density']:.3f}; porevox on 2 workers x 1 thread, "
                                    f"chunks {chunks}" + (f", tortuosity method {pv.get('method')}"
                                                          if group == "tortuosity" else ""))))
+        log("  distance transform")
+        pv = isolated(porevox_distance, path, max(repeat, 2), timeout=cfg.timeout)
+        ref = isolated(reference_distance, path + ".npy", vs, max(repeat, 2), timeout=cfg.timeout)
+        rows.append(row("quantify", "distance transform (exact EDT of labels/truth)", shape=shape,
+                        dtype="uint8", pv=pv, ref=ref,
+                        reference="scipy.ndimage.distance_transform_edt(sampling=) on the whole volume",
+                        check=f"largest distance {pv.get('max')} vs {ref.get('max')}",
+                        notes="porevox: pv.distance_transform from Zarr, three separable passes over "
+                              "bundles of whole lines (two rechunks), stored to Zarr as float64, on 2 "
+                              f"workers x 1 thread, chunks {chunks}; the kernel whole in one process "
+                              "(porevox.kernels.edt.distance_transform) took 0.69 s against SciPy's 3.66 s "
+                              "on a 256³ random structure (2026-12-07)"))
         log("  label check")
         pv = isolated(porevox_label_check, path, max(repeat, 3), timeout=cfg.timeout)
         ref = isolated(reference_label_check, path + ".npy", max(repeat, 3), timeout=cfg.timeout)
