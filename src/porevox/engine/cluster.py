@@ -332,6 +332,48 @@ def cluster(
             local.close()
 
 
+def compute_dynamic(groups: dict, follow) -> None:
+    """Compute the Dask collections of ``groups`` ({tag: [items]}), calling
+    ``follow(tag, index, value)`` as each finishes; `follow` may return more groups,
+    which start at once — on a distributed client while the rest still runs (a second
+    round never waits for the slowest task of the first), else in rounds. Progress
+    (where asked, as for :func:`compute`) counts finished tasks on stderr."""
+    import dask
+
+    client = active_client()
+    if client is None:
+        while groups:
+            tags = [(tag, i) for tag, items in groups.items() for i in range(len(items))]
+            values = dask.compute(*[item for items in groups.values() for item in items])
+            more: dict = {}
+            for (tag, i), value in zip(tags, values):
+                more.update(follow(tag, i, value) or {})
+            groups = more
+        return
+    from distributed import as_completed
+
+    show = dask.config.get("porevox.progress", False)
+    queue, where, done = as_completed(), {}, 0
+
+    def submit(new: dict) -> None:
+        for tag, items in new.items():
+            for i, future in enumerate(client.compute(list(items))):
+                where[future] = (tag, i)
+                queue.add(future)
+
+    submit(groups)
+    for future in queue:
+        tag, i = where.pop(future)
+        value = future.result()
+        future.release()
+        done += 1
+        if show:
+            sys.stderr.write(f"\r{done} of {done + len(where)} tasks done")
+        submit(follow(tag, i, value) or {})
+    if show:
+        sys.stderr.write("\n")
+
+
 def compute(*collections):
     """``dask.compute``, with a progress bar on stderr where the caller (the CLI)
     asked for one with ``dask.config.set({"porevox.progress": True})`` and a

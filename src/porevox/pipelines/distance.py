@@ -23,9 +23,21 @@ from ..engine.cluster import chunk_bytes_budget
 from ..kernels._checks import check_voxel_size
 from ..kernels.edt import feature_distance, feature_pass
 
+#: Dask's task-based rechunk: the peer-to-peer one (distributed's default for large
+#: rechunks) cancelled the other passes' tasks computed with it ("lost dependencies").
+RECHUNK = "tasks"
 #: Bytes per voxel a pass task holds: its features in and out (up to 2 + 3 int32)
 #: and their transposed copies, with a margin.
 BYTES_PER_VOXEL = 48
+
+
+def feature_chunks(shape: Sequence[int]) -> tuple[int, int, int]:
+    """Chunks for a volume's features (12 bytes per voxel): a quarter of the workers'
+    chunk budget each, so their writes spread over the workers and the largest radius
+    per chunk is fine-grained enough to size each block's halo."""
+    from ..engine.storage import choose_chunks
+
+    return choose_chunks(tuple(shape), np.uint8, target_bytes=max(chunk_bytes_budget() // 48, 32**3))
 
 
 def _pass(block, axis, voxel_size, block_info=None):
@@ -68,14 +80,14 @@ def feature_transform(image: Any, *, voxel_size: Sequence[float] = (1.0, 1.0, 1.
     for axis in range(3):
         lines = _line_chunks(shape, base, axis, budget)
         if axis == 0:
-            src = image.rechunk(lines)
+            src = image.rechunk(lines, method=RECHUNK)
             feats = src.map_blocks(_pass, 0, vs, new_axis=0, chunks=((1,),) + src.chunks,
                                    dtype=np.int32, name="porevox-edt-0")
         else:
-            src = feats.rechunk((axis,) + lines)
+            src = feats.rechunk((axis,) + lines, method=RECHUNK)
             feats = src.map_blocks(_pass, axis, vs, chunks=((axis + 1,),) + src.chunks[1:],
                                    dtype=np.int32, name=f"porevox-edt-{axis}")
-    return feats.rechunk((3,) + base)
+    return feats.rechunk((3,) + base, method=RECHUNK)
 
 
 def distance_from_features(features: da.Array, *, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> da.Array:
@@ -105,10 +117,11 @@ def radius_grid(features: da.Array, image: Any, *, voxel_size: Sequence[float]) 
     """The largest distance to the pore over the solid of each chunk (a small array of
     the chunk grid's shape; inf where a chunk's solid has no pore anywhere)."""
     vs = check_voxel_size(voxel_size)
-    image = as_dask(image).rechunk(features.chunks[1:])
+    image = as_dask(image).rechunk(features.chunks[1:], method=RECHUNK)
     return da.map_blocks(_block_max, features, image, vs, drop_axis=0,
                          chunks=tuple((1,) * len(c) for c in image.chunks), dtype=np.float64,
                          name="porevox-edt-radius")
 
 
-__all__ = ["distance_from_features", "distance_transform", "feature_transform", "radius_grid"]
+__all__ = ["distance_from_features", "distance_transform", "feature_chunks", "feature_transform",
+           "radius_grid"]
