@@ -116,15 +116,48 @@ the set-up, reported for completeness:
 
 Global operators. ``quantify_volume`` decides per operator whether the whole volume
 fits one task (``_fits_one_task``: need <= 60 % of a worker's memory limit), and
-logs it. At this size nothing global fits: tortuosity would run the
-block-decomposed fast marching (:class:`porevox.pipelines.tortuosity.BlockSolver`:
-~470 blocks of ~2.3 M voxels at 512 MiB, iterated to convergence, two float64
-scratch arrays per direction on disk, 16 GiB at 1024^3), and struts run in blocks
-with halos of twice the largest radius, regrown where short. Connected components
+logs it. At this size nothing global fits: tortuosity runs the block-decomposed
+fast marching (:class:`porevox.pipelines.tortuosity.BlockSolver`: 1024 blocks of
+64 x 128 x 128 at 512 MiB, each visited 6-8 times, its scratch — each block's float64
+box, faces and solid box — inside the volume's folder, ~11 GiB per direction at
+1024^3; the quantify row's notes give the figure), and struts run in blocks with
+halos of twice the largest radius, regrown where short. Connected components
 (density, percolation) are merged from per-block face labels in the driver. Struts
 and tortuosity are in ``all`` but not in the defaults: measured here with 2 x 512
-MiB workers they run at 0.03-0.05 M voxels/s (128 x 256 x 256: struts 209-280 s,
-block tortuosity 255 s against 6 s whole) — six to nine hours each at 1024^3.
+MiB workers struts run at 0.03-0.05 M voxels/s (128 x 256 x 256: 209-280 s) — six to
+nine hours at 1024^3; block tortuosity took 255 s against 6 s whole on that twin
+before the block solver's rework (below), and now runs at ~2 M voxels/s per
+direction (128 x 256 x 256 porous field, +y: 4.1-4.5 s against 1.2 s whole).
+
+Tortuosity's block solver, the measurements behind its schedule (2 shared cores,
+LocalCluster of 2 workers x 1 thread, Gaussian-smoothed random fields thresholded at
+porosity 0.4, order 2; wall times best of 2, noisy to ~30 %):
+
+* the former solver (rounds of all changed blocks and their 26 neighbours, each a
+  full fast-marching re-solve reading 27 neighbour chunks, one client round trip per
+  round): 160^3 in 64^3 blocks, +y, 12.8 s against 0.45 s whole (28 x); 128 x 256 x
+  256 at 512 MiB (its blocks 64 x 64 x 128) 27.0 s against 1.25 s (22 x).
+* schedules simulated serially with the incremental kernel (96^3, blocks of 25-51
+  voxels): a queue in front order (layer first) 9-14 visits per block, 1.3-1.9 x the
+  whole solve's voxels accepted; columns swept along the axis to convergence between
+  lateral exchanges 8-11 rounds, 1.7-3.6 x; a Dijkstra over blocks (the queue keyed by
+  the lowest value that dropped) 5-6.5 visits, 1.3-1.7 x; slabs of the whole
+  cross-section 2.8-4.5 visits, 1.1-1.5 x, but no parallelism within a direction.
+  Marching in distance bands (each visit stops a band above its key) cut the voxels
+  accepted to 1.15 x at a quarter-block band but doubled the visits (12.9 per block).
+* per visit: a fixed cost of ~3 ms for a 68^3 box in NumPy passes (36 of them) went
+  to one numba pass (160^3 in 64^3 blocks, +y, in this process: 1.8 -> 0.72 s against
+  0.46 s whole); reading only faces (at most six, `order` layers each) instead of 27
+  chunks; the solid's box kept in the scratch after the first visit (a Zarr read and
+  the array's unpickling per visit: 3.5 -> 2.5 s on 192^3 in 64^3 blocks).
+* never two neighbouring blocks at once: 7.4-8.1 -> 6.4-7.0 visits per block (192^3 in
+  64^3 blocks, three directions; 7.9 -> 6.8 s).
+* the result (192^3, the paper's five directions): in 96^3 blocks 6.0-7.0 s against
+  2.2 s whole (the driver's two threads), process CPU 2.7-3.0 x, the tasks' CPU
+  1.6-2.0 x, voxels accepted 1.2 x, 7.5 visits per block; in 64^3 blocks 10.7-12.6 s
+  (4.9-5.7 x: Dask's overhead, ~3 ms of CPU per task on these cores, tells). One
+  direction (+y): 96^3-128^3 blocks 3.5 x, 64^3 blocks 3.2-5.5 x. τ within 3e-6 of
+  the whole solve throughout (order 1: 1e-10).
 Curvature runs at ~0.85 M voxels/s (20 min at 1024^3); add it with
 ``$POREVOX_BENCH_OOC_FEATURES``. The quantify row's notes give the plan quantify
 makes for tortuosity and struts at this size.
@@ -529,12 +562,20 @@ def _global_plan(shape) -> dict:
     fits_t, room = _fits_one_task(need_t)
     need_s = voxels * BYTES_PER_VOXEL["struts"]
     fits_s, _ = _fits_one_task(need_s)
-    blocks = tp.block_chunks(shape, None, tp.fast_marching_depth(2))
-    n_blocks = math.prod(-(-n // c) for n, c in zip(shape, blocks))
+    depth = tp.fast_marching_depth(2)
+    blocks = tp.block_chunks(shape, None, depth)
+    cuts = [tp._cuts(n, c, depth) for n, c in zip(shape, blocks)]
+    n_blocks = math.prod(len(c) - 1 for c in cuts)
+    # per block: its float64 box (core and a halo of `depth` on inner sides), its faces,
+    # and its uint8 box of the solid (shared by the directions)
+    sizes = [[b - a + depth * ((a > 0) + (b < n)) for a, b in zip(c, c[1:])] for c, n in zip(cuts, shape)]
+    boxes = math.prod(sum(s) for s in sizes)
+    faces = sum(2 * depth * (len(c) - 2) * math.prod(n for k, n in enumerate(shape) if k != a)
+                for a, c in enumerate(cuts))
     return {"tortuosity": "whole" if fits_t else "blocks", "tortuosity_need_bytes": need_t,
             "struts": "whole" if fits_s else "blocks", "struts_need_bytes": need_s, "room": room,
             "tortuosity_blocks": list(blocks), "tortuosity_n_blocks": n_blocks,
-            "tortuosity_scratch_bytes_per_direction": 2 * 8 * voxels + voxels}
+            "tortuosity_scratch_bytes_per_direction": 8 * boxes + 8 * faces + boxes}
 
 
 def run_outofcore(path: str, shape, memory: int, methods, features, labels, seed: int = 0) -> dict:

@@ -355,17 +355,19 @@ def compute_dynamic(groups: dict, follow) -> None:
     show = dask.config.get("porevox.progress", False)
     queue, where, done = as_completed(), {}, 0
 
-    def submit(new: dict) -> None:
-        for tag, items in new.items():
-            for i, future in enumerate(client.compute(list(items))):
-                where[future] = (tag, i)
-                queue.add(future)
+    def submit(new: dict) -> None:      # one graph per call: shared inputs are sent once
+        tags = [(tag, i) for tag, items in new.items() for i in range(len(items))]
+        futures = client.compute([item for items in new.values() for item in items]) if tags else []
+        for tag, future in zip(tags, futures):
+            where.setdefault(future, []).append(tag)    # equal keys: one future per item
+            queue.add(future)
 
     submit(groups)
     for future in queue:
-        tag, i = where.pop(future)
+        tag, i = where[future].pop()
+        if not where[future]:
+            del where[future]
         value = future.result()
-        future.release()
         done += 1
         if show:
             sys.stderr.write(f"\r{done} of {done + len(where)} tasks done")

@@ -5,7 +5,7 @@ restricted to the `allowed` voxels (6-neighbour stencil, anisotropic voxel size
 honoured), from initial upper bounds: voxels with a finite `initial` value start as
 trial points with that value, and every voxel's final value is
 ``min(initial, computed)`` — or exactly `initial` where the caller marks it
-``fixed`` (a block's halo in the block-decomposed solver). The method is the standard fast marching method
+``fixed`` (a Dirichlet condition). The method is the standard fast marching method
 (Sethian 1996): a 4-ary min-heap of the trial voxels held in numba arrays, each
 voxel's heap position kept so that a changed trial value moves in place; the
 arrays are framed by two blocked voxels, so the stencils need no bounds checks.
@@ -14,8 +14,9 @@ Upwind schemes, as scikit-fmm's ``distance``:
 * ``order=1``: per axis, the smaller accepted neighbour ``v1``, term
   ``(d - v1)² / h²``;
 * ``order=2``: where the next voxel beyond ``v1`` in the same direction is accepted
-  too with ``v2 <= v1``, the second-order one-sided difference, term
-  ``9/4 (d - (4 v1 - v2)/3)² / h²``; else the first-order term.
+  too with ``v2 <= v1`` (up to a relative 1e-10: values equal but for round-off tie),
+  the second-order one-sided difference, term ``9/4 (d - (4 v1 - v2)/3)² / h²``; else
+  the first-order term.
 
 The quadratic ``Σ terms = 1`` is solved over the axes taken in increasing order of
 their upwind value, an axis joining only while the solution exceeds its value (the
@@ -30,11 +31,21 @@ Agreement with scikit-fmm (tests): first order to round-off; second order τ wit
 paper's anisotropic ones), the differences lying where scikit-fmm sums non-causal
 axes or keeps a stale ``v2``. The second-order scheme is not continuous in its data
 (it switches stencils where ``v2`` and ``v1`` tie): a 1e-9 perturbation of the
-sources moves some distances by up to 0.7 voxel, τ by ~1e-4 — ours and scikit-fmm's
-alike. Speed, one process, 40 % porosity, best of 2: 128³ 0.20 / 0.22 s (orders
-1 / 2) where ``skfmm.distance`` takes 0.51 / 0.62 s; 256³ 2.2 / 2.3 s against
-5.5 / 6.9 s. (Array arguments of inlined numba helpers cost atomic reference
-counting on every call, a third of the time: the helpers take scalars.)
+sources moves some distances by up to 0.7 voxel, τ by up to 1e-3 — ours and
+scikit-fmm's alike. Ties up to round-off count as ties, so that a solve reaching the
+same values by another route (the block solver) takes the same stencils: with an
+exact ``v2 <= v1``, a 1e-12 difference at the first bend of a channel 3 voxels wide
+moved every distance beyond it by a third of a voxel (τ by 3e-3); with the
+tolerance a 1e-13 perturbation moves τ by 1e-7.
+
+Speed, one process, 40 % porosity, best of 2: 128³ 0.20 / 0.22 s (orders 1 / 2)
+where ``skfmm.distance`` takes 0.51 / 0.62 s; 256³ 2.2 / 2.3 s against 5.5 / 6.9 s.
+(Array arguments of inlined numba helpers cost atomic reference counting on every
+call, a third of the time: the helpers take scalars.)
+
+:func:`fast_marching_update` is the incremental form: known values kept, the march
+started from the voxels whose values dropped and re-opening a known voxel only where
+its value drops, so that its work is that of the change (the block solver's visits).
 
 :func:`inlet_distance` is the distance through the solid from an inlet face, and
 :func:`geodesic_tortuosity` the paper's τ (Wijaya et al. 2024): geodesic distance
@@ -70,6 +81,7 @@ BYTES_PER_VOXEL = 15.0
 
 _FAR, _TRIAL, _FROZEN, _BLOCKED, _SOURCE = 0, 1, 2, 3, 4
 _NINE_QUARTERS = 9.0 / 4.0
+_TIE = 1.0 + 1e-10  # v2 <= v1 up to round-off: the second-order stencil
 _PAD = 2  # blocked frame around the kernel's arrays: the second-order stencil's reach
 
 
@@ -228,7 +240,8 @@ def fast_marching_update(allowed, distance, seeds, *, fixed=None, voxel_size=(1.
     seeds : (P, M, N) ndarray of bool
         Voxels the march starts from, at their (finite) values in `distance`.
     fixed : (P, M, N) ndarray of bool, optional
-        Voxels whose values are imposed (never lowered): the halo, the inlet.
+        Voxels whose values are imposed (never lowered): the halo, the inlet. An
+        imposed voxel without a value (``inf``) is not entered.
     voxel_size, order
         As for :func:`fast_marching`.
 
@@ -478,12 +491,12 @@ def _axis_term(s_lo, d_lo, s_lo2, d_lo2, s_hi, d_hi, s_hi2, d_hi2, order):
     v2 = np.inf
     if s_lo == _FROZEN:
         v1 = d_lo
-        if order == 2 and s_lo2 == _FROZEN and d_lo2 <= v1:
+        if order == 2 and s_lo2 == _FROZEN and d_lo2 <= v1 * _TIE:
             v2 = d_lo2
     if s_hi == _FROZEN and d_hi < v1:
         v1 = d_hi
         v2 = np.inf
-        if order == 2 and s_hi2 == _FROZEN and d_hi2 <= v1:
+        if order == 2 and s_hi2 == _FROZEN and d_hi2 <= v1 * _TIE:
             v2 = d_hi2
     if v2 < np.inf:
         return (4.0 * v1 - v2) / 3.0, _NINE_QUARTERS

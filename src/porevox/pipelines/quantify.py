@@ -40,7 +40,7 @@ import zarr
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle, tree_reduce
-from ..engine.cluster import compute, reserving, total_threads, worker_memory_limit
+from ..engine.cluster import active_client, compute_dynamic, reserving, total_threads, worker_memory_limit
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import (
     LABELS,
@@ -167,6 +167,7 @@ class Job:
     tortuosity_plan: str = "none"
     features: Any = None             # the volume's feature transform, where struts run in blocks
     _publish: Any = None             # the stored transform's publication, once written
+    feature_chunks: Any = None       # its chunks (those of the radius grid)
     together: int = 1                # tomograms computed at the same time (run_jobs sets it)
     explicit_chunks: bool = False    # compute blocks = these chunks (else sized to memory)
 
@@ -225,9 +226,11 @@ class Job:
         kept in the workers' memory; and the largest radius of every chunk."""
         vs = self.voxel_size
         home = _volume_home(self.source)
+        chunks = self.feature_chunks = (self.chunks if self.explicit_chunks
+                                        else distance.feature_chunks(self.shape))
         if home is None:
             self.features = dask.persist(distance.feature_transform(
-                self.solid, voxel_size=vs, chunks=self.chunks))[0]
+                self.solid, voxel_size=vs, chunks=chunks))[0]
             grid = distance.radius_grid(self.features, self.solid, voxel_size=vs)
             self.tasks["struts_radius"] = [dask.delayed(np.asarray, pure=True)(grid)]
             return
@@ -239,11 +242,11 @@ class Job:
         if record is not None:
             logger.info("struts of %s: reading the stored distance transform %s", self.name, name)
             self.features = volume.reader(name)
+            self.feature_chunks = tuple(self.features.chunks[1:])
             grid = np.asarray(record["max_radius"], dtype=np.float64)   # JSON holds inf as null
             self.tasks["struts_radius"] = [dask.delayed(np.where(np.isnan(grid), np.inf, grid))]
             return
         remove_stale_tmp(volume, name)
-        chunks = tuple(self.source.chunks)
         arr, tmp = tmp_array(volume, name, (3,) + self.shape, "int32", (3,) + chunks)
         feats = distance.feature_transform(self.solid, voxel_size=vs, chunks=chunks)
         grid = distance.radius_grid(feats, self.solid, voxel_size=vs)
@@ -275,16 +278,30 @@ class Job:
             solid = stored_handle(self.source) if stored_array(self.source) else self.solid
             self.tasks["tortuosity"] = [run(solid, self.voxel_size, d, opts.order, opts.last_fraction)
                                         for d in opts.directions]
+        else:
+            import functools
+            from concurrent.futures import ThreadPoolExecutor
 
-    def delayed(self) -> list:
-        return [t for tasks in self.tasks.values() for t in tasks]
+            from ..engine.cluster import active_client
 
-    def take(self, values: list) -> None:
-        """Store the computed values of :meth:`delayed` (same order)."""
-        it = iter(values)
-        for name, tasks in self.tasks.items():
-            self.results[name] = [next(it) for _ in tasks]
-        self.tasks = {}
+            # the block solver: its scratch beside a volume (or opts.tortuosity_scratch), its
+            # blocks sized from the workers' memory unless chunks were given
+            solver = functools.partial(
+                tortuosity_pipeline.BlockSolver, self.source if stored_array(self.source) else self.solid,
+                voxel_size=self.voxel_size, order=opts.order,
+                chunks=self.chunks if self.explicit_chunks else None,
+                scratch=getattr(opts, "tortuosity_scratch", None))
+            names = list(opts.directions)
+            if active_client() is None:
+                self.tortuosity_run = lambda: solver().solve(names, opts.last_fraction)
+            else:
+                # on a cluster: the scratch checked on every worker now, before any work; then
+                # the solve drives its tasks from a thread here, beside the other passes and
+                # the other tomograms' solves (_tortuosity waits for it)
+                ready = solver()
+                pool = ThreadPoolExecutor(1, thread_name_prefix="porevox-tortuosity")
+                self.tortuosity_run = pool.submit(ready.solve, names, opts.last_fraction)
+                pool.shutdown(wait=False)
 
     # -- second round ----------------------------------------------------------------
     def advance(self) -> None:
@@ -299,7 +316,8 @@ class Job:
             provenance.write_record(volume, stage, params, inputs, [name], started,
                                     max_radius=np.asarray(grid[0]).tolist())
             self.features, self._publish = volume.reader(name), None
-        cores, depths, limits = plan_struts(np.asarray(grid[0]), self.shape, self.chunks, self.voxel_size,
+        cores, depths, limits = plan_struts(np.asarray(grid[0]), self.shape, self.feature_chunks,
+                                            self.voxel_size,
                                             self.name, slabs=None if self.explicit_chunks
                                             else max(total_threads() // max(self.together, 1), 1))
         self.blocks["struts"] = cores
@@ -317,10 +335,6 @@ class Job:
             tasks.append(run(*args, inner, tuple(o.start for o in outer), self.shape, self.voxel_size,
                              limit))
         self.tasks["struts"] = tasks
-
-    @property
-    def pending(self) -> bool:
-        return bool(self.tasks)
 
     # -- the merge -----------------------------------------------------------------
     def finish(self, distributions: bool = False) -> dict:
@@ -396,14 +410,12 @@ class Job:
         opts = self.options
         if self.tortuosity_plan == "whole":
             return dict(zip(opts.directions, self.results["tortuosity"]))
-        r = tortuosity_pipeline.tortuosity(self.solid, voxel_size=self.voxel_size, axis=opts.axis,
-                                           directions=list(opts.directions),
-                                           order=opts.order, method="blocks",
-                                           last_fraction=opts.last_fraction, chunks=self.chunks)
+        run = self.tortuosity_run
+        results = run.result() if hasattr(run, "result") else run()
         main = "+" + "zyx"[opts.axis]
-        return {d: {"tortuosity": t, "reachable_fraction": r["reachable_fraction_by_axis"][d],
-                    "profile": r["tortuosity_profile"] if d == main else []}
-                for d, t in r["tortuosity_by_axis"].items()}
+        return {d: {"tortuosity": r["tau"], "reachable_fraction": r["reachable_fraction"],
+                    "profile": list(r["profile"]) if d == main else []}
+                for d, r in results.items()}
 
 
 def _tortuosity_whole(solid, voxel_size, direction: str, order: int, last_fraction: float) -> dict:
@@ -492,21 +504,32 @@ def _warn_undefined(f: dict, name: str) -> None:
 
 
 def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
-    """Compute every job's passes together (all tomograms' blocks in one go), then the
-    second round (struts blocks, once the distance transform gave their halos), then
-    merge."""
+    """Compute every job's passes together (all tomograms' blocks in one go); a job's
+    struts blocks start as soon as its distance transform gave their halos, while the
+    other passes run on; then merge."""
     for job in jobs:
         job.together = len(jobs)
         job.build()
-    while any(job.pending for job in jobs):
-        pending = [job for job in jobs if job.pending]
-        values = compute(*[t for job in pending for t in job.delayed()])
-        at = 0
-        for job in pending:
-            n = len(job.delayed())
-            job.take(list(values[at:at + n]))
-            at += n
-            job.advance()
+
+    def start(k: int) -> dict:
+        job = jobs[k]
+        tasks, job.tasks = job.tasks, {}
+        for name, items in tasks.items():
+            job.results[name] = [None] * len(items)
+        return {(k, name): items for name, items in tasks.items()}
+
+    def follow(tag, i, value):
+        k, name = tag
+        jobs[k].results[name][i] = value
+        if name == "struts_radius":
+            jobs[k].advance()
+            return start(k)
+        return None
+
+    groups: dict = {}
+    for k in range(len(jobs)):
+        groups.update(start(k))
+    compute_dynamic(groups, follow)
     for job in jobs:
         job.features = None      # the persisted transform: release it on the workers
     return [job.finish(distributions) for job in jobs]
@@ -537,8 +560,9 @@ def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume
     one task's budget, the halo of the largest radius that fits, and that radius as
     the block's limit (the solid beyond it is counted, not measured).
 
-    The cores are `slabs` slabs across the longest axis where they fit (halos on two
-    faces only: the least repeated work for a few blocks), else boxes sized by
+    The cores are slabs across the longest axis, `slabs` of them or up to four times
+    as many, where they fit (halos on two faces only: the least repeated work for a
+    few blocks), else boxes sized by
     :func:`~porevox.engine.blockwise.compute_box` (the given `chunks` where `slabs` is
     None)."""
     vs = tuple(float(v) for v in voxel_size)
@@ -551,12 +575,13 @@ def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume
         return math.prod(min(n, c.stop - c.start + 2 * d) for c, d, n in zip(core, depth, shape)) * per_voxel
 
     box = None
-    if slabs:
-        axis = int(np.argmax(shape))
-        slab = tuple(-(-n // slabs) if a == axis else n for a, n in enumerate(shape))
+    axis = int(np.argmax(shape))
+    for count in (slabs * m for m in range(1, 5)) if slabs else ():   # a few slabs per thread at most
+        slab = tuple(-(-n // count) if a == axis else n for a, n in enumerate(shape))
         whole = tuple(slice(0, min(n, b)) for n, b in zip(shape, slab))
         if need(whole, struts.strut_depth(vs, typical)) <= budget:
             box = slab
+            break
     if box is None:
         box = compute_box(shape, chunks, per_voxel, struts.strut_depth(vs, typical),
                           grow=slabs is not None)
@@ -636,7 +661,12 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
     source, voxel_size = resolve_source(solid, voxel_size, labels, what="quantify", log=logger)
     name = str(open_volume(solid).path) if isinstance(solid, (str, os.PathLike, Volume)) else "array"
     if chunks is not None or not stored_array(source):
+        in_memory = isinstance(source, np.ndarray)
         source = as_dask(source, chunks=chunks)
+        client = active_client()
+        if in_memory and client is not None:
+            # sent to the workers once: else every graph of the passes carries the array
+            source = client.persist(source)
     job = Job(source, voxel_size, options, name=name, explicit_chunks=chunks is not None)
     return run_jobs([job], distributions)[0]
 
