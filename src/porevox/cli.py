@@ -411,6 +411,9 @@ def quantify(
                                        help="Curvature smoothing in the voxel size's unit."),
     tortuosity_method: str = typer.Option(
         "auto", "--tortuosity-method", help="auto, whole (one solve per tomogram) or blocks."),
+    scratch: Path | None = typer.Option(
+        None, "--scratch", help="Where the block tortuosity solver keeps its blocks: a folder every "
+                                "worker sees (default: inside the volume)."),
     with_conductivity: bool = typer.Option(
         False, "--conductivity", help="Volumes: also solve for the effective conductivity along --axis."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Studies: skip the PNG figures."),
@@ -426,7 +429,7 @@ def quantify(
     if directions:
         dirs = directions if directions in ("paper", "all") else [d for d in directions.split(",") if d]
     options = {"directions": dirs, "order": order, "sigma": sigma,
-               "tortuosity_method": tortuosity_method}
+               "tortuosity_method": tortuosity_method, "tortuosity_scratch": scratch}
     make_options(axis=axis, **options)                     # bad options fail before the cluster starts
     if _is_study(target):
         from .pipelines.feature_study import WRITES, markdown, quantify_study

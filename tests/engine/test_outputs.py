@@ -89,7 +89,12 @@ def test_a_killed_writer_s_half_written_files_are_removed(tmp_path):
             tmp_path / "v.zarr" / "image" / "c" / "0" / "0" / "0.fedcba9876543210fedcba9876543210.partial"]
     for path in left:
         path.write_bytes(b"half")
-    kept = sorted(p for p in (tmp_path / "v.zarr").rglob("*") if p.is_file() and p not in left)
+    scratch = tmp_path / "v.zarr" / ".porevox-tortuosity-0123456789ab"     # a killed block solve's
+    scratch.mkdir()
+    (scratch / "b-0-0-0.npy").write_bytes(b"blocks")
+    kept = sorted(p for p in (tmp_path / "v.zarr").rglob("*") if p.is_file() and p not in left
+                  and scratch not in p.parents)
     assert sorted(remove_partial_writes(tmp_path / "v.zarr")) == sorted(
-        str(p.relative_to(tmp_path / "v.zarr")) for p in left)
+        [str(p.relative_to(tmp_path / "v.zarr")) for p in left] + [scratch.name])
+    assert not scratch.exists()
     assert sorted(p for p in (tmp_path / "v.zarr").rglob("*") if p.is_file()) == kept

@@ -573,8 +573,12 @@ _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 def remove_partial_writes(path: str | os.PathLike) -> list[str]:
     """Delete the half-written files a killed process left in the volume at `path`
-    (Zarr's temporary names). Call it only while nothing writes to the volume."""
+    (Zarr's temporary names) and the block tortuosity solver's scratch folders. Call it
+    only while nothing writes to the volume."""
     removed = []
+    for scratch in Path(path).glob(".porevox-tortuosity-*"):   # the block solver's, killed
+        shutil.rmtree(scratch, ignore_errors=True)
+        removed.append(scratch.name)
     for folder, _, files in os.walk(path):
         for name in files:
             if _PARTIAL.search(name):

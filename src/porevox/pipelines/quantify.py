@@ -92,6 +92,7 @@ class Options:
     last_fraction: float = 0.25
     tortuosity_method: str = "auto"
     features: tuple[str, ...] = FEATURES
+    tortuosity_scratch: str | None = None   # where the block solver keeps blocks (not a result's input)
 
     def as_dict(self) -> dict:
         return {"axis": "zyx"[self.axis], "directions": list(self.directions), "order": self.order,
@@ -103,7 +104,8 @@ class Options:
 def make_options(*, axis: int | str = 1, directions: Sequence[str] | str | None = None, order: int = 2,
                  sigma: float | None = None, shape_index_sigma: float = 1.0,
                  last_fraction: float = 0.25, tortuosity_method: str = "auto",
-                 features: Sequence[str] | None = None) -> Options:
+                 features: Sequence[str] | None = None,
+                 tortuosity_scratch: str | os.PathLike | None = None) -> Options:
     """Check the parameters of :func:`quantify`; raise ValueError naming the fix."""
     axis = check_axis(axis)
     if isinstance(directions, str) and directions.strip().lower() == "all":
@@ -125,7 +127,8 @@ def make_options(*, axis: int | str = 1, directions: Sequence[str] | str | None 
         raise ValueError(f"unknown feature group(s) {unknown}; choose from {FEATURES}")
     return Options(axis, norm, int(order), None if sigma is None else float(sigma),
                    float(shape_index_sigma), float(last_fraction), tortuosity_method,
-                   tuple(f for f in FEATURES if f in features))
+                   tuple(f for f in FEATURES if f in features),
+                   None if tortuosity_scratch is None else os.fspath(tortuosity_scratch))
 
 
 # --------------------------------------------------------------------------- the job
@@ -610,7 +613,7 @@ def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume
 # --------------------------------------------------------------------------- public API
 def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None, order=2, sigma=None,
              shape_index_sigma=1.0, last_fraction=0.25, tortuosity_method="auto", features=None,
-             chunks=None, distributions=False) -> dict:
+             chunks=None, distributions=False, scratch=None) -> dict:
     """Every microstructure feature of the paper, from a segmentation.
 
     Parameters
@@ -634,6 +637,9 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
         Part of the length at the outlet end over which τ is averaged (the paper: 0.25).
     tortuosity_method : {"auto", "whole", "blocks"}
         Whole-volume fast marching or the block-decomposed solver ("auto": by memory).
+    scratch : path, optional
+        Where the block solver keeps its blocks: a folder every worker sees (default:
+        beside a volume in its store; for arrays, the workers' memory).
     features : sequence of str, optional
         Feature groups to compute (default all): density, surface, slices,
         curvature, struts, tortuosity.
@@ -657,7 +663,8 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
     """
     options = make_options(axis=axis, directions=directions, order=order, sigma=sigma,
                            shape_index_sigma=shape_index_sigma, last_fraction=last_fraction,
-                           tortuosity_method=tortuosity_method, features=features)
+                           tortuosity_method=tortuosity_method, features=features,
+                           tortuosity_scratch=scratch)
     source, voxel_size = resolve_source(solid, voxel_size, labels, what="quantify", log=logger)
     name = str(open_volume(solid).path) if isinstance(solid, (str, os.PathLike, Volume)) else "array"
     if chunks is not None or not stored_array(source):
