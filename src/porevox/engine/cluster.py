@@ -102,11 +102,13 @@ MEMORY = "MEMORY"
 def reservation(need: int) -> dict | None:
     """``{MEMORY: need}`` for a task's ``resources`` where every worker declares the
     resource (then the scheduler never runs two tasks whose reservations exceed one
-    worker's memory together on it), else None (a task asking for a resource no worker
+    worker's memory together on it), else None (a task asking for more than any worker
     has would never run)."""
     workers = cluster_workers()
     if not workers or not all(MEMORY in (w.get("resources") or {}) for w in workers.values()):
         return None
+    if need > max(w["resources"][MEMORY] for w in workers.values()):
+        return None        # no worker could ever run it: let it try (and fail by memory) instead
     return {MEMORY: int(need)}
 
 

@@ -268,8 +268,8 @@ class Job:
     def _plan_tortuosity(self) -> None:
         opts = self.options
         method = opts.tortuosity_method
+        need = fmm.memory_estimate(self.shape) + 2 * math.prod(self.shape)   # + the input, read
         if method == "auto":
-            need = fmm.memory_estimate(self.shape) + 2 * math.prod(self.shape)   # + the input, read
             fits, room = _fits_one_task(need)
             method = "whole" if fits else "blocks"
             logger.info("tortuosity of %s: %s (the whole-volume solve needs ~%.0f MiB; %s)", self.name,
@@ -279,8 +279,9 @@ class Job:
         if method == "whole":
             run = dask.delayed(_tortuosity_whole, pure=True)
             solid = stored_handle(self.source) if stored_array(self.source) else self.solid
-            self.tasks["tortuosity"] = [run(solid, self.voxel_size, d, opts.order, opts.last_fraction)
-                                        for d in opts.directions]
+            with reserving(need):   # never two of them together where only one fits
+                self.tasks["tortuosity"] = [run(solid, self.voxel_size, d, opts.order, opts.last_fraction)
+                                            for d in opts.directions]
         else:
             import functools
             from concurrent.futures import ThreadPoolExecutor

@@ -301,7 +301,7 @@ def _whole(source, names, where, need, voxels, options) -> dict:
                 "one task per direction on the Dask workers" if where == "worker"
                 else f"in this process ({threads} thread{'s' * (threads > 1)})")
     runs = run_whole(direction_tortuosity, source, [{"direction": n, **options} for n in names], where,
-                     threads=threads)
+                     threads=threads, need=need)
     return {n: result for n, (result, _) in zip(names, runs)}
 
 
