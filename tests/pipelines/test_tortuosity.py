@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -375,10 +374,11 @@ def test_quantify_solves_in_blocks_on_a_cluster(client, solid, volume_path, capl
 
 
 # --------------------------------------------------------------------------- separate nodes
-def _private_tmp_works() -> bool:
+def _private_mount_works(folder) -> bool:
     try:
         return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                               "mount -t tmpfs tmpfs /tmp"], capture_output=True, timeout=20).returncode == 0
+                               f"mount -t tmpfs tmpfs {folder}"], capture_output=True,
+                              timeout=20).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -386,10 +386,13 @@ def _private_tmp_works() -> bool:
 @pytest.fixture(scope="module")
 def private_tmp_cluster(tmp_path_factory):
     """A scheduler and two `dask worker` processes, each in a mount namespace of its own
-    with a tmpfs on /tmp: workers that do not see each other's /tmp nor the driver's,
-    as on separate nodes."""
-    if not _private_tmp_works():
-        pytest.skip("needs unshare and mount (root) to give each worker a /tmp of its own")
+    with a tmpfs on the temporary folder (``TMPDIR``) that the driver also uses: workers
+    that see neither each other's temporary folder nor the driver's, as on separate
+    nodes. (A tmpfs on a folder of its own, not on /tmp itself, which may hold the
+    checkout and its environment.) Yields (scheduler address, that folder)."""
+    private = tmp_path_factory.mktemp("driver-tmp")
+    if not _private_mount_works(private):
+        pytest.skip("needs unshare and mount (root) to give each worker a temporary folder of its own")
     sched_file = tmp_path_factory.mktemp("private") / "scheduler.json"
     dask_cli = str(Path(sys.executable).parent / "dask")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -401,15 +404,16 @@ def private_tmp_cluster(tmp_path_factory):
             time.sleep(0.1)
         address = json.loads(sched_file.read_text())["address"]
         for i in range(2):
-            worker = (f"mount -t tmpfs tmpfs /tmp && exec {dask_cli} worker {address} --nthreads 1 "
-                      f"--memory-limit 2GB --no-nanny --no-dashboard --host 127.0.0.1 --name private-{i}")
+            worker = (f"mount -t tmpfs tmpfs {private} && TMPDIR={private} exec {dask_cli} worker "
+                      f"{address} --nthreads 1 --memory-limit 2GB --no-nanny --no-dashboard "
+                      f"--host 127.0.0.1 --name private-{i}")
             procs.append(subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                                            worker], **quiet))
         from distributed import Client
 
         with Client(address, timeout="30s") as c:
             c.wait_for_workers(2, timeout=60)
-        yield address
+        yield address, private
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -420,30 +424,24 @@ def private_tmp_cluster(tmp_path_factory):
                 p.kill()
 
 
-@pytest.fixture
-def shared_folder():
-    """A folder outside /tmp, which the private-/tmp workers see."""
-    for base in (os.environ.get("POREVOX_TEST_SHARED_DIR"), "/var/tmp", "/dev/shm"):
-        if base and os.path.isdir(base) and os.access(base, os.W_OK):
-            folder = Path(tempfile.mkdtemp(prefix="porevox-test-", dir=base))
-            yield folder
-            shutil.rmtree(folder, ignore_errors=True)
-            return
-    pytest.skip("no writable folder outside /tmp")
-
-
-def test_workers_with_a_tmp_of_their_own(private_tmp_cluster, solid, shared_folder, tmp_path, monkeypatch):
-    """The bug this solver fixes: scratch in the driver's /tmp read as fill values by
-    workers that each have their own /tmp (τ 1.281 where the whole volume gave 1.079).
-    An in-memory array keeps its blocks in the workers' memory and a volume outside
-    /tmp its scratch in its own folder, both giving the whole-volume τ of one process;
-    a scratch under /tmp is a one-line error before any work."""
+def test_workers_with_a_tmp_of_their_own(private_tmp_cluster, solid, tmp_path, monkeypatch):
+    """The bug this solver fixes: scratch in the driver's temporary folder read as fill
+    values by workers that each have their own (τ 1.281 where the whole volume gave
+    1.079). With the driver's temporary folder invisible to the workers, an in-memory
+    array keeps its blocks in the workers' memory and a volume its scratch in its own
+    folder, both giving the whole-volume τ of one process; a scratch the workers cannot
+    see is a one-line error before any work."""
     from distributed import Client
 
-    path = shared_folder / "sample.zarr"
+    address, private = private_tmp_cluster
+    monkeypatch.setattr(tempfile, "tempdir", str(private))      # the driver's temporary folder
+    monkeypatch.setenv("TMPDIR", str(private))
+    path = tmp_path / "sample.zarr"
     vol = create_volume(path, solid.shape, "uint8", VS, chunks=(20, 25, 30))
     vol.group.create_array("labels/truth", shape=solid.shape, dtype="uint8", chunks=(20, 25, 30))[...] = solid
-    with Client(private_tmp_cluster):
+    scratch = private / "scratch"
+    scratch.mkdir()
+    with Client(address):
         for order in (1, 2):
             out = tortuosity(solid, voxel_size=VS, method="blocks", chunks=ODD, order=order,
                              directions=["-x"])
@@ -457,6 +455,7 @@ def test_workers_with_a_tmp_of_their_own(private_tmp_cluster, solid, shared_fold
         monkeypatch.setattr(BlockSolver, "run", lambda *a: pytest.fail("the solve started"))
         with pytest.raises(StageError, match=r"^the tortuosity scratch folder .* is not visible to 2 of "
                                              r"the 2 Dask workers .*; pass scratch=") as err:
-            tortuosity(solid, voxel_size=VS, method="blocks", chunks=ODD, scratch=tmp_path)
+            tortuosity(solid, voxel_size=VS, method="blocks", chunks=ODD, scratch=scratch)
         assert "\n" not in str(err.value)
-    assert not any(tmp_path.iterdir())
+    assert not any(scratch.iterdir())
+    assert sorted(p.name for p in private.iterdir()) == ["scratch"]     # nothing else written there
