@@ -24,12 +24,14 @@ chunks sized so that a kernel's working set fits the workers' chunk budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +174,7 @@ class Job:
     _publish: Any = None             # the stored transform's publication, once written
     feature_chunks: Any = None       # its chunks (those of the radius grid)
     together: int = 1                # tomograms computed at the same time (run_jobs sets it)
+    tortuosity_run: Any = None       # the block tortuosity solve: a future, or a call to make
     explicit_chunks: bool = False    # compute blocks = these chunks (else sized to memory)
 
     def __post_init__(self):
@@ -283,18 +286,13 @@ class Job:
                 self.tasks["tortuosity"] = [run(solid, self.voxel_size, d, opts.order, opts.last_fraction)
                                             for d in opts.directions]
         else:
-            import functools
-            from concurrent.futures import ThreadPoolExecutor
-
-            from ..engine.cluster import active_client
-
             # the block solver: its scratch beside a volume (or opts.tortuosity_scratch), its
             # blocks sized from the workers' memory unless chunks were given
             solver = functools.partial(
                 tortuosity_pipeline.BlockSolver, self.source if stored_array(self.source) else self.solid,
                 voxel_size=self.voxel_size, order=opts.order,
                 chunks=self.chunks if self.explicit_chunks else None,
-                scratch=getattr(opts, "tortuosity_scratch", None))
+                scratch=opts.tortuosity_scratch)
             names = list(opts.directions)
             if active_client() is None:
                 self.tortuosity_run = lambda: solver().solve(names, opts.last_fraction)
