@@ -52,6 +52,19 @@ def client(local_cluster):
         yield c
 
 
+def stop_processes(procs) -> None:
+    """Terminate processes started by a fixture, newest first, killing any that linger."""
+    import subprocess
+
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def porous(shape, rng, porosity=0.4, sigma=2.0):
     """A smooth random solid/pore structure (bool, True = solid)."""
     from scipy import ndimage as ndi
@@ -92,13 +105,7 @@ def external_scheduler(tmp_path_factory):
             c.wait_for_workers(1, timeout=60)
         yield address
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 @pytest.fixture(scope="session")

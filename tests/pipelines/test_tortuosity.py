@@ -25,7 +25,7 @@ from porevox.kernels.conductivity import NoPathWarning
 from porevox.kernels.fmm import geodesic_tortuosity, inlet_distance
 from porevox.pipelines import tortuosity as pipeline
 from porevox.pipelines.tortuosity import PAPER_DIRECTIONS, BlockSolver, parse_directions, tortuosity
-from tests.conftest import porous
+from tests.conftest import porous, stop_processes
 
 VS = (0.025, 0.0186, 0.0186)
 ODD = (17, 23, 31)
@@ -415,13 +415,7 @@ def private_tmp_cluster(tmp_path_factory):
             c.wait_for_workers(2, timeout=60)
         yield address, private
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 def test_workers_with_a_tmp_of_their_own(private_tmp_cluster, solid, tmp_path, monkeypatch):
