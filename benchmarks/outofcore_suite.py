@@ -578,10 +578,9 @@ def _global_plan(shape) -> dict:
             "tortuosity_scratch_bytes_per_direction": 8 * boxes + 8 * faces + boxes}
 
 
-def run_outofcore(path: str, shape, memory: int, methods, features, labels, seed: int = 0) -> dict:
-    """The measuring process: prepare the slab, start the cluster, run the stages."""
-    from porevox.pipelines import segment_volume
-    from porevox.pipelines.quantify import quantify_volume
+def prepare_tile(shape, seed: int = 0):
+    """The measuring process's set-up: porevox's log captured, and the twin tile
+    (at most :data:`TILE`) prepared. Returns (logs, model, tile, threshold, seconds)."""
     from porevox.pipelines.synth import SampleSpec, prepare
     from porevox.synthetic.fibsem import FibSemModel
 
@@ -589,13 +588,21 @@ def run_outofcore(path: str, shape, memory: int, methods, features, labels, seed
     plog = logging.getLogger("porevox")
     plog.setLevel(logging.INFO)
     plog.addHandler(logs)
-
-    shape = tuple(int(s) for s in shape)
-    tile = tuple(min(t, n) for t, n in zip(TILE, shape))
+    tile = tuple(min(t, int(n)) for t, n in zip(TILE, shape))
     model = FibSemModel()
     t0 = time.perf_counter()
     ms, threshold = prepare(SampleSpec(*SPEC, 0, "demo", seed), model, shape=tile)
-    prepare_s = time.perf_counter() - t0
+    return logs, model, ms, threshold, time.perf_counter() - t0
+
+
+def run_outofcore(path: str, shape, memory: int, methods, features, labels, seed: int = 0) -> dict:
+    """The measuring process: prepare the slab, start the cluster, run the stages."""
+    from porevox.pipelines import segment_volume
+    from porevox.pipelines.quantify import quantify_volume
+
+    logs, model, ms, threshold, prepare_s = prepare_tile(shape, seed)
+    shape = tuple(int(s) for s in shape)
+    tile = ms.shape
     log(f"  prepared the {'x'.join(map(str, tile))} tile in {prepare_s:.1f} s: {ms.radii.size} "
         "particles")
     particles = int(ms.radii.size)

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from .harness import isolated, local_cluster, log, peak, row
-from .outofcore_suite import SPEC, TILE, LogCapture, Monitor, _stage, _workers_now, render_twin
+from .outofcore_suite import Monitor, _stage, _workers_now, prepare_tile, render_twin
 
 MEMORY_ENV = "POREVOX_BENCH_SCALE_MEMORY"
 SHAPE_ENV = "POREVOX_BENCH_SCALE_SHAPE"
@@ -95,20 +95,10 @@ def _reference(path: str, side: int) -> dict:
 
 def run_scale(path: str, shape, memory: int) -> dict:
     """The measuring process: render the twin, quantify it group by group."""
-    import logging
-
     from porevox.pipelines.quantify import quantify_volume
-    from porevox.pipelines.synth import SampleSpec, prepare
-    from porevox.synthetic.fibsem import FibSemModel
 
-    logs = LogCapture()
-    plog = logging.getLogger("porevox")
-    plog.setLevel(logging.INFO)
-    plog.addHandler(logs)
+    logs, model, ms, threshold, _ = prepare_tile(shape)
     shape = tuple(int(s) for s in shape)
-    tile = tuple(min(t, n) for t, n in zip(TILE, shape))
-    model = FibSemModel()
-    ms, threshold = prepare(SampleSpec(*SPEC, 0, "demo", 0), model, shape=tile)
     stages = []
     with local_cluster(N_WORKERS, memory) as client:
         client.run(exec, "import porevox.pipelines.quantify, porevox.synthetic.fibsem")
