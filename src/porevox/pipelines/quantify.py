@@ -68,9 +68,10 @@ DIRECTIONS = tortuosity_pipeline.SIGNED
 PAPER_DIRECTIONS = tortuosity_pipeline.PAPER_DIRECTIONS
 
 #: Peak bytes per voxel of a block (with its halo) in each pass — measured with
-#: tracemalloc on a 128³ porous block: local 13, struts 50 (+ 12 for the features read),
-#: curvature 74 — with a margin; they size the compute blocks.
-BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 80}
+#: tracemalloc on porous blocks: local 13 (128³), curvature 74 (128³), struts 37 (160³
+#: of the twin: 24 working, 13 for the block and its features read) — with a margin;
+#: they size the compute blocks.
+BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 50}
 #: Where a volume keeps the feature transform of ``labels/<name>``: ``distance/<name>``.
 DISTANCE = "distance"
 #: Below this many voxels per worker thread a tomogram's struts run as one task: the
