@@ -168,7 +168,6 @@ class Job:
     chunks: tuple[int, int, int] | None = None
     name: str = "volume"
     tasks: dict = field(default_factory=dict)
-    blocks: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     tortuosity_plan: str = "none"
     features: Any = None             # the volume's feature transform, where struts run in blocks
@@ -218,7 +217,7 @@ class Job:
                             self.name, need / 2**20, room)
                 whole = [tuple(slice(0, n) for n in self.shape)]
                 with reserving(need):   # never two of them together where only one fits
-                    self.blocks["struts"], self.tasks["struts"] = block_tasks(
+                    _, self.tasks["struts"] = block_tasks(
                         struts.strut_diameters, self.source, whole, 0, voxel_size=vs, values=False)
             else:
                 logger.info("struts of %s: in blocks, after the volume's distance transform (the whole "
@@ -266,7 +265,7 @@ class Job:
         box = compute_box(self.shape, self.chunks, BYTES_PER_VOXEL[name], depth,
                           grow=not self.explicit_chunks)
         cores = list(block_slices(self.shape, box))
-        self.blocks[name], tasks = block_tasks(kernel, self.source, cores, depth, **kwargs)
+        _, tasks = block_tasks(kernel, self.source, cores, depth, **kwargs)
         self.tasks[name] = [tree_reduce(tasks, cores, combine)]
 
     def _plan_tortuosity(self) -> None:
@@ -323,7 +322,6 @@ class Job:
                                             self.voxel_size,
                                             self.name, slabs=None if self.explicit_chunks
                                             else max(total_threads() // max(self.together, 1), 1))
-        self.blocks["struts"] = cores
         stored = stored_array(self.features)
         run = dask.delayed(_read_struts_block if stored else _struts_block, pure=True)
         solid = stored_handle(self.source) if stored and stored_array(self.source) else self.solid
