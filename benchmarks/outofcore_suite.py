@@ -109,8 +109,8 @@ the set-up, reported for completeness:
 * spill to disk: bytes the workers' spill buffers wrote during the stage
   (``SpillBuffer.cumulative_metrics["disk-write", "bytes"]``) and the most held on
   disk at a sample;
-* the driver's RSS (sampled) and ``ru_maxrss`` — quantify merges the per-block
-  results there;
+* the driver's RSS (sampled) and ``ru_maxrss`` — quantify merges the passes'
+  results (one per pass, merged on the workers) there;
 * checks, untimed, after the stage's peaks are taken: each segmentation's voxel
   agreement with the twin's truth; the quantified values.
 
@@ -120,14 +120,16 @@ logs it. At this size nothing global fits: tortuosity runs the block-decomposed
 fast marching (:class:`porevox.pipelines.tortuosity.BlockSolver`: 1024 blocks of
 64 x 128 x 128 at 512 MiB, each visited 6-8 times, its scratch — each block's float64
 box, faces and solid box — inside the volume's folder, ~11 GiB per direction at
-1024^3; the quantify row's notes give the figure), and struts run in blocks with
-halos of twice the largest radius, regrown where short. Connected components
-(density, percolation) are merged from per-block face labels in the driver. Struts
-and tortuosity are in ``all`` but not in the defaults: measured here with 2 x 512
-MiB workers struts run at 0.03-0.05 M voxels/s (128 x 256 x 256: 209-280 s) — six to
-nine hours at 1024^3; block tortuosity took 255 s against 6 s whole on that twin
-before the block solver's rework (below), and now runs at ~2 M voxels/s per
-direction (128 x 256 x 256 porous field, +y: 4.1-4.5 s against 1.2 s whole).
+1024^3; the quantify row's notes give the figure), and struts run in blocks whose
+halos the volume's distance transform sized before they run (``distance/<labels>``,
+stored in the volume). Connected components (density, percolation) are merged on the
+workers, neighbours first (``tree_reduce``). Struts and tortuosity are in ``all`` but
+not in the defaults (``porevox bench scale`` measures every feature): before this
+change, with 2 x 512 MiB workers, struts ran at 0.03-0.05 M voxels/s (128 x 256 x 256:
+209-280 s, blocks rerun with grown halos) — six to nine hours at 1024^3; block
+tortuosity took 255 s against 6 s whole on that twin before the block solver's
+rework (below), and now runs at ~2 M voxels/s per direction (128 x 256 x 256 porous
+field, +y: 4.1-4.5 s against 1.2 s whole).
 
 Tortuosity's block solver, the measurements behind its schedule (2 shared cores,
 LocalCluster of 2 workers x 1 thread, Gaussian-smoothed random fields thresholded at
