@@ -190,13 +190,22 @@ def chunk_bytes_budget(default: int | None = None) -> int:
     if default is None:
         tuned = load_tuned()
         default = tuned["chunk_bytes"] if tuned is not None else DEFAULT_CHUNK_BYTES
-    workers = cluster_workers()
+    share = thread_memory_share()
+    if share is None:
+        return default
+    return int(min(default, max(4 * 2**20, share / 4.5)))
+
+
+def thread_memory_share(workers: dict | None = None) -> float | None:
+    """Bytes one worker thread's tasks may hold together: 60 % of the smallest
+    worker memory limit above :data:`WORKER_BASELINE`, over its threads (None without
+    a distributed client or limits)."""
+    workers = cluster_workers() if workers is None else workers
     limit = worker_memory_limit(workers)
     if limit is None:
-        return default
+        return None
     threads = max(w.get("nthreads", 1) for w in workers.values())
-    budget = (0.6 * limit - WORKER_BASELINE) / 4.5 / threads
-    return int(min(default, max(4 * 2**20, budget)))
+    return (0.6 * limit - WORKER_BASELINE) / threads
 
 
 def balanced_depth(nz: int, most: int) -> int:

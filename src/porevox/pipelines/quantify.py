@@ -42,7 +42,14 @@ import zarr
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle, tree_reduce
-from ..engine.cluster import active_client, compute_dynamic, reserving, total_threads, worker_memory_limit
+from ..engine.cluster import (
+    active_client,
+    compute_dynamic,
+    reserving,
+    thread_memory_share,
+    total_threads,
+    worker_memory_limit,
+)
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import (
     LABELS,
@@ -432,15 +439,12 @@ def _tortuosity_whole(solid, voxel_size, direction: str, order: int, last_fracti
 
 
 def task_budget() -> float:
-    """Bytes one task may hold: a thread's share of WORKER_FRACTION of a worker's
-    memory limit above its baseline (without a cluster, of the free memory)."""
-    from ..engine.cluster import WORKER_BASELINE, cluster_workers
-
-    workers = cluster_workers()
-    limit = worker_memory_limit(workers) if workers else None
-    if limit:
-        threads = max(w.get("nthreads", 1) for w in workers.values())
-        return max((WORKER_FRACTION * limit - WORKER_BASELINE) / threads, 2**24)
+    """Bytes one task may hold: a worker thread's share of its memory
+    (:func:`~porevox.engine.cluster.thread_memory_share`; without a cluster, a core's
+    share of WORKER_FRACTION of the free memory)."""
+    share = thread_memory_share()
+    if share is not None:
+        return max(share, 2**24)
     return WORKER_FRACTION * free_memory() / (os.cpu_count() or 1)
 
 
