@@ -557,12 +557,12 @@ def _global_plan(shape) -> dict:
     """What quantify chooses for its global operators at this size on these workers."""
     from porevox.kernels import fmm
     from porevox.pipelines import tortuosity as tp
-    from porevox.pipelines.quantify import BYTES_PER_VOXEL, _fits_one_task
+    from porevox.pipelines.quantify import _fits_one_task, struts_whole_bytes
 
     voxels = math.prod(shape)
     need_t = fmm.memory_estimate(shape) + 2 * voxels
     fits_t, room = _fits_one_task(need_t)
-    need_s = voxels * BYTES_PER_VOXEL["struts"]
+    need_s = struts_whole_bytes(shape)
     fits_s, _ = _fits_one_task(need_s)
     depth = tp.fast_marching_depth(2)
     blocks = tp.block_chunks(shape, None, depth)

@@ -12,6 +12,7 @@ from skimage.morphology import skeletonize
 
 from porevox.engine import gpu_available, reduce_blocks
 from porevox.engine.blockwise import block_slices
+from porevox.errors import InvalidVolumeError
 from porevox.kernels.edt import feature_distance, feature_transform
 from porevox.kernels.struts import (
     SAFETY,
@@ -19,6 +20,7 @@ from porevox.kernels.struts import (
     NoStrutWarning,
     lognormal_fit,
     merge_log_stats,
+    ray_depth,
     skeleton,
     strut_depth,
     strut_diameters,
@@ -260,18 +262,35 @@ def test_chunked_anisotropic_equals_whole():
 
 def blocks_with_features(solid, vs, chunks):
     """Every block with the halo its own largest radius asks for, read with the whole
-    volume's feature transform: the pipeline's plan, no reruns."""
+    volume's feature transform where its chords reach: the pipeline's plan, no reruns."""
     feats = feature_transform(solid, voxel_size=vs)
     dist = feature_distance(feats, voxel_size=vs)
     out = []
+
+    def grow(core, depth):
+        return tuple(slice(max(c.start - d, 0), min(c.stop + d, n))
+                     for c, d, n in zip(core, depth, solid.shape))
+
+    def within(inner, outer):
+        return tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(inner, outer))
+
     for core in block_slices(solid.shape, chunks):
-        depth = strut_depth(vs, float(np.where(solid[core], dist[core], 0).max()))
-        outer = tuple(slice(max(c.start - d, 0), min(c.stop + d, n))
-                      for c, d, n in zip(core, depth, solid.shape))
-        inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
-        out.append(strut_diameters(solid[outer], voxel_size=vs, core=inner, offset=[o.start for o in outer],
-                                   volume_shape=solid.shape, features=feats[(slice(None),) + outer]))
+        r = float(np.where(solid[core], dist[core], 0).max())
+        outer, reach = grow(core, strut_depth(vs, r)), grow(core, ray_depth(vs, r))
+        assert all(a.stop - a.start < b.stop - b.start or b.stop - b.start == n
+                   for a, b, n in zip(reach, outer, solid.shape))      # less than the block
+        out.append(strut_diameters(solid[outer], voxel_size=vs, core=within(core, outer),
+                                   offset=[o.start for o in outer], volume_shape=solid.shape,
+                                   features=feats[(slice(None),) + reach], features_box=within(reach, outer)))
     return out
+
+
+def test_features_box_must_hold_the_core():
+    solid = porous((24, 24, 24), 2)
+    feats = feature_transform(solid)
+    with pytest.raises(InvalidVolumeError, match="must hold the core"):
+        strut_diameters(solid, core=(slice(4, 20),) * 3, features=feats[:, 6:20, 4:20, 4:20],
+                        features_box=(slice(6, 20), slice(4, 20), slice(4, 20)))
 
 
 @pytest.mark.parametrize("vs", [(1.0, 1.0, 1.0), PAPER_VOXEL])

@@ -74,7 +74,7 @@ def test_struts_thicker_than_a_task_warn_and_measure_the_rest(monkeypatch):
     solid[:, 4:56, 4:30] = 1                                  # a slab 26 voxels thick
     solid[:, 10:14, 36:56:6] = 1                              # thin struts beside it
     solid[:, 40:44, 36:56] = 1
-    monkeypatch.setattr(q, "task_budget", lambda: 40**3 * q.BYTES_PER_VOXEL["struts"])  # 40³ voxels
+    monkeypatch.setattr(q, "task_budget", lambda: q.struts_whole_bytes((40, 40, 40)))  # 40³ voxels
     with pytest.warns(FeatureWarning, match="lies deeper than one task's memory"):
         got = pv.quantify(solid, features=["struts"], chunks=(16, 20, 20))
     assert 0.5 < got["strut_unmeasured_solid_fraction"] < 1           # most of the slab

@@ -392,9 +392,10 @@ def reduce_boxes(kernel: Callable, image: Any, cores: Sequence[Sequence[slice]],
 
 
 def compute_box(shape: Sequence[int], chunks: Sequence[int], bytes_per_voxel: float,
-                depth: int | Sequence[int] = 0, *, grow: bool = True) -> tuple[int, int, int]:
+                depth: int | Sequence[int] = 0, *, grow: bool = True,
+                need: Callable[[Sequence[int]], float] | None = None) -> tuple[int, int, int]:
     """The box shape for tasks whose kernels hold `bytes_per_voxel` per voxel of a
-    box with its `depth` halo, starting from the storage `chunks`.
+    box with its `depth` halo (or `need(box)` bytes), starting from the storage `chunks`.
 
     The chunks, halved along their longest axis until a box with its halo fits the
     workers' budget for one task (4.5 x :func:`~porevox.engine.cluster.chunk_bytes_budget`);
@@ -410,8 +411,9 @@ def compute_box(shape: Sequence[int], chunks: Sequence[int], bytes_per_voxel: fl
     depth = normalize_depth(depth)
     budget = 4.5 * chunk_bytes_budget()
 
-    def need(b):
-        return math.prod(min(n, x + 2 * d) for n, x, d in zip(shape, b, depth)) * bytes_per_voxel
+    if need is None:
+        def need(b):
+            return math.prod(min(n, x + 2 * d) for n, x, d in zip(shape, b, depth)) * bytes_per_voxel
 
     def count(b):
         return math.prod(-(-n // x) for n, x in zip(shape, b))

@@ -45,7 +45,8 @@ call, a third of the time: the helpers take scalars.)
 
 :func:`fast_marching_update` is the incremental form: known values kept, the march
 started from the voxels whose values dropped and re-opening a known voxel only where
-its value drops by more than round-off (:data:`_REOPEN`), so that its work is that of the change (the block solver's visits).
+its value drops by more than round-off (:data:`_REOPEN`), so that its work is that of
+the change (the block solver's visits).
 
 :func:`inlet_distance` is the distance through the solid from an inlet face, and
 :func:`geodesic_tortuosity` the paper's τ (Wijaya et al. 2024): geodesic distance
@@ -228,10 +229,10 @@ def fast_marching_update(allowed, distance, seeds, *, fixed=None, voxel_size=(1.
     `distance` are *known* (a previous solve's, upper bounds), the `seeds` are the
     voxels whose values just dropped (or new sources), and the march starts from the
     seeds alone. A known voxel is re-opened only where its upwind value computed from
-    a newly accepted neighbour is lower than it by more than a relative 1e-12; voxels that were unreached (``inf``)
-    are marched as by :func:`fast_marching`. The work is that of the voxels whose
-    values drop, not of the block. With every value ``inf`` but the seeds' it is
-    :func:`fast_marching` from them (the same result). For ``order=1`` (a monotone
+    a newly accepted neighbour is lower than it by more than a relative 1e-12; voxels
+    that were unreached (``inf``) are marched as by :func:`fast_marching`. The work is
+    that of the voxels whose values drop, not of the block. With every value ``inf``
+    but the seeds' it is :func:`fast_marching` from them (the same result). For ``order=1`` (a monotone
     scheme) the result is the whole solve's from the same data: every voxel ends with
     the upwind value of its neighbours (the fast-marching fixed point).
 

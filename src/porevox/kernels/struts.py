@@ -127,6 +127,34 @@ def strut_depth(voxel_size=(1.0, 1.0, 1.0), max_radius=0.0) -> tuple[int, int, i
     return tuple(int(math.ceil(reach / v - 1e-9)) + _MARGIN for v in vs)
 
 
+def ray_depth(voxel_size=(1.0, 1.0, 1.0), max_radius=0.0) -> tuple[int, int, int]:
+    """Voxels per axis (z, y, x) beyond the core that a chord from a core voxel samples,
+    where the largest distance to the pore in the core is `max_radius`: the box the
+    features and the smoothing need (the thinning needs :func:`strut_depth`).
+
+    ``ceil((max_radius + 2 · max(voxel_size) + step) / voxel_size) + 2`` per axis: a
+    chord runs at most one radius plus its reach and one ray step, and the trilinear
+    interpolation reads one voxel beyond (one spare).
+    """
+    vs = _check_voxel_size(voxel_size)
+    r = float(max_radius)
+    if math.isnan(r) or r < 0:
+        raise InvalidVolumeError(f"max_radius must be a number >= 0; got {max_radius!r}")
+    if math.isinf(r):
+        return (UNBOUNDED,) * 3
+    reach = r + 2.0 * float(vs.max()) + _STEP * float(vs.min())
+    return tuple(int(math.ceil(reach / v - 1e-9)) + 2 for v in vs)
+
+
+def _grown(core, depth, shape):
+    return tuple(slice(max(c.start - d, 0), min(c.stop + d, n)) for c, d, n in zip(core, depth, shape))
+
+
+def _within(inner, outer) -> tuple[slice, ...]:
+    """`inner` (slices of the block) relative to `outer` (slices of the block)."""
+    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
+
+
 def _depth_given(shape, core, offset, volume_shape) -> tuple[int, int, int]:
     out = []
     for n, c, o, nv in zip(shape, core, offset, volume_shape):
@@ -216,25 +244,33 @@ def _chords(f, pts, vec, dist, vs, step, reach):
 
 
 # --------------------------------------------------------------------------- core
-def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0), limit=math.inf):
+def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0), limit=math.inf,
+             features_box=None):
     """Guarded skeleton and φ over a whole block.
 
-    `features`: the nearest pore voxel of every voxel of the block (3, P, M, N), global
-    indices, from the transform of the whole volume; None: the block's own transform.
+    `features`: the nearest pore voxel of every voxel of ``solid[features_box]`` (3,
+    ...), global indices, from the transform of the whole volume; None: the block's
+    own transform (over the whole block). The thinning and the components run over
+    the block; the distances, the smoothing and the chords only over the box the
+    core's chords reach.
 
     Returns (points (n, 3) int64 in C order: the skeleton voxels in `core` within
-    `limit` of the pore, phi (n,), dist (host float64 array),
-    guard_first ((k, 3): the first guard voxel of each guarded component, so that a
-    component is counted once over blocks), unresolved_axes (bool[3]: axes along which a
-    skeleton-less component touched a cut face of the block))."""
+    `limit` of the pore, phi (n,), dist (host float64 array over `features_box`),
+    features_box, guard_first ((k, 3): the first guard voxel of each guarded component,
+    so that a component is counted once over blocks), unresolved_axes (bool[3]: axes
+    along which a skeleton-less component ran out of the block or of the features))."""
     xp = get_array_module(solid)
     ndi = ndimage_module(solid)
     host = to_numpy(solid)
+    shape = host.shape
+    whole = tuple(slice(0, n) for n in shape)
     offset = np.asarray(offset, np.int64)
     if features is None:
-        features, offset = feature_transform(host, voxel_size=vs), np.zeros(3, np.int64)
+        features, offset, features_box = feature_transform(host, voxel_size=vs), np.zeros(3, np.int64), whole
+    features_box = whole if features_box is None else tuple(features_box)
+    start = np.array([b.start for b in features_box], np.int64)
     features = np.asarray(features)
-    dist = feature_distance(features, voxel_size=vs, offset=offset)
+    dist = feature_distance(features, voxel_size=vs, offset=offset + start)
     from skimage.morphology import skeletonize
 
     skel = skeletonize(host)
@@ -248,49 +284,58 @@ def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0), limit=m
         missing = np.flatnonzero(~has[1:]) + 1
         if missing.size:
             boxes = _ndi.find_objects(labels)
-            decided = []
+            sel = np.zeros(n + 1, bool)
             for lab in missing:
                 box = boxes[lab - 1]
-                touch = [(cut[a][0] and box[a].start == 0) or (cut[a][1] and box[a].stop == host.shape[a])
+                touch = [(cut[a][0] and box[a].start == 0) or (cut[a][1] and box[a].stop == shape[a])
                          for a in range(3)]
-                if any(touch) and (core is None or np.any(labels[core][tuple(
+                outside = [box[a].start < features_box[a].start or box[a].stop > features_box[a].stop
+                           for a in range(3)]
+                if (any(touch) or any(outside)) and (core is None or np.any(labels[core][tuple(
                         slice(max(b.start - c.start, 0), max(b.stop - c.start, 0))
                         for b, c in zip(box, core))] == lab)):
-                    unresolved |= np.array(touch)
-                decided.append(lab)
-            if decided:
-                sel = np.zeros(n + 1, bool)
-                sel[np.asarray(decided)] = True
-                member = sel[labels]
-                best = np.full(n + 1, -np.inf)
-                np.maximum.at(best, labels[member], dist[member])
-                add = member & (dist == best[labels])
-                skel |= add
-                where = np.argwhere(add)
-                _, first = np.unique(labels[tuple(where.T)], return_index=True)
-                guard_first = where[first]
+                    unresolved |= np.array(touch) | np.array(outside)
+                sel[lab] = True
+            flabels = labels[features_box]
+            member = sel[flabels]
+            best = np.full(n + 1, -np.inf)
+            np.maximum.at(best, flabels[member], dist[member])
+            where = np.argwhere(member)
+            where = where[dist[tuple(where.T)] == best[flabels[tuple(where.T)]]]
+            skel[tuple((where + start).T)] = True
+            _, first = np.unique(flabels[tuple(where.T)], return_index=True)
+            guard_first = where[first] + start
     if core is not None:
         inner = np.zeros_like(skel)
         inner[core] = skel[core]
         skel = inner
-    if limit < math.inf:
-        skel &= dist <= limit
     pts = np.argwhere(skel)
+    pdist = dist[tuple((pts - start).T)]
+    if limit < math.inf:
+        keep = pdist <= limit
+        pts, pdist = pts[keep], pdist[keep]
     if pts.size == 0:
-        return pts, np.empty(0), dist, guard_first, unresolved
-    near = features[(slice(None),) + tuple(pts.T)].T.astype(np.int64)  # (n, 3) nearest pore voxel
+        return pts, np.empty(0), dist, features_box, guard_first, unresolved
+    near = features[(slice(None),) + tuple((pts - start).T)].T.astype(np.int64)  # (n, 3) nearest pore
     vec = (near - (pts + offset)) * vs
-    sigma = SMOOTH_SIGMA
-    smooth = to_numpy(ndi.gaussian_filter(solid.astype(xp.float32), sigma, mode="nearest",
-                                          truncate=_TRUNCATE))
-    reach = 2.0 * float(vs.max())
-    phi = _chords(smooth, pts, vec.astype(np.float64), dist[tuple(pts.T)],
-                  vs, _STEP * float(vs.min()), reach)
-    return pts, phi, dist, guard_first, unresolved
+    # the smoothing where the chords sample: the points' box and their reach, computed
+    # with the smoothing's own radius beyond it (bit for bit the block's values)
+    reach = ray_depth(vs, float(pdist.max()))
+    lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
+    rays = _grown(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), reach, shape)
+    pad = int(_TRUNCATE * SMOOTH_SIGMA + 0.5)
+    src = _grown(rays, (pad,) * 3, shape)
+    smooth = to_numpy(ndi.gaussian_filter(solid[src].astype(xp.float32), SMOOTH_SIGMA, mode="nearest",
+                                          truncate=_TRUNCATE))[_within(rays, src)]
+    corner = np.array([r.start for r in rays], np.int64)
+    phi = _chords(smooth, pts - corner, vec.astype(np.float64), pdist,
+                  vs, _STEP * float(vs.min()), 2.0 * float(vs.max()))
+    return pts, phi, dist, features_box, guard_first, unresolved
 
 
 def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 0, 0),
-                    volume_shape=None, features=None, limit=math.inf, values=True) -> dict:
+                    volume_shape=None, features=None, features_box=None, limit=math.inf,
+                    values=True) -> dict:
     """Strut diameters φ at the skeleton voxels in the core of a block.
 
     Parameters
@@ -311,6 +356,11 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
         The nearest pore voxel of every voxel of the block, as global indices: the
         whole volume's feature transform (:mod:`porevox.kernels.edt`), so the
         distances are the volume's whatever the halo. Default: the block's own.
+    features_box : 3 slices, optional
+        The part of the block `features` covers (default: all of it): at least the
+        core grown by :func:`ray_depth` of its largest radius, where the chords
+        reach. A skeleton-less component running out of it is guarded by its piece
+        in it (counted in ``guard_cut``).
     limit : float
         Skeleton voxels farther than `limit` from the pore are left out (a block
         whose halo could only be given for radii up to `limit`); the core's solid
@@ -330,8 +380,8 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
         its smaller cut side per axis (:data:`UNBOUNDED` where both sides are outer
         faces); ``guarded`` components given a skeleton by the guard, counted in the
         block whose core holds the component's first guard voxel; ``guard_cut``
-        pieces guarded though they ran out of the block (guarded by their own largest
-        distance in it); ``skeleton_voxels``; ``solid_voxels`` and
+        pieces guarded though they ran out of the block or of `features_box`
+        (guarded by their own largest distance there); ``skeleton_voxels``; ``solid_voxels`` and
         ``unmeasured_solid`` in the core.
     """
     vs = _check_voxel_size(voxel_size)
@@ -369,7 +419,13 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
             return result([], math.nan, core_solid=core_solid)
         # The nearest pore lies beyond this block: its transform cannot say how far.
         return result([], math.inf, core_solid=core_solid)
-    pts, phi, dist, guard_first, unresolved = _analyse(solid, vs, cut, core, features, offset, limit)
+    if features_box is not None:
+        features_box = tuple(slice(*b.indices(n)[:2]) for b, n in zip(features_box, shape))
+        if features is None or any(c.start < b.start or c.stop > b.stop for c, b in zip(core, features_box)):
+            raise InvalidVolumeError(f"features_box {features_box} must hold the core {core} and come "
+                                     "with features; pass the features of a box around the core")
+    pts, phi, dist, features_box, guard_first, unresolved = _analyse(
+        solid, vs, cut, core, features, offset, limit, features_box)
 
     def inside(p):
         ok = np.ones(len(p), bool)
@@ -377,7 +433,7 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
             ok &= (p[:, a] >= s.start) & (p[:, a] < s.stop)
         return ok
 
-    core_dist = dist[core]
+    core_dist = dist[_within(core, features_box)]
     max_radius = float(core_dist.max()) if core_dist.size else 0.0
     unmeasured = 0
     if max_radius > limit:
@@ -405,7 +461,7 @@ def skeleton(solid, *, voxel_size=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarr
             warnings.warn("the volume has no pore: strut diameters are undefined",
                           NoStrutWarning, stacklevel=2)
         return sk, phi_map
-    pts, phi, _, _, _ = _analyse(solid, vs, [(False, False)] * 3)
+    pts, phi, *_ = _analyse(solid, vs, [(False, False)] * 3)
     sk[tuple(pts.T)] = True
     phi_map[tuple(pts.T)] = phi
     return sk, phi_map
@@ -477,4 +533,4 @@ def lognormal_fit(diameters=None, *, stats=None) -> dict:
 
 
 __all__ = ["SAFETY", "SMOOTH_SIGMA", "UNBOUNDED", "NoStrutWarning", "diameter_edges", "log_stats",
-           "lognormal_fit", "merge_log_stats", "skeleton", "strut_depth", "strut_diameters"]
+           "lognormal_fit", "merge_log_stats", "ray_depth", "skeleton", "strut_depth", "strut_diameters"]

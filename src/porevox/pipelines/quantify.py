@@ -75,10 +75,18 @@ DIRECTIONS = tortuosity_pipeline.SIGNED
 PAPER_DIRECTIONS = tortuosity_pipeline.PAPER_DIRECTIONS
 
 #: Peak bytes per voxel of a block (with its halo) in each pass — measured with
-#: tracemalloc on porous blocks: local 13 (128³), curvature 74 (128³), struts 37 (160³
-#: of the twin: 24 working, 13 for the block and its features read) — with a margin;
-#: they size the compute blocks.
-BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 50}
+#: tracemalloc on porous blocks: local 13 (128³), curvature 74 (128³); struts 15 per
+#: voxel of the block (the thinning and the components, 240³ of the twin) and 22 per
+#: voxel of the box its chords reach (the features read, 12, and the distances and
+#: smoothing there, 10; ``struts_rays``) — with a margin; they size the compute blocks.
+BYTES_PER_VOXEL = {"local": 20, "curvature": 100, "struts": 18, "struts_rays": 34}
+
+
+def struts_whole_bytes(shape) -> int:
+    """Peak bytes of the struts of a whole volume in one task."""
+    return math.prod(shape) * (BYTES_PER_VOXEL["struts"] + BYTES_PER_VOXEL["struts_rays"])
+
+
 #: Where a volume keeps the feature transform of ``labels/<name>``: ``distance/<name>``.
 DISTANCE = "distance"
 #: Below this many voxels per worker thread a tomogram's struts run as one task: the
@@ -213,7 +221,7 @@ class Job:
                       voxel_size=vs, sigma=self.sigma,
                       edges=self.edges)
         if "struts" in want:
-            need = math.prod(self.shape) * BYTES_PER_VOXEL["struts"]
+            need = struts_whole_bytes(self.shape)
             fits, room = _fits_one_task(need)
             spare = total_threads() // max(self.together, 1)   # threads this tomogram can use alone
             if not self.explicit_chunks and fits and (spare < 2 or math.prod(self.shape) < spare
@@ -325,23 +333,20 @@ class Job:
             provenance.write_record(volume, stage, params, inputs, [name], started,
                                     max_radius=np.asarray(grid[0]).tolist())
             self.features, self._publish = volume.reader(name), None
-        cores, depths, limits = plan_struts(np.asarray(grid[0]), self.shape, self.feature_chunks,
-                                            self.voxel_size,
-                                            self.name, slabs=None if self.explicit_chunks
-                                            else max(total_threads() // max(self.together, 1), 1))
+        blocks = plan_struts(np.asarray(grid[0]), self.shape, self.feature_chunks, self.voxel_size,
+                             self.name, slabs=None if self.explicit_chunks
+                             else max(total_threads() // max(self.together, 1), 1))
         stored = stored_array(self.features)
         run = dask.delayed(_read_struts_block if stored else _struts_block, pure=True)
         solid = stored_handle(self.source) if stored and stored_array(self.source) else self.solid
         features = stored_handle(self.features) if stored else self.features
         tasks = []
-        for core, depth, limit in zip(cores, depths, limits):
-            outer = tuple(slice(max(c.start - d, 0), min(c.stop + d, n))
-                          for c, d, n in zip(core, depth, self.shape))
-            inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
-            args = (solid, features, outer) if stored else (self.solid[outer],
-                                                            self.features[(slice(None),) + outer])
-            tasks.append(run(*args, inner, tuple(o.start for o in outer), self.shape, self.voxel_size,
-                             limit))
+        for core, depth, rays, limit in zip(*blocks):
+            outer, reach = _grow(core, depth, self.shape), _grow(core, rays, self.shape)
+            args = (solid, features, outer, reach) if stored else (
+                self.solid[outer], self.features[(slice(None),) + reach], _relative(reach, outer))
+            tasks.append(run(*args, _relative(core, outer), tuple(o.start for o in outer), self.shape,
+                             self.voxel_size, limit))
         self.tasks["struts"] = tasks
 
     # -- the merge -----------------------------------------------------------------
@@ -545,25 +550,38 @@ def _stored_grid(grid, _stored):
     return np.asarray(grid)
 
 
-def _read_struts_block(solid, features, outer, core, offset, volume_shape, voxel_size, limit) -> dict:
-    """One struts block read by the task itself from the stored labels and features."""
-    return _struts_block(solid[outer], features[(slice(None),) + outer], core, offset, volume_shape,
-                         voxel_size, limit)
+def _grow(core, depth, shape) -> tuple[slice, ...]:
+    return tuple(slice(max(c.start - d, 0), min(c.stop + d, n)) for c, d, n in zip(core, depth, shape))
 
 
-def _struts_block(solid, features, core, offset, volume_shape, voxel_size, limit) -> dict:
-    """One struts block, read with its halo and the volume's features (a Dask task)."""
+def _relative(inner, outer) -> tuple[slice, ...]:
+    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
+
+
+def _read_struts_block(solid, features, outer, reach, core, offset, volume_shape, voxel_size,
+                       limit) -> dict:
+    """One struts block read by the task itself from the stored labels and features
+    (the features only where the core's chords reach)."""
+    return _struts_block(solid[outer], features[(slice(None),) + reach], _relative(reach, outer), core,
+                         offset, volume_shape, voxel_size, limit)
+
+
+def _struts_block(solid, features, features_box, core, offset, volume_shape, voxel_size, limit) -> dict:
+    """One struts block with its halo and the volume's features around its core (a
+    Dask task)."""
     return struts.strut_diameters(np.asarray(solid), voxel_size=voxel_size, core=core, offset=offset,
-                                  volume_shape=volume_shape, features=np.asarray(features), limit=limit,
-                                  values=False)
+                                  volume_shape=volume_shape, features=np.asarray(features),
+                                  features_box=features_box, limit=limit, values=False)
 
 
 def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume", slabs: int | None = None):
-    """Cores, halos and radius limits of the struts blocks, from the largest radius of
-    every chunk (`grid`): each core gets :func:`~porevox.kernels.struts.strut_depth`
-    of the largest radius of the chunks it covers; where core and halo would not fit
-    one task's budget, the halo of the largest radius that fits, and that radius as
-    the block's limit (the solid beyond it is counted, not measured).
+    """Cores, halos, feature reaches and radius limits of the struts blocks, from the
+    largest radius of every chunk (`grid`): each core gets
+    :func:`~porevox.kernels.struts.strut_depth` (the thinning's halo) and
+    :func:`~porevox.kernels.struts.ray_depth` (where the features are read) of the
+    largest radius of the chunks it covers; where they would not fit one task's
+    budget, those of the largest radius that fits, and that radius as the block's
+    limit (the solid beyond it is counted, not measured).
 
     The cores are slabs across the longest axis, `slabs` of them or up to four times
     as many, where they fit (halos on two faces only: the least repeated work for a
@@ -572,44 +590,47 @@ def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume
     None)."""
     vs = tuple(float(v) for v in voxel_size)
     budget = task_budget()
-    per_voxel = BYTES_PER_VOXEL["struts"]
     finite = grid[np.isfinite(grid) & (grid > 0)]
     typical = float(np.percentile(finite, 90)) if finite.size else 0.0
 
-    def need(core, depth):
-        return math.prod(min(n, c.stop - c.start + 2 * d) for c, d, n in zip(core, depth, shape)) * per_voxel
+    def need(core, r):
+        def voxels(depth):
+            return math.prod(min(n, c.stop - c.start + 2 * d) for c, d, n in zip(core, depth, shape))
+        return (voxels(struts.strut_depth(vs, r)) * BYTES_PER_VOXEL["struts"]
+                + voxels(struts.ray_depth(vs, r)) * BYTES_PER_VOXEL["struts_rays"])
 
     box = None
     axis = int(np.argmax(shape))
     for count in (slabs * m for m in range(1, 5)) if slabs else ():   # a few slabs per thread at most
         slab = tuple(-(-n // count) if a == axis else n for a, n in enumerate(shape))
         whole = tuple(slice(0, min(n, b)) for n, b in zip(shape, slab))
-        if need(whole, struts.strut_depth(vs, typical)) <= budget:
+        if need(whole, typical) <= budget:
             box = slab
             break
     if box is None:
-        box = compute_box(shape, chunks, per_voxel, struts.strut_depth(vs, typical),
-                          grow=slabs is not None)
-    cores, depths, limits = [], [], []
+        box = compute_box(shape, chunks, 0, struts.strut_depth(vs, typical), grow=slabs is not None,
+                          need=lambda b: need(tuple(slice(0, x) for x in b), typical))
+    cores, depths, rays, limits = [], [], [], []
 
     for core in block_slices(shape, box):
         cover = tuple(slice(c.start // k, -(-c.stop // k)) for c, k in zip(core, chunks))
         r = float(grid[cover].max())
         limit = math.inf
-        if not math.isfinite(r) or need(core, struts.strut_depth(vs, r)) > budget:
+        if not math.isfinite(r) or need(core, r) > budget:
             lo, hi = 0.0, r if math.isfinite(r) else float(max(n * v for n, v in zip(shape, vs)))
             for _ in range(30):
                 mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if need(core, struts.strut_depth(vs, mid)) <= budget else (lo, mid)
+                lo, hi = (mid, hi) if need(core, mid) <= budget else (lo, mid)
             r = limit = lo
         cores.append(core)
         depths.append(struts.strut_depth(vs, r))
+        rays.append(struts.ray_depth(vs, r))
         limits.append(limit)
     capped = sum(math.isfinite(x) for x in limits)
     logger.info("struts of %s: %d blocks of %s, halos up to %s voxels%s", name, len(cores), box,
                 tuple(int(d) for d in np.max(depths, axis=0)) if depths else (0, 0, 0),
                 f"; {capped} capped by the task memory" if capped else "")
-    return cores, depths, limits
+    return cores, depths, rays, limits
 
 
 # --------------------------------------------------------------------------- public API
