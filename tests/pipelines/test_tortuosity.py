@@ -275,6 +275,28 @@ def test_blocks_follow_paths_that_turn_back(order):
         solver.close()
 
 
+def test_directions_take_turns_where_the_scratch_disk_is_short(solid, expected, tmp_path, monkeypatch,
+                                                                caplog):
+    """Where half the scratch disk's free space holds one direction's blocks, the
+    directions run one after another, each one's blocks removed once its τ is known:
+    the same τ as the whole-volume kernel."""
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    monkeypatch.setattr(pipeline, "SCRATCH_BYTES_PER_VOXEL", 0.4 * free / solid.size)
+    solver = BlockSolver(solid, voxel_size=VS, order=2, chunks=ODD, scratch=tmp_path)
+    folders = []
+    drop = solver._drop
+    monkeypatch.setattr(solver, "_drop", lambda n: (folders.append(solver.directions[n].folder), drop(n)))
+    with caplog.at_level(logging.INFO, logger="porevox"):
+        got = solver.solve(["+y", "-x"])
+    assert "1 of 2 directions at a time" in caplog.text
+    assert all(not os.path.exists(f) for f in folders) and len(folders) == 2
+    for name in ("+y", "-x"):
+        assert got[name]["tau"] == pytest.approx(expected[name].tau, rel=1e-3)
+    assert not any(tmp_path.iterdir())
+
+
 def test_blocks_in_memory_write_no_files(solid, monkeypatch):
     """An in-memory array without `scratch`: no scratch folder anywhere (the driver's
     temporary folder least of all)."""

@@ -49,11 +49,11 @@ visit the other again). A block is visited 6-8 times — first from the side the
 reaches first, then corrections from its other sides — where a queue in front order
 took 9-14, columns swept along the axis between lateral exchanges 8-11 rounds for up
 to 3.6 times the work, and marching in distance bands 13 for 15 % less work.
-Measured on 2 workers x 1 thread: the voxels accepted come to 1.2-1.4 times the whole
-solve's, the tasks' CPU time to 1.6-2.5 times, the wall time to 2.7-3.5 times the
-whole-volume solve's in the driver with blocks of 1-2 M voxels (4-5.5 times with
-blocks of 64³, where Dask's overhead per task tells), against 28-42 times for the
-former schedule (rounds of full re-solves, each reading 27 neighbour chunks).
+Measured on 2 workers x 1 thread, the twin at 512³ in blocks of 4 M voxels (five
+directions): the voxels accepted come to 1.07 times the whole solve's and the tasks'
+time per voxel to 2.4 times the whole solve's in one process — the rest is each
+visit's pass over its box (reading, framing and writing it) — against 28-42 times for
+the former schedule (rounds of full re-solves, each reading 27 neighbour chunks).
 Parallelism: the blocks the front has reached that do not touch, every direction
 and, in :func:`~porevox.pipelines.quantify.quantify` on a cluster, every tomogram
 (each solve drives its tasks from a thread of the driver).
@@ -74,7 +74,9 @@ Where the blocks live. With a scratch folder — `scratch` where given, else for
 volume (or a Zarr array on local disk) a hidden folder inside its own store, which
 the workers read anyway; never the driver's temporary folder — each block's box and
 faces are ``.npy`` files there, written atomically (a reader sees the old file or the
-new one), removed afterwards. A box is read and written only by its block's visits,
+new one), a direction's removed once its τ is known. Directions run together as far as
+half the free space of the scratch's disk holds their blocks (8 bytes per voxel
+each), the others after them. A box is read and written only by its block's visits,
 one at a time; a face is written by its block and read by one neighbour, which sees
 the version the driver recorded or a newer one. Before any work, the driver writes a
 token in the folder and every worker must read it back (``client.run``): a worker that
@@ -96,6 +98,7 @@ import logging
 import math
 import operator
 import os
+import shutil
 import time
 import uuid
 import warnings
@@ -136,6 +139,8 @@ METHODS = ("auto", "whole", "blocks")
 #: (+8); with a margin.
 BLOCK_BYTES_PER_VOXEL = 48
 _RTOL = 1e-12  # a face changed if a value dropped by more than this (relative)
+#: Scratch bytes per voxel of one direction: its blocks' float64 values and faces.
+SCRATCH_BYTES_PER_VOXEL = 8.2
 SCRATCH_PREFIX = ".porevox-tortuosity-"
 
 
@@ -577,12 +582,38 @@ class BlockSolver:
 
     def solve(self, names, last_fraction=0.25) -> dict:
         """``run(names)``, then each direction's τ (a TortuosityResult as a dict, a NaN
-        τ explained in ``note``), then ``close()``."""
+        τ explained in ``note``), then ``close()``. With a scratch folder, as many
+        directions together as half its disk's free space holds (each direction's
+        blocks removed once its τ is known), the rest after them."""
         try:
-            self.run(names)
-            return {n: self.tortuosity(n, last_fraction).to_dict() for n in names}
+            out = {}
+            for group in self._groups(list(names)):
+                self.run(group)
+                for n in group:
+                    out[n] = self.tortuosity(n, last_fraction).to_dict()
+                    self._drop(n)
+            return out
         finally:
             self.close()
+
+    def _groups(self, names: list) -> list[list]:
+        if self.path is None or len(names) < 2:
+            return [names]
+        one = SCRATCH_BYTES_PER_VOXEL * math.prod(self.shape)
+        size = max(1, int(0.5 * shutil.disk_usage(self.path).free // one))
+        if size < len(names):
+            logger.info("tortuosity: %d of %d directions at a time (each keeps ~%s of blocks in the scratch; "
+                        "its disk has %s free)", size, len(names), format_bytes(one),
+                        format_bytes(shutil.disk_usage(self.path).free))
+        return [names[i:i + size] for i in range(0, len(names), size)]
+
+    def _drop(self, name) -> None:
+        """Release a solved direction's blocks (its scratch folder or its futures)."""
+        d = self.directions[name]
+        if d.folder is not None:
+            discard(d.folder)
+        d.core.clear()
+        d.faces.clear()
 
     def read(self, name) -> np.ndarray:
         """The solved distance field of direction `name` (float64, inf where unreached)."""
