@@ -160,6 +160,13 @@ porosity 0.4, order 2; wall times best of 2, noisy to ~30 %):
   (4.9-5.7 x: Dask's overhead, ~3 ms of CPU per task on these cores, tells). One
   direction (+y): 96^3-128^3 blocks 3.5 x, 64^3 blocks 3.2-5.5 x. τ within 3e-6 of
   the whole solve throughout (order 1: 1e-10).
+* the re-open tolerance (2026-12-07): the kernel's update re-opened a known voxel for
+  any drop, and order 2's stencil recomputed from other neighbours moves values by
+  round-off, so blocks were re-marched for nothing. The twin at 256^3 in 64 x 64 x 128
+  blocks, +z: 52.1 M voxels accepted (whole: 10.8 M) and 330 visits; re-opening only
+  for a relative drop above 1e-12: 12.8 M and 206 visits (order 1: 12.8 M either
+  way; +y 20.9 -> 12.5 M). τ unchanged to 1e-8. At 512^3 (``porevox bench scale``)
+  the five directions went from 605 to 115 s; +z had taken 2 809 visits of 32 blocks.
 Curvature runs at ~0.85 M voxels/s (20 min at 1024^3); add it with
 ``$POREVOX_BENCH_OOC_FEATURES``. The quantify row's notes give the plan quantify
 makes for tortuosity and struts at this size.

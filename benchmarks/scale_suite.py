@@ -22,6 +22,26 @@ the whole kernel's M voxels/s on one core (1: blocks cost nothing; goal >= 0.5).
 The projection to 2048³ on 64 workers scales each group's measured per-core rate by
 8x the voxels over 32x the cores (perfect scaling across blocks; the tortuosity
 solver's front bounds its parallelism, so its projection is a lower bound).
+
+Notes (2 shared cores, the twin HPA 250 °C, 2 x 1 GiB):
+
+* 512³, before 2026-12-07: 1023 s for every feature; struts 365 s in 512 blocks of
+  64³ with halos up to 43 x 56 x 56 (efficiency 0.07: the thinning's halo of two
+  radii makes a block ~17 times its core), tortuosity 603 s (0.07; +z alone took
+  2 809 visits of 32 blocks, re-marching blocks for round-off drops).
+* 512³, 2026-12-07, after (a) the struts blocks read the features and smooth the
+  solid only where the core's chords reach (``struts.ray_depth``, about half the
+  thinning's halo), so a task's budget holds blocks of 64 x 128 x 128 (128 blocks;
+  the per-voxel need 52 -> 18 bytes in the thinning's box and 34 in the chords'), and
+  (b) the fast-marching update re-opening a voxel only for a drop above a relative
+  1e-12: 314 s; struts 149 s (0.18), tortuosity 113 s (0.39), density 0.42, surface
+  0.87, slices 1.07, curvature 0.74. Worker peaks up to 891 MiB of 1024.
+* What bounds struts: a block's thinning must see two radii beyond its core (its
+  result there is scikit-image's whole-volume skeleton only then), and the thinning
+  is two thirds of the kernel; at 1 GiB a task holds ~9 M voxels of thinning box, so
+  the core is 1/9 of it. Reaching 0.5 at this memory needs the thinning itself to
+  run across blocks (a wavefront of slabs per sub-iteration, each slab's state kept
+  on a worker), not a larger halo.
 """
 
 from __future__ import annotations

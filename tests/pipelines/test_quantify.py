@@ -102,6 +102,7 @@ def test_volume_keeps_its_distance_transform(tmp_path, twin_arrays, monkeypatch,
     np.testing.assert_array_equal(stored.array("distance/truth")[...],
                                   feature_transform(twin_arrays["truth"], voxel_size=vs))
     assert "distance:truth" in stored.provenance
+    assert sorted(p.name for p in (vol.path / "distance").iterdir()) == ["truth", "zarr.json"]  # passes gone
     ref = struts.lognormal_fit(struts.strut_diameters(twin_arrays["truth"], voxel_size=vs)["diameters"])
     assert first["strut_diameter_mean"] == pytest.approx(ref["mean"], rel=1e-12)
     assert first["strut_skeleton_voxels"] == ref["n"]

@@ -15,10 +15,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
 from ..engine import as_dask
+from ..engine.blockwise import block_slices
 from ..engine.cluster import chunk_bytes_budget
 from ..kernels._checks import check_voxel_size
 from ..kernels.edt import feature_distance, feature_pass
@@ -34,10 +36,17 @@ BYTES_PER_VOXEL = 48
 def feature_chunks(shape: Sequence[int]) -> tuple[int, int, int]:
     """Chunks for a volume's features (12 bytes per voxel): a quarter of the workers'
     chunk budget each, so their writes spread over the workers and the largest radius
-    per chunk is fine-grained enough to size each block's halo."""
+    per chunk is fine-grained enough to size each block's halo; and thin enough
+    across every axis that whole lines of one chunk fit a pass's task."""
     from ..engine.storage import choose_chunks
 
-    return choose_chunks(tuple(shape), np.uint8, target_bytes=max(chunk_bytes_budget() // 48, 32**3))
+    shape = tuple(int(n) for n in shape)
+    chunks = list(choose_chunks(shape, np.uint8, target_bytes=max(chunk_bytes_budget() // 48, 32**3)))
+    budget = 4.5 * chunk_bytes_budget() / BYTES_PER_VOXEL
+    while max(chunks) > 16 and any(n * math.prod(chunks) / c > budget for n, c in zip(shape, chunks)):
+        a = int(np.argmax(chunks))
+        chunks[a] = -(-chunks[a] // 2)
+    return tuple(chunks)
 
 
 def _pass(block, axis, voxel_size, block_info=None):
@@ -105,6 +114,89 @@ def distance_transform(image: Any, *, voxel_size: Sequence[float] = (1.0, 1.0, 1
                                   voxel_size=voxel_size)
 
 
+def _bundles(shape, chunks, axis: int, budget_voxels: int) -> list[tuple[slice, ...]]:
+    """Boxes of whole lines along `axis` and whole `chunks` across it, as many chunks
+    per box as `budget_voxels` holds (at least one)."""
+    size = [int(c) for c in chunks]
+    size[axis] = int(shape[axis])
+    others = [a for a in range(3) if a != axis]
+    while True:
+        open_axes = [a for a in others if size[a] < shape[a]]
+        if not open_axes:
+            break
+        a = min(open_axes, key=lambda b: size[b])
+        bigger = list(size)
+        bigger[a] = min(2 * size[a], int(shape[a]))
+        if math.prod(bigger) > budget_voxels:
+            break
+        size = bigger
+    return list(block_slices(shape, size))
+
+
+def _stored_pass(src, dst, box, axis, voxel_size, after=None):
+    """One bundle of one pass: read from the array before, written to the next."""
+    block = src[box] if axis == 0 else src[(slice(None),) + box]
+    dst[(slice(None),) + box] = feature_pass(np.asarray(block), axis, voxel_size=voxel_size,
+                                             offset=[b.start for b in box])
+
+
+def _last_pass(src, dst, image, box, voxel_size, chunks, after=None):
+    """The last pass of one bundle, written; returns the largest distance over the
+    solid of each chunk it covers, (grid slices, maxima)."""
+    offset = [b.start for b in box]
+    feats = feature_pass(np.asarray(src[(slice(None),) + box]), 2, voxel_size=voxel_size, offset=offset)
+    dst[(slice(None),) + box] = feats
+    dist = feature_distance(feats, voxel_size=voxel_size, offset=offset)
+    dist[np.asarray(image[box]) == 0] = 0.0
+    grid = tuple(slice(b.start // c, -(-b.stop // c)) for b, c in zip(box, chunks))
+    top = np.zeros(tuple(g.stop - g.start for g in grid))
+    for cell in np.ndindex(top.shape):
+        part = tuple(slice(k * c - b.start, min((k + 1) * c, b.stop) - b.start)
+                     for k, c, b in zip((g.start + i for g, i in zip(grid, cell)), chunks, box))
+        top[cell] = dist[part].max()
+    return grid, top
+
+
+def _barrier(*_):
+    return None
+
+
+def _assemble(shape, parts):
+    grid = np.zeros(shape)
+    for where, top in parts:
+        grid[where] = top
+    return grid
+
+
+def stored_feature_transform(image, out, passes, *, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)):
+    """The feature transform of a stored `image` written into `out` ((3, P, M, N)
+    int32 Zarr array), each pass's result going through the store: `passes` are two
+    Zarr arrays, (1, P, M, N) and (2, P, M, N) int32 in the chunks of `out`. Each
+    pass's tasks read bundles of whole lines from the array before and write whole
+    chunks of the next, so the data crosses between the passes on disk, never in the
+    workers' memory (a transform many times the workers' memory runs in bounded
+    memory; an in-memory rechunk between the passes killed workers at 1024³ on 2 x
+    1 GiB).
+
+    Returns a Dask delayed of the radius grid: the largest distance to the pore over
+    the solid of each chunk of `out` (inf where no pore exists).
+    """
+    vs = check_voxel_size(voxel_size)
+    shape = tuple(int(n) for n in image.shape)
+    chunks = tuple(int(c) for c in out.chunks[1:])
+    budget = max(int(4.5 * chunk_bytes_budget() / BYTES_PER_VOXEL), 1)
+    src, mid0, mid1, dst = (dask.delayed(a, pure=True) for a in (image, *passes, out))
+    step = dask.delayed(_stored_pass, pure=False)
+    done = [step(src, mid0, box, 0, vs) for box in _bundles(shape, chunks, 0, budget)]
+    after = dask.delayed(_barrier, pure=False)(*done)
+    done = [step(mid0, mid1, box, 1, vs, after) for box in _bundles(shape, chunks, 1, budget)]
+    after = dask.delayed(_barrier, pure=False)(*done)
+    last = dask.delayed(_last_pass, pure=False)
+    parts = [last(mid1, dst, src, box, vs, chunks, after) for box in _bundles(shape, chunks, 2, budget)]
+    grid_shape = tuple(-(-n // c) for n, c in zip(shape, chunks))
+    return dask.delayed(_assemble, pure=False)(grid_shape, parts)
+
+
 def _block_max(features, solid, voxel_size, block_info=None):
     offset = [lo for lo, _ in block_info[0]["array-location"][-3:]]
     d = feature_distance(features, voxel_size=voxel_size, offset=offset)
@@ -124,4 +216,4 @@ def radius_grid(features: da.Array, image: Any, *, voxel_size: Sequence[float]) 
 
 
 __all__ = ["distance_from_features", "distance_transform", "feature_chunks", "feature_transform",
-           "radius_grid"]
+           "radius_grid", "stored_feature_transform"]

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import zarr
 
@@ -269,11 +268,11 @@ class Job:
             return
         remove_stale_tmp(volume, name)
         arr, tmp = tmp_array(volume, name, (3,) + self.shape, "int32", (3,) + chunks)
-        feats = distance.feature_transform(self.solid, voxel_size=vs, chunks=chunks)
-        grid = distance.radius_grid(feats, self.solid, voxel_size=vs)
-        stored = da.store(feats, arr, lock=False, compute=False)
-        self.tasks["struts_radius"] = [dask.delayed(_stored_grid, pure=False)(grid, stored)]
-        self._publish = (volume, tmp, name, stage, params, inputs, time.time())
+        # the first two passes' results, beside it (removed once it is published)
+        passes = [tmp_array(volume, name, (k,) + self.shape, "int32", (k,) + chunks) for k in (1, 2)]
+        grid = distance.stored_feature_transform(self.source, arr, [a for a, _ in passes], voxel_size=vs)
+        self.tasks["struts_radius"] = [grid]
+        self._publish = (volume, tmp, [t for _, t in passes], name, stage, params, inputs, time.time())
 
     def _add(self, name, kernel, depth, combine, **kwargs) -> None:
         """Blocks of one pass, their results combined on the workers (a tree)."""
@@ -328,7 +327,9 @@ class Job:
         if grid is None:
             return
         if self._publish is not None:    # the transform is written: publish it, record it
-            volume, tmp, name, stage, params, inputs, started = self._publish
+            volume, tmp, passes, name, stage, params, inputs, started = self._publish
+            for other in passes:
+                discard(volume.path / other)
             publish_array(volume, tmp, name)
             provenance.write_record(volume, stage, params, inputs, [name], started,
                                     max_radius=np.asarray(grid[0]).tolist())
@@ -543,11 +544,6 @@ def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
     for job in jobs:
         job.features = None      # the persisted transform: release it on the workers
     return [job.finish(distributions) for job in jobs]
-
-
-def _stored_grid(grid, _stored):
-    """The radius grid, once the transform is stored (a Dask task)."""
-    return np.asarray(grid)
 
 
 def _grow(core, depth, shape) -> tuple[slice, ...]:
