@@ -124,8 +124,9 @@ box, faces and solid box — inside the volume's folder, ~11 GiB per direction a
 halos the volume's distance transform sized before they run (``distance/<labels>``,
 stored in the volume). Connected components (density, percolation) are merged on the
 workers, neighbours first (``tree_reduce``). Struts and tortuosity are in ``all`` but
-not in the defaults (``porevox bench scale`` measures every feature): before this
-change, with 2 x 512 MiB workers, struts ran at 0.03-0.05 M voxels/s (128 x 256 x 256:
+not in the defaults (``porevox bench scale`` measures every feature: at 1024^3 on
+2 x 1 GiB, struts 20 and tortuosity 15 minutes): before issue 21, with 2 x 512 MiB
+workers, struts ran at 0.03-0.05 M voxels/s (128 x 256 x 256:
 209-280 s, blocks rerun with grown halos) — six to nine hours at 1024^3; block
 tortuosity took 255 s against 6 s whole on that twin before the block solver's
 rework (below), and now runs at ~2 M voxels/s per direction (128 x 256 x 256 porous

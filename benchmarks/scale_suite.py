@@ -36,12 +36,23 @@ Notes (2 shared cores, the twin HPA 250 °C, 2 x 1 GiB):
   (b) the fast-marching update re-opening a voxel only for a drop above a relative
   1e-12: 314 s; struts 149 s (0.18), tortuosity 113 s (0.39), density 0.42, surface
   0.87, slices 1.07, curvature 0.74. Worker peaks up to 891 MiB of 1024.
+* 1024³, 2026-12-07 (the default run): 2530 s (42 min); no worker killed, peaks
+  401-519 MiB, driver 347 MiB. Efficiency density 0.46, surface 0.79, slices 1.58,
+  curvature 0.67, struts 0.17 (1211 s: the transform, then 1024 blocks of 128 x 128
+  x 64), tortuosity 0.36 (915 s; four directions together, then +z, as the scratch's
+  disk held four). The first attempt stopped in the distance transform: Dask's
+  in-memory rechunk between its passes had the workers killed (KilledWorker on a
+  ``rechunk-split`` task); the passes now go through the volume's store.
 * What bounds struts: a block's thinning must see two radii beyond its core (its
   result there is scikit-image's whole-volume skeleton only then), and the thinning
   is two thirds of the kernel; at 1 GiB a task holds ~9 M voxels of thinning box, so
   the core is 1/9 of it. Reaching 0.5 at this memory needs the thinning itself to
   run across blocks (a wavefront of slabs per sub-iteration, each slab's state kept
-  on a worker), not a larger halo.
+  on a worker), not a larger halo. The 1024³ run's blocks used about half the memory
+  they were sized for (peaks 519 MiB against ~640 planned): cores of 128³ would fit.
+* What bounds tortuosity: the voxels accepted are 1.07 x the whole solve's, but each
+  of the ~6 visits of a block passes over its whole box (read, frame, write), 2.4 x
+  the whole solve's time per voxel in all.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from skimage.morphology import skeletonize
 from porevox.engine import gpu_available, reduce_blocks
 from porevox.engine.blockwise import block_slices
 from porevox.errors import InvalidVolumeError
+from porevox.kernels._boxes import grow, within
 from porevox.kernels.edt import feature_distance, feature_transform
 from porevox.kernels.struts import (
     SAFETY,
@@ -266,17 +267,9 @@ def blocks_with_features(solid, vs, chunks):
     feats = feature_transform(solid, voxel_size=vs)
     dist = feature_distance(feats, voxel_size=vs)
     out = []
-
-    def grow(core, depth):
-        return tuple(slice(max(c.start - d, 0), min(c.stop + d, n))
-                     for c, d, n in zip(core, depth, solid.shape))
-
-    def within(inner, outer):
-        return tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(inner, outer))
-
     for core in block_slices(solid.shape, chunks):
         r = float(np.where(solid[core], dist[core], 0).max())
-        outer, reach = grow(core, strut_depth(vs, r)), grow(core, ray_depth(vs, r))
+        outer, reach = grow(core, strut_depth(vs, r), solid.shape), grow(core, ray_depth(vs, r), solid.shape)
         assert all(a.stop - a.start < b.stop - b.start or b.stop - b.start == n
                    for a, b, n in zip(reach, outer, solid.shape))      # less than the block
         out.append(strut_diameters(solid[outer], voxel_size=vs, core=within(core, outer),

@@ -66,6 +66,7 @@ from scipy import ndimage as _ndi
 
 from ..backend import get_array_module, ndimage_module, to_numpy
 from ..errors import InvalidVolumeError
+from ._boxes import grow, within
 from ._checks import check_segmentation, check_voxel_size
 from .edt import feature_distance, feature_transform
 
@@ -144,15 +145,6 @@ def ray_depth(voxel_size=(1.0, 1.0, 1.0), max_radius=0.0) -> tuple[int, int, int
         return (UNBOUNDED,) * 3
     reach = r + 2.0 * float(vs.max()) + _STEP * float(vs.min())
     return tuple(int(math.ceil(reach / v - 1e-9)) + 2 for v in vs)
-
-
-def _grown(core, depth, shape):
-    return tuple(slice(max(c.start - d, 0), min(c.stop + d, n)) for c, d, n in zip(core, depth, shape))
-
-
-def _within(inner, outer) -> tuple[slice, ...]:
-    """`inner` (slices of the block) relative to `outer` (slices of the block)."""
-    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
 
 
 def _depth_given(shape, core, offset, volume_shape) -> tuple[int, int, int]:
@@ -322,11 +314,11 @@ def _analyse(solid, vs, cut, core=None, features=None, offset=(0, 0, 0), limit=m
     # with the smoothing's own radius beyond it (bit for bit the block's values)
     reach = ray_depth(vs, float(pdist.max()))
     lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
-    rays = _grown(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), reach, shape)
+    rays = grow(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), reach, shape)
     pad = int(_TRUNCATE * SMOOTH_SIGMA + 0.5)
-    src = _grown(rays, (pad,) * 3, shape)
+    src = grow(rays, (pad,) * 3, shape)
     smooth = to_numpy(ndi.gaussian_filter(solid[src].astype(xp.float32), SMOOTH_SIGMA, mode="nearest",
-                                          truncate=_TRUNCATE))[_within(rays, src)]
+                                          truncate=_TRUNCATE))[within(rays, src)]
     corner = np.array([r.start for r in rays], np.int64)
     phi = _chords(smooth, pts - corner, vec.astype(np.float64), pdist,
                   vs, _STEP * float(vs.min()), 2.0 * float(vs.max()))
@@ -433,7 +425,7 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
             ok &= (p[:, a] >= s.start) & (p[:, a] < s.stop)
         return ok
 
-    core_dist = dist[_within(core, features_box)]
+    core_dist = dist[within(core, features_box)]
     max_radius = float(core_dist.max()) if core_dist.size else 0.0
     unmeasured = 0
     if max_radius > limit:

@@ -61,6 +61,7 @@ from ..engine.storage import (
 )
 from ..errors import InvalidVolumeError
 from ..kernels import components, curvature, descriptors2d, fmm, integral, struts
+from ..kernels._boxes import grow, within
 from ..kernels.conductivity import check_axis
 from . import distance
 from . import tortuosity as tortuosity_pipeline
@@ -343,10 +344,10 @@ class Job:
         features = stored_handle(self.features) if stored else self.features
         tasks = []
         for core, depth, rays, limit in zip(*blocks):
-            outer, reach = _grow(core, depth, self.shape), _grow(core, rays, self.shape)
+            outer, reach = grow(core, depth, self.shape), grow(core, rays, self.shape)
             args = (solid, features, outer, reach) if stored else (
-                self.solid[outer], self.features[(slice(None),) + reach], _relative(reach, outer))
-            tasks.append(run(*args, _relative(core, outer), tuple(o.start for o in outer), self.shape,
+                self.solid[outer], self.features[(slice(None),) + reach], within(reach, outer))
+            tasks.append(run(*args, within(core, outer), tuple(o.start for o in outer), self.shape,
                              self.voxel_size, limit))
         self.tasks["struts"] = tasks
 
@@ -546,19 +547,11 @@ def run_jobs(jobs: list[Job], distributions: bool = False) -> list[dict]:
     return [job.finish(distributions) for job in jobs]
 
 
-def _grow(core, depth, shape) -> tuple[slice, ...]:
-    return tuple(slice(max(c.start - d, 0), min(c.stop + d, n)) for c, d, n in zip(core, depth, shape))
-
-
-def _relative(inner, outer) -> tuple[slice, ...]:
-    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
-
-
 def _read_struts_block(solid, features, outer, reach, core, offset, volume_shape, voxel_size,
                        limit) -> dict:
     """One struts block read by the task itself from the stored labels and features
     (the features only where the core's chords reach)."""
-    return _struts_block(solid[outer], features[(slice(None),) + reach], _relative(reach, outer), core,
+    return _struts_block(solid[outer], features[(slice(None),) + reach], within(reach, outer), core,
                          offset, volume_shape, voxel_size, limit)
 
 
