@@ -119,13 +119,17 @@ def strut_depth(voxel_size=(1.0, 1.0, 1.0), max_radius=0.0) -> tuple[int, int, i
     bounded: :data:`UNBOUNDED`.
     """
     vs = _check_voxel_size(voxel_size)
+    return _depth(vs, max_radius, SAFETY, 2.0 * float(vs.max()), _MARGIN)
+
+
+def _depth(vs, max_radius, radii: float, reach: float, margin: int) -> tuple[int, int, int]:
+    """``ceil((radii · max_radius + reach) / voxel_size) + margin`` per axis."""
     r = float(max_radius)
     if math.isnan(r) or r < 0:
         raise InvalidVolumeError(f"max_radius must be a number >= 0; got {max_radius!r}")
     if math.isinf(r):
         return (UNBOUNDED,) * 3
-    reach = SAFETY * r + 2.0 * float(vs.max())
-    return tuple(int(math.ceil(reach / v - 1e-9)) + _MARGIN for v in vs)
+    return tuple(int(math.ceil((radii * r + reach) / v - 1e-9)) + margin for v in vs)
 
 
 def ray_depth(voxel_size=(1.0, 1.0, 1.0), max_radius=0.0) -> tuple[int, int, int]:
@@ -138,13 +142,7 @@ def ray_depth(voxel_size=(1.0, 1.0, 1.0), max_radius=0.0) -> tuple[int, int, int
     interpolation reads one voxel beyond (one spare).
     """
     vs = _check_voxel_size(voxel_size)
-    r = float(max_radius)
-    if math.isnan(r) or r < 0:
-        raise InvalidVolumeError(f"max_radius must be a number >= 0; got {max_radius!r}")
-    if math.isinf(r):
-        return (UNBOUNDED,) * 3
-    reach = r + 2.0 * float(vs.max()) + _STEP * float(vs.min())
-    return tuple(int(math.ceil(reach / v - 1e-9)) + 2 for v in vs)
+    return _depth(vs, max_radius, 1.0, 2.0 * float(vs.max()) + _STEP * float(vs.min()), 2)
 
 
 def _depth_given(shape, core, offset, volume_shape) -> tuple[int, int, int]:
