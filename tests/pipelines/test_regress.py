@@ -251,6 +251,22 @@ def test_drop_nan_leaves_the_rows_out_and_says_which():
     assert plan.dropped == ["HPB-350C-voi0 (tortuosity, bruggeman_alpha)"]
 
 
+def test_alpha_and_beta_derived_from_their_columns(caplog):
+    """A table with D, SA, φ, τ, M, G but no α or β: regress derives them from the
+    columns that define them (τ = D^(−α), β = M / (|G|·φ)) and says so; the plan
+    equals the one on the table that had them."""
+    full = feature_table()
+    with caplog.at_level("INFO", logger="porevox"):
+        plan = rg.plan_regression(full.drop(columns=["bruggeman_alpha", "beta"]))
+    assert "α derived from D, τ" in caplog.text and "β derived from M, G, φ" in caplog.text
+    ref = rg.plan_regression(full)
+    assert plan.columns == ref.columns and plan.symbols == ref.symbols
+    for col in ("bruggeman_alpha", "beta"):
+        np.testing.assert_allclose(plan.train[col], ref.train[col], rtol=1e-12)
+    with pytest.raises(rg.InvalidTableError, match="no column 'bruggeman_alpha'"):
+        rg.plan_regression(full.drop(columns=["bruggeman_alpha", "tortuosity"]), features=["SA", "alpha"])
+
+
 def test_few_samples_cap_the_model_size_by_default():
     plan = rg.plan_regression(feature_table(extra_vois=()).head(7))
     assert plan.max_features == 5       # leave-one-out fits k + 1 coefficients from 6 samples

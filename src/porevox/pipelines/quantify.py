@@ -65,6 +65,7 @@ from ..kernels._boxes import grow, within
 from ..kernels.conductivity import check_axis
 from . import distance
 from . import tortuosity as tortuosity_pipeline
+from .engineered import ENGINEERED, beta_feature, bruggeman_alpha
 from .score import check_binary
 
 logger = logging.getLogger(__name__)
@@ -491,18 +492,13 @@ def _add_dicts(parts: list[dict]) -> dict:
 
 
 def _engineered(f: dict, features: Sequence[str]) -> dict:
-    """α from τ = D^(−α) and β = M / (|G|·φ), where their features were computed."""
+    """α and β, where their features were computed."""
     nan = float("nan")
     out = {}
-    d, tau = f.get("relative_density", nan), f.get("tortuosity", nan)
-    alpha = -math.log(tau) / math.log(d) if 0 < d < 1 and math.isfinite(tau) and tau > 0 else nan
-    m, g, phi = (f.get(k, nan) for k in ("mean_curvature_mean", "gaussian_curvature_mean",
-                                          "strut_diameter_mean"))
-    beta = m / (abs(g) * phi) if all(map(math.isfinite, (m, g, phi))) and g != 0 and phi > 0 else nan
     if "tortuosity" in features:
-        out["bruggeman_alpha"] = alpha
+        out["bruggeman_alpha"] = bruggeman_alpha(f.get("relative_density", nan), f.get("tortuosity", nan))
     if "curvature" in features and "struts" in features:
-        out["beta"] = beta
+        out["beta"] = beta_feature(*(f.get(k, nan) for k in ENGINEERED["beta"][1]))
     return out
 
 

@@ -45,6 +45,7 @@ from ..engine.outputs import check_output, record
 from ..engine.provenance import finite
 from ..errors import PorevoxError
 from ..models import regression as mvlr
+from .engineered import ENGINEERED
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ def load_table(table):
 
 def resolve_features(table, features) -> tuple[list[str], list[str]]:
     """(columns, symbols) of the requested features: column names, the paper's symbols
-    (D, SA, φ, τ, G, M, α, β) or their ASCII spellings. None: the paper's eight."""
+    (D, SA, φ, τ, G, M, α, β) or their ASCII spellings. None: the paper's eight. α or
+    β missing from `table` but its defining columns there is derived (added to
+    `table`, and logged)."""
     names = list(SYMBOLS) if features is None else list(features)
     if features is not None and not names:
         raise InvalidTableError("--features is empty; name at least two feature columns")
@@ -140,6 +143,11 @@ def resolve_features(table, features) -> tuple[list[str], list[str]]:
     for name in names:
         sym = ALIASES.get(name, name)
         col = SYMBOLS.get(sym, name)
+        func, inputs = ENGINEERED.get(col, (None, ()))
+        if col not in table.columns and func is not None and all(k in table.columns for k in inputs):
+            table[col] = [func(*row) for row in table[list(inputs)].itertuples(index=False)]
+            logger.info("regress: %s derived from %s (the table has no %r column)", by_column[col],
+                        ", ".join(by_column.get(k, k) for k in inputs), col)
         if col not in table.columns:
             missing = "the paper's features" if features is None else "--features"
             raise InvalidTableError(
