@@ -135,3 +135,14 @@ def twin_volume(path, arrays, chunks):
                                      chunks=chunks, fill_value=0, dimension_names=AXES)
         arr[:] = arrays["truth" if name == "truth" else "annotation"]
     return vol
+
+
+def real_data(name: str) -> Path:
+    """A folder of ``shared/real-data`` (beside the repository, or inside it); the test
+    is skipped where the checkout has none. The data is read there, never copied."""
+    root = Path(__file__).resolve().parents[1]
+    for base in (root.parent / "shared", root / "shared"):
+        folder = base / "real-data" / name
+        if folder.is_dir():
+            return folder
+    pytest.skip(f"needs shared/real-data/{name} beside the repository")

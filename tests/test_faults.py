@@ -282,7 +282,7 @@ CASES = [
     ("info-bad-voxel-size", ["info", "{w}/badvoxel.zarr"],
      r"badvoxel\.zarr/zarr\.json: attributes\.porevox is damaged .*voxel_size"),
     ("ingest-missing-voxel-size", ["ingest", "{w}/stack.npy", "{w}/o.zarr"],
-     r"porevox ingest: Missing option '--voxel-size'; see porevox ingest --help"),
+     r"porevox ingest needs --voxel-size Z Y X to ingest an image, or --labels NAME --into VOLUME"),
     ("ingest-bad-voxel-size", ["ingest", "{w}/stack.npy", "{w}/o.zarr", "--voxel-size", "1", "1", "a"],
      r"Invalid value for '--voxel-size'"),
     ("unknown-command", ["segmnet", "{w}/v.zarr"], r"No such command 'segmnet'"),

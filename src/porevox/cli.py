@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
-from .errors import PorevoxError
+from .errors import InvalidVolumeError, PorevoxError
 
 app = typer.Typer(
     name="porevox",
@@ -215,9 +215,17 @@ def ingest(
     ctx: typer.Context,
     src: Path = typer.Argument(
         ..., help="Multi-page TIFF, folder of TIFF slices, .npy, raw file or Zarr array."),
-    out: Path = typer.Argument(..., help="The volume to write (a new .zarr folder)."),
-    voxel_size: tuple[float, float, float] = typer.Option(
-        ..., "--voxel-size", help="Voxel size along z y x (the slice pitch first)."),
+    out: Path | None = typer.Argument(
+        None, help="The volume to write (a new .zarr folder); with --labels, give --into instead."),
+    voxel_size: tuple[float, float, float] | None = typer.Option(
+        None, "--voxel-size", help="Voxel size along z y x (the slice pitch first); with --labels, "
+                                   "checked against the volume's."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="SRC is a segmentation (uint8/uint16 values): write it as labels/NAME "
+                               "of the volume given by --into."),
+    into: Path | None = typer.Option(None, "--into", help="With --labels: the volume it joins."),
+    phase_names: str | None = typer.Option(
+        None, "--phase-names", help="With --labels: value=name pairs, e.g. 0=pore,1=LSM,2=YSZ."),
     unit: str = typer.Option("micrometer", "--unit", help="Unit of the voxel size."),
     meta: list[str] = typer.Option([], "--meta", help="Sample metadata key=value (repeatable)."),
     chunks: tuple[int, int, int] | None = typer.Option(
@@ -235,9 +243,31 @@ def ingest(
                                         "(read as the median gray value) instead of refusing them."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Ingest a stack into a porevox volume (Zarr v3 + OME-Zarr metadata)."""
-    from .pipelines import ingest_volume, plan_ingest
+    """Ingest a stack into a porevox volume (Zarr v3 + OME-Zarr metadata), or a
+    segmentation into a volume's labels (--labels NAME --into VOLUME)."""
+    from .pipelines import ingest_labels, ingest_volume, plan_ingest, plan_label_ingest
 
+    if labels is not None:
+        if into is None or out is not None:
+            raise InvalidVolumeError("--labels writes into an existing volume: give it with --into VOLUME "
+                                     "(and no OUT); ingest the volume's image first")
+        label_plan = plan_label_ingest(src, into, labels, voxel_size=voxel_size, phase_names=phase_names,
+                                       kind=kind, shape=shape, dtype=dtype, offset=offset,
+                                       byte_order=byte_order)
+        with _session(ctx):
+            result = ingest_labels(label_plan)
+        _emit(result, as_json, lambda r: typer.echo(
+            f"labels/{r['labels']} {'written' if r['ingested'] else 'already ingested (nothing to do)'}: "
+            + ", ".join(f"{v} = {p['name']} ({p['voxels']:,} voxels)" for v, p in r["phases"].items())))
+        return
+    if into is not None or phase_names is not None:
+        raise InvalidVolumeError("--into and --phase-names go with --labels NAME (a segmentation); "
+                                 "drop them to ingest an image")
+    if out is None or voxel_size is None:
+        missing = " and ".join(m for m, v in (("OUT (the new volume)", out),
+                                               ("--voxel-size Z Y X", voxel_size)) if v is None)
+        raise InvalidVolumeError(f"porevox ingest needs {missing} to ingest an image, or --labels NAME "
+                                 "--into VOLUME for a segmentation; see porevox ingest --help")
     plan = plan_ingest(src, out, voxel_size, unit=unit, sample=_parse_meta(meta), chunks=chunks,
                        kind=kind, shape=shape, dtype=dtype, offset=offset,
                        byte_order=byte_order, overwrite=overwrite, allow_nan=allow_nan)
@@ -549,7 +579,10 @@ def preprocess(
 def segment(
     ctx: typer.Context,
     volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
-    method: str = typer.Option("otsu", "--method", help="otsu (CTA), hybrid (SLIC annotation) or unet."),
+    method: str = typer.Option("otsu", "--method",
+                               help="otsu (CTA), threshold (--threshold), hybrid (SLIC annotation) or unet."),
+    threshold: float | None = typer.Option(None, "--threshold",
+                                           help="threshold: the gray value from which a voxel is solid."),
     model: Path | None = typer.Option(None, "--model", help="unet: a model.pt (train-unet) or model.keras."),
     name: str | None = typer.Option(None, "--name", help="Output labels/<NAME> (default: the method)."),
     src: str | None = typer.Option(None, "--image",
@@ -564,11 +597,11 @@ def segment(
     from .pipelines.segment import check_segment
     from .pipelines.volumes import tidy_volume
 
-    check_segment(volume, method, model=model, src=src, name=name)
+    check_segment(volume, method, model=model, src=src, name=name, threshold=threshold)
     tidy_volume(volume)
     with _session(ctx):
         result = segment_volume(volume, method, name=name, src=src, model=model,
-                                probabilities=probabilities, force=force)
+                                probabilities=probabilities, force=force, threshold=threshold)
     _emit(result, as_json, lambda r: [typer.echo(f"{k:<12} {v}") for k, v in r.items()])
 
 

@@ -41,6 +41,22 @@ def test_otsu_stage_chunked_equals_skimage_on_whole(tmp_path, twin_arrays, clien
     assert segment_volume(vol.path, "otsu")["skipped"]
 
 
+def test_fixed_threshold_stage_equals_the_plain_comparison(tmp_path, twin_arrays, client):
+    """``threshold``: 1 where gray >= the value the user gives, chunked == the plain
+    comparison on the whole image; the value recorded; the API gives the same."""
+    vol = twin_volume(tmp_path / "v.zarr", twin_arrays, ODD)
+    image = twin_arrays["image"]
+    t = int(np.median(image))
+    r = segment_volume(vol.path, "threshold", threshold=t)
+    assert r["written"] == ["labels/threshold"] and r["thresholds"]["fixed"] == t
+    out = open_volume(vol.path, mode="r").array("labels/threshold")
+    assert np.array_equal(out[:], (image >= t).astype(np.uint8))
+    assert open_volume(vol.path, mode="r").provenance["segment:threshold"]["params"]["fixed_threshold"] == t
+    assert np.array_equal(segment(vol.path, "threshold", threshold=t).compute(), out[:])
+    with pytest.raises(ValueError, match="needs --threshold"):
+        segment(image, "threshold")
+
+
 def test_hybrid_stage_chunked_equals_whole(tmp_path, twin_arrays, client):
     vol = twin_volume(tmp_path / "v.zarr", twin_arrays, ODD)
     r = segment_volume(vol.path, "hybrid")

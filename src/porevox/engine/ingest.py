@@ -19,7 +19,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..errors import InvalidVolumeError
+from ..errors import InvalidVolumeError, OutputError
 from . import provenance
 from .cluster import chunk_bytes_budget, compute
 from .outputs import check_output, is_volume
@@ -198,6 +198,112 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
         provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
                                 source=str(Path(source.path).absolute()), chunks=list(chunks), **extra)
     return open_volume(out), True
+
+
+LABEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+#: The attribute of a label array that names its phases: {"<value>": {"name", "voxels"}}.
+PHASES = "phases"
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """A validated ingest of a user's segmentation into an existing volume."""
+
+    source: Source
+    volume: Path
+    name: str                       # labels/<name>
+    names: dict                     # phase value -> name, as given
+    params: dict
+    inputs: dict
+
+
+def parse_phase_names(text: str | Mapping | None) -> dict[int, str]:
+    """``"0=pore,1=LSM,2=YSZ"`` (or a mapping) as {0: "pore", 1: "LSM", 2: "YSZ"}."""
+    if text is None or text == "":
+        return {}
+    items = text.items() if isinstance(text, Mapping) else (
+        part.split("=", 1) if "=" in part else (part, None) for part in str(text).split(","))
+    out: dict[int, str] = {}
+    for value, name in items:
+        try:
+            key = int(str(value).strip())
+        except ValueError:
+            key = -1
+        name = "" if name is None else str(name).strip()
+        if not 0 <= key < 2**16 or not name or key in out:
+            raise InvalidVolumeError(f"--phase-names takes value=name pairs joined by commas, each value "
+                                     f"once, 0-65535 (e.g. 0=pore,1=LSM,2=YSZ); got {text!r}")
+        out[key] = name
+    return out
+
+
+def plan_label_ingest(src: str | os.PathLike, volume: str | os.PathLike, name: str, *,
+                      voxel_size: Sequence[float] | None = None, phase_names=None, kind: str | None = None,
+                      shape: Sequence[int] | None = None, dtype: Any = None, offset: int = 0,
+                      byte_order: str = "little") -> LabelPlan:
+    """Check a segmentation's ingest into `volume` as ``labels/<name>`` before any work:
+    the stack (uint8 or uint16 values), its shape against the volume's, the voxel size
+    where given, the name, and that ``labels/<name>`` is absent or this ingest's own.
+    Raises a one-line error naming the fix."""
+    from .storage import LABELS
+
+    target = open_volume(volume, mode="r")
+    source = open_source(src, kind=kind, shape=shape, dtype=dtype, offset=offset, byte_order=byte_order)
+    if np.dtype(source.dtype) not in LABEL_DTYPES:
+        raise InvalidVolumeError(f"{source.path}: a segmentation must hold uint8 or uint16 label values; "
+                                 f"got {np.dtype(source.dtype)}: cast it to integers first")
+    if tuple(source.shape) != tuple(target.image.shape):
+        raise InvalidVolumeError(f"{source.path} has shape {tuple(source.shape)} but {target.path.name} "
+                                 f"has {tuple(target.image.shape)}; a segmentation must match its volume "
+                                 "voxel for voxel")
+    if voxel_size is not None:
+        given = check_voxel_size(voxel_size)
+        if not np.allclose(given, target.voxel_size, rtol=1e-6, atol=0):
+            raise InvalidVolumeError(f"--voxel-size {tuple(given)} differs from {target.path.name}'s "
+                                     f"{tuple(target.voxel_size)}; a segmentation must match its volume")
+    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+        raise InvalidVolumeError(f"--labels must be letters, digits, '.', '_' or '-' (not starting with "
+                                 f"'.'); got {name!r}")
+    stage = f"{STAGE}:{LABELS}/{name}"
+    if name in target.labels and stage not in target.provenance:
+        writers = [k for k, r in target.provenance.items() if f"{LABELS}/{name}" in r.get("outputs", [])]
+        raise OutputError(f"{target.path}: labels/{name} exists and was written by "
+                          f"{', '.join(writers) or 'something other than porevox'}; porevox replaces only "
+                          "what it wrote itself: choose another --labels name")
+    names = parse_phase_names(phase_names)
+    params = {"kind": source.kind, "offset": source.offset, "byte_order": source.byte_order,
+              "phase_names": {str(k): v for k, v in sorted(names.items())}}
+    inputs = {"source": provenance.fingerprint_files(source.fingerprint_paths())}
+    return LabelPlan(source, target.path, name, names, params, inputs)
+
+
+def run_label_ingest(plan: LabelPlan) -> tuple[Volume, bool, dict]:
+    """Carry out a planned segmentation ingest: ``labels/<name>`` written blockwise in
+    the volume's chunks (published when complete), its values counted, and the phases
+    (value, name, voxels) recorded on the array. Returns the volume, whether work was
+    done, and the phases."""
+    from .blockwise import store
+    from .storage import LABELS
+
+    volume = open_volume(plan.volume)
+    key = f"{LABELS}/{plan.name}"
+    data = source_to_dask(plan.source, tuple(volume.image.chunks))
+    result = store(volume, key, data, stage=f"{STAGE}:{key}", params=plan.params, inputs=plan.inputs)
+    arr = volume.group[key]
+    phases = arr.attrs.get(PHASES)
+    if result.skipped and phases is not None:
+        return volume, False, phases
+    counts, _ = histogram(volume.to_dask(key))     # every value's count
+    present = {int(v): int(c) for v, c in enumerate(counts) if c}
+    unknown = sorted(set(plan.names) - set(present))
+    if unknown:
+        logger.warning("labels/%s: --phase-names names values not in the segmentation: %s", plan.name,
+                       ", ".join(map(str, unknown)))
+    phases = {str(v): {"name": plan.names.get(v, f"phase {v}"), "voxels": n} for v, n in present.items()}
+    arr.attrs[PHASES] = phases
+    logger.info("labels/%s of %s: %s", plan.name, volume.path.name,
+                ", ".join(f"{v} = {p['name']} ({p['voxels']:,} voxels)" for v, p in phases.items()))
+    return volume, True, phases
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, voxel_size: Sequence[float],

@@ -41,14 +41,16 @@ on: the distance transform (given exactly by the whole volume's feature transfor
 ``features``, whatever the halo), the rays (at most ``r`` plus two voxels, ``r`` the
 largest radius in the core), the smoothing (3 voxels) and the thinning, which
 propagates about one voxel per iteration, about ``r`` iterations: :func:`strut_depth`
-gives ``SAFETY·r`` voxels per axis plus a fixed margin. With it the merged φ of all
-cores is the whole volume's, bit for bit (the rays interpolate with weights that do
-not depend on the block's offset, and the features do not depend on the blocking).
+gives ``SAFETY·r`` voxels per axis plus a fixed margin. The features, the distances
+and the smoothing are needed only where the core's chords reach, one radius and a
+margin (:func:`ray_depth`, `features_box`). With both the merged φ of all cores is
+the whole volume's, bit for bit (the rays interpolate with weights that do not depend
+on the block's offset, and the features do not depend on the blocking).
 Where a task cannot hold that halo, ``limit`` leaves out the skeleton voxels deeper
 than the radius its halo covers and counts the solid it leaves unmeasured. The guard
-decides a component that runs out of the block by its piece in the block (its
-largest distance there; exact for even-width bars of constant section, counted in
-``guard_cut``). Without ``features`` a block uses its own transform, exact where
+decides a component that runs out of the block (or of `features_box`) by its piece
+there (its largest distance there; exact for even-width bars of constant section,
+counted in ``guard_cut``). Without ``features`` a block uses its own transform, exact where
 its halo holds the nearest pore of every core voxel.
 
 Units: φ and radii in the unit of ``voxel_size`` (µm by the porevox convention).
@@ -371,8 +373,8 @@ def strut_diameters(solid, *, voxel_size=(1.0, 1.0, 1.0), core=None, offset=(0, 
         faces); ``guarded`` components given a skeleton by the guard, counted in the
         block whose core holds the component's first guard voxel; ``guard_cut``
         pieces guarded though they ran out of the block or of `features_box`
-        (guarded by their own largest distance there); ``skeleton_voxels``; ``solid_voxels`` and
-        ``unmeasured_solid`` in the core.
+        (guarded by their own largest distance there); ``skeleton_voxels``;
+        ``solid_voxels`` and ``unmeasured_solid`` in the core.
     """
     vs = _check_voxel_size(voxel_size)
     solid = _check_solid(solid)

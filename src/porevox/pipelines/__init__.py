@@ -16,9 +16,17 @@ from .segmentation_study import segmentation_study
 from .synth import contact_sheet, synthesize_study
 from .train import train_unet_volumes
 from .transport import conductivity
-from .volumes import ingest_volume, plan_ingest, volume_histogram, volume_info
+from .volumes import (
+           ingest_labels,
+           ingest_volume,
+           plan_ingest,
+           plan_label_ingest,
+           volume_histogram,
+           volume_info,
+)
 
-__all__ = ["conductivity", "contact_sheet", "finite_json", "ingest_volume", "plan_ingest", "plan_regression",
+__all__ = ["conductivity", "contact_sheet", "finite_json", "ingest_labels", "ingest_volume", "plan_ingest",
+           "plan_label_ingest", "plan_regression",
            "preprocess_volume", "quantify_study", "quantify_volume", "run_demo",
            "run_regression", "run_study", "score_volume", "segment_volume", "segmentation_study", "session",
            "synthesize_study", "train_unet_volumes", "volume_histogram", "volume_info", "write_report"]

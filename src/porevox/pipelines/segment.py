@@ -7,6 +7,8 @@ Every method reads the volume's ``preprocessed`` image where there is one (else
 
 * ``otsu``: one global Otsu threshold from the distributed histogram of the whole
   volume (the paper's CTA) → ``labels/otsu``;
+* ``threshold``: a fixed global threshold the user gives (1 where gray ≥ it, as PuMA
+  and most labs segment a CT) → ``labels/threshold``;
 * ``hybrid``: the hybrid threshold rule (:mod:`porevox.kernels.segment`) and SLIC
   superpixels per slice, sized in micrometres → ``labels/hybrid_annotation`` (0
   copper, 1 pore, 2 shine-through) and ``labels/hybrid`` (copper = class 0);
@@ -45,7 +47,7 @@ from .studyfile import ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("otsu", "hybrid", "unet")
+METHODS = ("otsu", "threshold", "hybrid", "unet")
 #: Default superpixel side in micrometres (~5 px at the paper's 18.6 nm pixels).
 SUPERPIXEL_UM = 0.1
 COMPACTNESS = 0.2
@@ -91,20 +93,24 @@ def superpixel_step(voxel_size, size_um: float) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- Python API
 def segment(image, method: str = "otsu", *, voxel_size=None, model=None, stats: dict | None = None,
-            **params) -> da.Array:
+            threshold: float | None = None, **params) -> da.Array:
     """A lazy segmentation (1 = copper) of `image` by `method`.
 
-    `image` is any array or a volume path. ``hybrid`` needs `voxel_size` (or a
-    volume) to size its superpixels; ``unet`` needs `model` (a ``.pt`` or ``.keras``
-    path). The thresholds come from one pass over the whole image, computed now.
+    `image` is any array or a volume path. ``threshold`` needs `threshold` (1 where
+    gray ≥ it); ``hybrid`` needs `voxel_size` (or a volume) to size its superpixels;
+    ``unet`` needs `model` (a ``.pt`` or ``.keras`` path). The other thresholds come
+    from one pass over the whole image, computed now.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    check_threshold(method, threshold)
     if isinstance(image, (str, os.PathLike, Volume)):
         volume = open_volume(image, mode="r")
         voxel_size = voxel_size or volume.voxel_size
         image = volume.to_dask(source_name(volume))
     image = as_dask(image)
+    if method == "threshold":
+        return (image >= threshold).astype(np.uint8)
     if method == "unet":
         if model is None:
             raise ValueError("method unet needs model=<path to a .pt or .keras model>")
@@ -252,13 +258,27 @@ def copper_from_probabilities(probs: da.Array, scale: float = 1.0) -> da.Array:
 
 
 # --------------------------------------------------------------------------- stages
-def check_segment(path, method: str, *, model=None, src: str | None = None, name: str | None = None) -> None:
+def check_threshold(method: str, threshold) -> None:
+    """A fixed threshold goes with the ``threshold`` method, and only with it."""
+    if method == "threshold":
+        number = isinstance(threshold, (int, float, np.number)) and not isinstance(threshold, bool)
+        if not number or not np.isfinite(threshold):
+            raise ValueError(f"method threshold needs --threshold <gray value> (1 where gray >= it); "
+                             f"got {threshold!r}")
+    elif threshold is not None:
+        raise ValueError(f"--threshold goes with --method threshold, not {method}; drop it or use "
+                         "--method threshold")
+
+
+def check_segment(path, method: str, *, model=None, src: str | None = None, name: str | None = None,
+                  threshold: float | None = None) -> None:
     """Check a segmentation request before any work (and before a cluster starts):
-    the method, the volume and its source image, the label images it would replace
-    (only segmentations of the same name), and for ``unet`` the model file (loaded
-    safely now, so a refused file fails here)."""
+    the method (and its threshold), the volume and its source image, the label images
+    it would replace (only segmentations of the same name), and for ``unet`` the model
+    file (loaded safely now, so a refused file fails here)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    check_threshold(method, threshold)
     volume = open_volume(path, mode="r")
     source_name(volume, src)
     name = name or method
@@ -278,11 +298,12 @@ def check_segment(path, method: str, *, model=None, src: str | None = None, name
 
 def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str | None = None,
                    src: str | None = None, model: str | os.PathLike | None = None,
-                   probabilities: bool = False, force: bool = False, **params) -> dict:
+                   probabilities: bool = False, force: bool = False, threshold: float | None = None,
+                   **params) -> dict:
     """Segment the volume at `path` with `method`, writing ``labels/<name>`` (default:
     the method's name) as a resumable stage. Returns what was written, with the
     thresholds used."""
-    check_segment(path, method, model=model, src=src, name=name)
+    check_segment(path, method, model=model, src=src, name=name, threshold=threshold)
     volume = open_volume(path)
     src = source_name(volume, src)
     name = name or method
@@ -297,6 +318,11 @@ def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str |
         seg = (image > stats["otsu"]).astype(np.uint8)
         written.append(store(volume, f"{LABELS}/{name}", seg, stage=f"segment:{name}",
                              params=base, inputs=inputs, force=force))
+    elif method == "threshold":
+        seg = (image >= threshold).astype(np.uint8)
+        written.append(store(volume, f"{LABELS}/{name}", seg, stage=f"segment:{name}",
+                             params={**base, "fixed_threshold": float(threshold)}, inputs=inputs,
+                             force=force))
     elif method == "hybrid":
         params = {"superpixel_um": SUPERPIXEL_UM, "compactness": COMPACTNESS, **params}
         params["slic_method"] = _slic_method(params.get("slic_method", "auto"))
@@ -327,7 +353,8 @@ def segment_volume(path: str | os.PathLike | Volume, method: str, *, name: str |
                              inputs=model_inputs, force=force))
     return {"volume": str(volume.path), "method": method, "source": src,
             "written": [w.name for w in written], "skipped": all(w.skipped for w in written),
-            "thresholds": {k: stats[k] for k in ("otsu", "threshold", "lo", "hi", "fallback")},
+            "thresholds": {**{k: stats[k] for k in ("otsu", "threshold", "lo", "hi", "fallback")},
+                           **({"fixed": float(threshold)} if method == "threshold" else {})},
             "seconds": round(time.time() - started, 3)}
 
 

@@ -7,7 +7,16 @@ import os
 
 import numpy as np
 
-from ..engine import IngestPlan, histogram, open_volume, plan_ingest, run_ingest
+from ..engine import (
+    IngestPlan,
+    LabelPlan,
+    histogram,
+    open_volume,
+    plan_ingest,
+    plan_label_ingest,
+    run_ingest,
+    run_label_ingest,
+)
 from ..engine.storage import remove_partial_writes
 
 logger = logging.getLogger(__name__)
@@ -19,6 +28,14 @@ def ingest_volume(plan: IngestPlan) -> dict:
     (False when the same ingest had already been done)."""
     volume, did = run_ingest(plan)
     return {"ingested": did, **volume.summary()}
+
+
+def ingest_labels(plan: LabelPlan) -> dict:
+    """Carry out a planned segmentation ingest (:func:`porevox.engine.plan_label_ingest`
+    checks it before any cluster starts); returns the volume, the labels' name,
+    ``"ingested"`` (False when already done) and the phases (value -> name, voxels)."""
+    volume, did, phases = run_label_ingest(plan)
+    return {"volume": str(volume.path), "labels": plan.name, "ingested": did, "phases": phases}
 
 
 def tidy_volume(path: str | os.PathLike) -> list[str]:
@@ -43,4 +60,5 @@ def volume_histogram(path: str | os.PathLike, name: str = "image") -> dict:
             "voxels": int(counts.sum())}
 
 
-__all__ = ["ingest_volume", "plan_ingest", "tidy_volume", "volume_histogram", "volume_info"]
+__all__ = ["ingest_labels", "ingest_volume", "plan_ingest", "plan_label_ingest", "tidy_volume",
+           "volume_histogram", "volume_info"]
