@@ -134,7 +134,8 @@ def _bundles(shape, chunks, axis: int, budget_voxels: int) -> list[tuple[slice, 
 
 
 def _stored_pass(src, dst, box, axis, voxel_size, after=None):
-    """One bundle of one pass: read from the array before, written to the next."""
+    """One bundle of one pass: read from the array before, written to the next
+    (`after`: the previous pass's barrier, for the order only)."""
     block = src[box] if axis == 0 else src[(slice(None),) + box]
     dst[(slice(None),) + box] = feature_pass(np.asarray(block), axis, voxel_size=voxel_size,
                                              offset=[b.start for b in box])

@@ -600,11 +600,11 @@ class BlockSolver:
         if self.path is None or len(names) < 2:
             return [names]
         one = SCRATCH_BYTES_PER_VOXEL * math.prod(self.shape)
-        size = max(1, int(0.5 * shutil.disk_usage(self.path).free // one))
+        free = shutil.disk_usage(self.path).free
+        size = max(1, int(0.5 * free // one))
         if size < len(names):
             logger.info("tortuosity: %d of %d directions at a time (each keeps ~%s of blocks in the scratch; "
-                        "its disk has %s free)", size, len(names), format_bytes(one),
-                        format_bytes(shutil.disk_usage(self.path).free))
+                        "its disk has %s free)", size, len(names), format_bytes(one), format_bytes(free))
         return [names[i:i + size] for i in range(0, len(names), size)]
 
     def _drop(self, name) -> None:
