@@ -138,11 +138,13 @@ def twin_volume(path, arrays, chunks):
 
 
 def real_data(name: str) -> Path:
-    """A folder of ``shared/real-data`` (beside the repository, or inside it); the test
-    is skipped where the checkout has none. The data is read there, never copied."""
+    """A folder of ``shared/real-data``: under ``$POREVOX_SHARED``, else beside the
+    repository or inside it; the test is skipped where there is none. The data is
+    read there, never copied."""
     root = Path(__file__).resolve().parents[1]
-    for base in (root.parent / "shared", root / "shared"):
+    bases = [Path(os.environ["POREVOX_SHARED"])] if os.environ.get("POREVOX_SHARED") else []
+    for base in (*bases, root.parent / "shared", root / "shared"):
         folder = base / "real-data" / name
         if folder.is_dir():
             return folder
-    pytest.skip(f"needs shared/real-data/{name} beside the repository")
+    pytest.skip(f"needs shared/real-data/{name} beside the repository (or under $POREVOX_SHARED)")
