@@ -266,10 +266,9 @@ def plan_label_ingest(src: str | os.PathLike, volume: str | os.PathLike, name: s
                                  f"'.'); got {name!r}")
     stage = f"{STAGE}:{LABELS}/{name}"
     if name in target.labels and stage not in target.provenance:
-        writers = [k for k, r in target.provenance.items() if f"{LABELS}/{name}" in r.get("outputs", [])]
-        raise OutputError(f"{target.path}: labels/{name} exists and was written by "
-                          f"{', '.join(writers) or 'something other than porevox'}; porevox replaces only "
-                          "what it wrote itself: choose another --labels name")
+        by = ", ".join(provenance.writers(target, f"{LABELS}/{name}")) or "something other than porevox"
+        raise OutputError(f"{target.path}: labels/{name} exists and was written by {by}; porevox replaces "
+                          "only what it wrote itself: choose another --labels name")
     names = parse_phase_names(phase_names)
     params = {"kind": source.kind, "offset": source.offset, "byte_order": source.byte_order,
               "phase_names": {str(k): v for k, v in sorted(names.items())}}

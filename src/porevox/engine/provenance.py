@@ -97,6 +97,11 @@ def completed(volume: Volume, stage: str, params: Mapping[str, Any],
     return record
 
 
+def writers(volume: Volume, name: str) -> list[str]:
+    """The stages recorded as having written array `name` of `volume`."""
+    return [k for k, r in volume.provenance.items() if name in r.get("outputs", [])]
+
+
 def write_record(
     volume: Volume,
     stage: str,

@@ -39,7 +39,7 @@ import numpy as np
 from ..engine import as_dask, histogram, open_volume, store
 from ..engine.blockwise import fit_chunks_to_depth, slice_chunks
 from ..engine.cluster import balanced_depth, chunk_bytes_budget
-from ..engine.provenance import fingerprint_array
+from ..engine.provenance import fingerprint_array, writers
 from ..engine.storage import LABELS, Volume
 from ..errors import InvalidVolumeError, OutputError, PorevoxError
 from ..kernels import segment as ks
@@ -286,9 +286,9 @@ def check_segment(path, method: str, *, model=None, src: str | None = None, name
         raise ValueError(f"--name must be letters, digits, '.', '_' or '-'; got {name!r}")
     for out in [name, *([f"{name}_annotation"] if method == "hybrid" else [])]:
         if out in volume.labels and f"segment:{out}" not in volume.provenance:
-            writers = [k for k, r in volume.provenance.items() if f"{LABELS}/{out}" in r.get("outputs", [])]
+            by = writers(volume, f"{LABELS}/{out}")
             raise OutputError(f"{volume.path}: labels/{out} exists and was written by "
-                              f"{', '.join(writers) or 'something other than porevox segment'}, not by "
+                              f"{', '.join(by) or 'something other than porevox segment'}, not by "
                               "segment; porevox replaces only its own segmentations: choose another --name")
     if method == "unet":
         if model is None:
