@@ -441,3 +441,33 @@ def test_a_users_segmentation_joins_the_volume(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
     assert not (vol / "labels" / "x").exists()
+
+
+def test_fiberform_pore_phase_beside_pumas_published_values(tmp_path):
+    """PuMA's FiberForm CT and its segmentation, as a user would: both phases
+    quantified by name in one command, conductivity along x (numpy axis 2). The pore
+    phase's D_eff/D_0 and tortuosity factor against PuMA's published finite-volume
+    values on this file (0.6341499 and 1.3133487, symmetric side walls; porevox's
+    side faces are insulating, the same condition); the fibres do not span x. A
+    phase the labels do not hold is a one-line error, exit 2."""
+    from tests.conftest import real_data
+
+    folder = real_data("fiberform")
+    vol = tmp_path / "fiberform.zarr"
+    assert run(*FAST, "ingest", folder / "100_fiberform.tif", vol, "--voxel-size", "1.3", "1.3", "1.3"
+               ).returncode == 0
+    assert run(*FAST, "ingest", folder / "fiberform_solid_ge90.npy", "--labels", "puma", "--into", vol,
+               "--phase-names", "0=pore,1=fibre").returncode == 0
+    r = run(*FAST, "quantify", vol, "--labels", "puma", "--phase", "pore", "--phase", "fibre",
+            "--conductivity", "--axis", "x", "--json")
+    assert r.returncode == 0, r.stderr
+    pore, fibre = json.loads(r.stdout)["phases"]
+    assert (pore["phase"], fibre["phase"]) == ("pore", "fibre")
+    assert pore["relative_density"] == pytest.approx(0.83286, abs=1e-12)
+    assert fibre["relative_density"] == pytest.approx(0.16714, abs=1e-12)
+    assert pore["relative_conductivity"] == pytest.approx(0.6341499, rel=5e-4)    # measured +0.035 %
+    assert pore["tortuosity_factor"] == pytest.approx(1.3133487, rel=5e-4)        # measured −0.035 %
+    assert fibre["relative_conductivity"] == 0 and fibre["tortuosity_factor"] is None   # inf in JSON
+    r = run("quantify", vol, "--labels", "puma", "--phase", "binder")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "0 = pore, 1 = fibre" in lines[0], r.stderr

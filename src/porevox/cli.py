@@ -431,6 +431,10 @@ def quantify(
     target: Path = typer.Argument(..., help="A porevox volume (.zarr folder), or a study.yaml "
                                             "(or its folder) to quantify every tomogram of."),
     labels: str = typer.Option("truth", "--labels", help="The segmentation: labels/<NAME>."),
+    phase: list[str] | None = typer.Option(
+        None, "--phase",
+        help="The phase measured: a label value, values joined by '+' (1+2) or a phase name "
+             "(--phase-names of ingest). Repeat for several phases, one row each. Default: 1, the solid."),
     axis: str = typer.Option("y", "--axis", help="Transport axis: z, y or x."),
     directions: str | None = typer.Option(
         None, "--directions",
@@ -467,7 +471,7 @@ def quantify(
 
         study_volumes(target, writes=WRITES)
         with _session(ctx):
-            result = quantify_study(target, labels=labels, axis=axis, force=force,
+            result = quantify_study(target, labels=labels, phase=phase or None, axis=axis, force=force,
                                     figures=not no_figures, **options)
 
         def human(r):
@@ -480,7 +484,9 @@ def quantify(
 
         _emit(result, as_json, human)
         return
-    from .pipelines import quantify_volume, volume_info
+    from .engine import open_volume, phases
+    from .pipelines import volume_info
+    from .pipelines.quantify import quantify_phases
     from .pipelines.volumes import tidy_volume
 
     have = volume_info(target)["labels"]
@@ -488,10 +494,22 @@ def quantify(
     if labels not in have:
         raise PorevoxError(f"{target} has no label image {labels!r}; it has {list(have) or 'none'}: "
                            "pass --labels <one of them> or segment the volume first")
+    named = phases.names(open_volume(target, mode="r").array(f"labels/{labels}"))
+    for p in phase or ():          # a phase that names nothing fails before the cluster starts
+        phases.parse(p, named, where=f"{target}: labels/{labels}")
     with _session(ctx):
-        result = quantify_volume(target, labels=labels, axis=axis, with_conductivity=with_conductivity,
-                                 force=force, **options)
-    _emit(result, as_json, _print_features)
+        results = quantify_phases(target, labels=labels, phases=phase or None, axis=axis,
+                                  with_conductivity=with_conductivity, force=force, **options)
+    if len(results) == 1:
+        _emit(results[0], as_json, _print_features)
+        return
+
+    def human(r):
+        for one in r["phases"]:
+            typer.echo(f"--- phase {one['phase']}")
+            _print_features(one)
+
+    _emit({"volume": str(target), "labels": labels, "phases": results}, as_json, human)
 
 
 def _split_list(values: list[str] | None) -> list[str] | None:
@@ -523,6 +541,8 @@ def regress(
                                  "comma-separated or repeated (default: the paper's eight)."),
     labels: str | None = typer.Option(None, "--labels",
                                       help="Rows of one segmentation (the table's 'labels' column)."),
+    phase: str | None = typer.Option(
+        None, "--phase", help="Rows of this phase (the table's phase column), where it holds several."),
     test_samples: list[str] = typer.Option(
         None, "--test-samples", help="Held-out rows by id, comma-separated or repeated (default: rows "
                                      "marked held_out, else the last VOI of samples with several)."),
@@ -541,7 +561,7 @@ def regress(
     from .pipelines.regress import plan_regression, run_regression
 
     plan = plan_regression(table, target=target, features=_split_list(features), labels=labels,
-                           test_samples=_split_list(test_samples), min_features=min_features,
+                           phase=phase, test_samples=_split_list(test_samples), min_features=min_features,
                            max_features=max_features, drop_nan=drop_nan, top=top,
                            out=out or "auto", figures=not no_figures)
     with _session(ctx) if plan.parallel else contextlib.nullcontext():
@@ -638,6 +658,9 @@ def score(
     volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
     labels: str = typer.Option(..., "--labels", help="The segmentation to score: labels/<NAME>."),
     truth: str = typer.Option("truth", "--truth", help="The reference: labels/<NAME>."),
+    phase: str | None = typer.Option(
+        None, "--phase", help="Score one phase against the rest (reported as cu, the rest as pore): a "
+                              "value, values joined by '+', or a phase name. Default: binary images."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Jaccard, precision and recall per phase, and accuracy, against a reference."""
@@ -646,7 +669,7 @@ def score(
 
     check_labels(volume, labels, truth)
     with _session(ctx):
-        result = score_volume(volume, labels=labels, truth=truth)
+        result = score_volume(volume, labels=labels, truth=truth, phase=phase)
     _emit(result, as_json, lambda r: [typer.echo(f"{k:<16} {v:.4f}" if isinstance(v, float)
                                                  else f"{k:<16} {v}") for k, v in r.items()])
 

@@ -33,6 +33,7 @@ from ..backend import resolve as resolve_backend
 from ..errors import InvalidVolumeError
 from . import provenance
 from .cluster import compute
+from .phases import PhaseView, phase_dask
 from .storage import (
     CheckedArray,
     Volume,
@@ -64,6 +65,8 @@ def as_dask(image: Any, chunks: Sequence[int] | None = None) -> da.Array:
         image = open_volume(image, mode="r").to_dask()
     elif isinstance(image, zarr.Array):
         image = checked_dask(image, str(image.store), image.path)
+    elif isinstance(image, PhaseView):
+        image = phase_dask(image)
     elif isinstance(image, CheckedArray):
         image = checked_dask(image.arr, image.tomogram, image.name)
     elif not isinstance(image, da.Array):
@@ -306,7 +309,8 @@ def _read_reduce_one(kernel, stored, block: Block, shape, backend: str, kwargs: 
 
 def stored_array(image: Any) -> bool:
     """Whether `image` is an array on disk that tasks can read box by box (a Zarr
-    array, or a volume's :class:`~porevox.engine.storage.CheckedArray`)."""
+    array, or a volume's :class:`~porevox.engine.storage.CheckedArray`, or a phase of
+    one)."""
     return isinstance(image, (zarr.Array, CheckedArray))
 
 

@@ -23,6 +23,7 @@ from ..errors import InvalidVolumeError, OutputError
 from . import provenance
 from .cluster import chunk_bytes_budget, compute
 from .outputs import check_output, is_volume
+from .phases import PHASES
 from .reductions import histogram
 from .sources import Source, open_source
 from .storage import (
@@ -201,8 +202,6 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
 
 
 LABEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-#: The attribute of a label array that names its phases: {"<value>": {"name", "voxels"}}.
-PHASES = "phases"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import numpy as np
 from dask.utils import format_bytes
 
 from ..errors import InvalidVolumeError
+from . import phases
 from .blockwise import as_dask
 from .cluster import active_client, compute, reservation, worker_memory_limit
 from .storage import LABELS, Volume, check_voxel_size, open_volume
@@ -42,13 +43,15 @@ WORKER_FRACTION = 0.6
 
 
 # --------------------------------------------------------------------------- inputs
-def resolve_source(solid, voxel_size, labels: str, *, what: str = "stage",
+def resolve_source(solid, voxel_size, labels: str, *, phase=None, what: str = "stage",
                    log: logging.Logger = logger) -> tuple[Any, tuple[float, float, float]]:
     """The array to work on (not yet read) and the voxel size to use.
 
     `solid` is a NumPy, Dask or Zarr array, or a porevox volume (path or
     :class:`~porevox.engine.Volume`) whose ``labels/<labels>`` is used; `voxel_size`
-    defaults to the volume's own, or isotropic for arrays (logged on `log`).
+    defaults to the volume's own, or isotropic for arrays (logged on `log`). With a
+    `phase` (a value, values joined by "+", or a name recorded on a volume's label
+    image), the array is read as 1 where it holds that phase; else nonzero is read.
     """
     if isinstance(solid, (str, os.PathLike, Volume)):
         volume = open_volume(solid, mode="r")
@@ -57,12 +60,15 @@ def resolve_source(solid, voxel_size, labels: str, *, what: str = "stage",
                 f"{volume.path} has no label image {labels!r}; it has {volume.labels or 'none'}: "
                 "pass labels=<one of them> or segment the volume first")
         source = volume.array(f"{LABELS}/{labels}")
+        if phase is not None:
+            values = phases.parse(phase, phases.names(source), where=f"{volume.path}: labels/{labels}")
+            source = phases.phase_of(volume.reader(f"{LABELS}/{labels}"), values)
         if voxel_size is None:
             voxel_size = volume.voxel_size
     else:
         if not hasattr(solid, "shape") or not hasattr(solid, "dtype"):
             raise TypeError(f"solid must be an array or a volume path; got {type(solid).__name__}")
-        source = solid
+        source = solid if phase is None else phases.phase_of(solid, phases.parse(phase, where="an array"))
         if voxel_size is None:
             log.info("%s: no voxel_size given; isotropic voxels assumed", what)
             voxel_size = (1.0, 1.0, 1.0)
@@ -75,7 +81,7 @@ def materialize(source) -> np.ndarray:
         return source
     if hasattr(source, "dask"):
         return np.asarray(compute(source)[0])
-    return np.asarray(source[...])
+    return np.asarray(source[tuple(slice(None) for _ in source.shape)])
 
 
 # --------------------------------------------------------------------------- where

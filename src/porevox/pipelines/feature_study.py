@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from . import feature_figures
-from .quantify import Job, load_distributions, make_options, prepare_volume, run_jobs, save_volume_features
+from .quantify import load_distributions, make_options, prepare_volume, run_jobs, save_volume_features
 from .segmentation_study import study_volumes
 
 logger = logging.getLogger(__name__)
@@ -32,12 +32,14 @@ META = ("id", "path", "paste", "temperature_c", "voi", "held_out", "conductivity
 WRITES = ("features.csv", "features.parquet", "figures")
 
 
-def table_row(sample: dict, labels: str, features: dict) -> dict:
-    """One row: the sample's metadata and its scalar features (lists flattened)."""
+def table_row(sample: dict, labels: str, features: dict, phase: str = "1") -> dict:
+    """One row: the sample's metadata, the labels and phase, and its scalar features
+    (lists flattened)."""
     row = {k: sample.get(k) for k in META if k in sample}
     row["labels"] = labels
+    row["phase"] = phase
     for key, value in features.items():
-        if key in ("volume", "labels", "shape", "voxel_size", "directions", "features", "seconds"):
+        if key in ("volume", "labels", "phase", "shape", "voxel_size", "directions", "features", "seconds"):
             continue
         if key == "strut_diameter_ci95":
             row["strut_diameter_ci95_lo"], row["strut_diameter_ci95_hi"] = (
@@ -50,41 +52,44 @@ def table_row(sample: dict, labels: str, features: dict) -> dict:
     return row
 
 
-def quantify_study(study: str | os.PathLike, *, labels: str | list[str] = "truth", axis="y",
-                   force: bool = False, figures: bool = True, **options) -> dict:
+def quantify_study(study: str | os.PathLike, *, labels: str | list[str] = "truth", phase=None,
+                   axis="y", force: bool = False, figures: bool = True, **options) -> dict:
     """Quantify every volume of `study` (a ``study.yaml`` or its folder) for each of
-    `labels`; write ``features.csv``, ``features.parquet`` and the figures beside
-    ``study.yaml``; return ``{"rows", "table", "figures", "seconds"}``."""
+    `labels` and each phase of `phase` (one, or a list; default the solid, 1); write
+    ``features.csv``, ``features.parquet`` (one row per tomogram, labels and phase)
+    and the figures beside ``study.yaml``; return ``{"rows", "table", "figures",
+    "seconds"}``."""
     import pandas as pd
 
     started = time.time()
     folder, samples = study_volumes(study, writes=WRITES)
     labels = [labels] if isinstance(labels, str) else list(labels)
+    wanted = list(phase) if isinstance(phase, (list, tuple)) else [phase]
     opts = make_options(axis=axis, **options)
-    todo, done = [], {}
-    for name in labels:
-        for s in samples:
-            prepared = prepare_volume(folder / s["path"], name, opts, force)
-            if isinstance(prepared, Job):
-                todo.append((s, name, prepared))
-            else:
-                done[(s["id"], name)] = prepared
-    logger.info("quantify: %d of %d volume(s) to quantify", len(todo), len(samples) * len(labels))
+    prepared = {(s["id"], name, k): prepare_volume(folder / s["path"], name, opts, force, p)
+                for name in labels for k, p in enumerate(wanted) for s in samples}
+    todo = [p for p in prepared.values() if p.job is not None]
+    logger.info("quantify: %d of %d (volume, labels, phase) to quantify", len(todo), len(prepared))
     if todo:
         t0 = time.time()
-        results = run_jobs([job for _, _, job in todo], distributions=True)
-        for (s, name, _), features in zip(todo, results):
-            done[(s["id"], name)] = save_volume_features(folder / s["path"], name, opts, features, t0)
-    rows = [table_row(s, name, done[(s["id"], name)]) for name in labels for s in samples]
+        for p, features in zip(todo, run_jobs([p.job for p in todo], distributions=True)):
+            p.record = save_volume_features(p, opts, features, t0)
+    rows = [table_row(s, name, prepared[(s["id"], name, k)].record, prepared[(s["id"], name, k)].phase)
+            for name in labels for k in range(len(wanted)) for s in samples]
     table = pd.DataFrame(rows)
     table.to_csv(folder / "features.csv", index=False)
     table.to_parquet(folder / "features.parquet", index=False)
     made = {}
     if figures:
-        for name in labels:
-            part = table[table["labels"] == name]
-            dists = {s["id"]: load_distributions(folder / s["path"], name) for s in samples}
-            made[name] = feature_figures.study_figures(part, dists, folder / "figures", suffix=name)
+        for n, name in enumerate(labels):
+            for k in range(len(wanted)):
+                first = prepared[(samples[0]["id"], name, k)]
+                suffix = name if first.key == name else first.key
+                start = (n * len(wanted) + k) * len(samples)          # the rows' order above
+                part = table.iloc[start:start + len(samples)]
+                dists = {s["id"]: load_distributions(folder / s["path"], prepared[(s["id"], name, k)].key)
+                         for s in samples}
+                made[suffix] = feature_figures.study_figures(part, dists, folder / "figures", suffix=suffix)
     return {"rows": rows, "csv": str(folder / "features.csv"),
             "parquet": str(folder / "features.parquet"), "figures": made,
             "seconds": round(time.time() - started, 1)}

@@ -40,6 +40,7 @@ import numpy as np
 import zarr
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
+from ..engine import phases as _phases
 from ..engine.blockwise import block_slices, compute_box, stored_array, stored_handle, tree_reduce
 from ..engine.cluster import (
     active_client,
@@ -66,7 +67,7 @@ from ..kernels.conductivity import check_axis
 from . import distance
 from . import tortuosity as tortuosity_pipeline
 from .engineered import ENGINEERED, beta_feature, bruggeman_alpha
-from .score import check_binary
+from .score import phase_label, volume_phase
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +258,11 @@ class Job:
             self.tasks["struts_radius"] = [dask.delayed(np.asarray, pure=True)(grid)]
             return
         volume, leaf = home
-        name, stage = f"{DISTANCE}/{leaf}", f"distance:{leaf}"
-        params = {"kernels": "porevox.kernels.edt", "voxel_size": list(vs)}
+        values = self.source.values if isinstance(self.source, _phases.PhaseView) else None
+        key = _phases.key(leaf, values)
+        name, stage = f"{DISTANCE}/{key}", f"distance:{key}"
+        params = {"kernels": "porevox.kernels.edt", "voxel_size": list(vs),
+                  **({"phase": list(values)} if key != leaf else {})}
         inputs = {f"{LABELS}/{leaf}": provenance.fingerprint_array(volume, f"{LABELS}/{leaf}")}
         record = provenance.completed(volume, stage, params, inputs)
         if record is not None:
@@ -621,7 +625,7 @@ def plan_struts(grid: np.ndarray, shape, chunks, voxel_size, name: str = "volume
 # --------------------------------------------------------------------------- public API
 def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None, order=2, sigma=None,
              shape_index_sigma=1.0, last_fraction=0.25, tortuosity_method="auto", features=None,
-             chunks=None, distributions=False, scratch=None) -> dict:
+             chunks=None, distributions=False, scratch=None, phase=None) -> dict:
     """Every microstructure feature of the paper, from a segmentation.
 
     Parameters
@@ -656,6 +660,9 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
     distributions : bool
         Also return ``distributions``: φ values, the (G, M) histogram, the per-slice
         descriptors and the tortuosity profile.
+    phase : int or str, optional
+        The phase measured ("the solid" of every feature): a value, values joined by
+        "+", or a phase name of a volume's label image (default: nonzero).
 
     Returns
     -------
@@ -673,7 +680,8 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
                            shape_index_sigma=shape_index_sigma, last_fraction=last_fraction,
                            tortuosity_method=tortuosity_method, features=features,
                            tortuosity_scratch=scratch)
-    source, voxel_size = resolve_source(solid, voxel_size, labels, what="quantify", log=logger)
+    source, voxel_size = resolve_source(solid, voxel_size, labels, phase=phase, what="quantify",
+                                        log=logger)
     name = str(open_volume(solid).path) if isinstance(solid, (str, os.PathLike, Volume)) else "array"
     if chunks is not None or not stored_array(source):
         in_memory = isinstance(source, np.ndarray)
@@ -687,52 +695,78 @@ def quantify(solid, *, voxel_size=None, axis=1, labels="truth", directions=None,
 
 
 # --------------------------------------------------------------------------- volumes
-def stage_name(labels: str) -> str:
-    return f"quantify:{labels}"
+def stage_name(key: str) -> str:
+    return f"quantify:{key}"
 
 
-def _stage_params(options: Options) -> dict:
-    return {"kernels": "porevox.pipelines.quantify", **options.as_dict()}
+def _stage_params(options: Options, values: tuple[int, ...] | None = None) -> dict:
+    params = {"kernels": "porevox.pipelines.quantify", **options.as_dict()}
+    if values is not None and tuple(values) != _phases.DEFAULT:
+        params["phase"] = list(values)
+    return params
 
 
-def prepare_volume(path, labels: str, options: Options, force: bool = False):
-    """A :class:`Job` for a volume, or its stored features if the stage is done."""
+@dataclass
+class Prepared:
+    """One (volume, labels, phase) to quantify: its :class:`Job`, or the features
+    stored by an earlier run with the same inputs (`record`)."""
+
+    path: Any
+    labels: str
+    values: tuple[int, ...] | None     # the phase's values; None: nonzero of a binary image
+    key: str                           # where the volume keeps its results (_phases.key)
+    phase: str                         # the phase as the table shows it
+    job: Job | None = None
+    record: dict | None = None
+
+
+def prepare_volume(path, labels: str, options: Options, force: bool = False, phase=None) -> Prepared:
+    """What quantifying `phase` of ``labels/<labels>`` of a volume takes: a
+    :class:`Job`, or nothing where the stage is done with the same inputs."""
     volume = open_volume(path, mode="r")
     if labels not in volume.labels:
         raise InvalidVolumeError(
             f"{volume.path} has no label image {labels!r}; it has {volume.labels or 'none'}: "
             "pass --labels <one of them> or segment the volume first")
+    arr = volume.array(f"{LABELS}/{labels}")
+    values = None if phase is None else _phases.parse(phase, _phases.names(arr),
+                                                      where=f"{volume.path}: labels/{labels}")
+    key = _phases.key(labels, values)
+    prepared = Prepared(path, labels, values, key, phase_label(volume, labels, values))
     inputs = {f"{LABELS}/{labels}": provenance.fingerprint_array(volume, f"{LABELS}/{labels}")}
-    stage = stage_name(labels)
-    if not force and provenance.completed(volume, stage, _stage_params(options), inputs):
-        logger.info("%s: features of labels/%s already computed with the same inputs; nothing to do",
-                    volume.path, labels)
-        return volume.meta.get("features", {}).get(labels)
-    check_binary(volume, labels, "quantify")
-    return Job(volume.reader(f"{LABELS}/{labels}"), volume.voxel_size, options,
-               name=f"{volume.path.name}:{labels}")
+    if not force and provenance.completed(volume, stage_name(key), _stage_params(options, values), inputs):
+        logger.info("%s: features of labels/%s (phase %s) already computed with the same inputs; "
+                    "nothing to do", volume.path, labels, prepared.phase)
+        prepared.record = volume.meta.get("features", {}).get(key)
+        return prepared
+    prepared.values = values = volume_phase(volume, labels, phase, "quantify")
+    prepared.job = Job(_phases.phase_of(volume.reader(f"{LABELS}/{labels}"), values), volume.voxel_size,
+                       options, name=f"{volume.path.name}:{key}")
+    return prepared
 
 
-def save_volume_features(path, labels: str, options: Options, features: dict, started: float) -> dict:
+def save_volume_features(prepared: Prepared, options: Options, features: dict, started: float) -> dict:
     """Store the features in the volume's attributes and the distributions as arrays
-    under ``features/<labels>`` (published atomically), then record the stage."""
-    volume = open_volume(path)
+    under ``features/<key>`` (published atomically), then record the stage."""
+    volume = open_volume(prepared.path)
+    key, labels = prepared.key, prepared.labels
     features = dict(features)
     dist = features.pop("distributions", {})
-    name = f"features/{labels}"
+    name = f"features/{key}"
     remove_stale_tmp(volume, name)
     group, tmp = tmp_group(volume, name)
     try:
-        for key, value in _flat_arrays(dist).items():
-            group.create_array(key, data=np.asarray(value, dtype=np.float64))
+        for k, value in _flat_arrays(dist).items():
+            group.create_array(k, data=np.asarray(value, dtype=np.float64))
         publish_array(volume, tmp, name)
     except BaseException:
         discard(volume.path / tmp)
         raise
     record = provenance.jsonable(features)
-    volume.edit_meta(lambda meta: meta.setdefault("features", {}).update({labels: record}))
+    volume.edit_meta(lambda meta: meta.setdefault("features", {}).update({key: record}))
     inputs = {f"{LABELS}/{labels}": provenance.fingerprint_array(volume, f"{LABELS}/{labels}")}
-    provenance.write_record(volume, stage_name(labels), _stage_params(options), inputs, [name], started)
+    provenance.write_record(volume, stage_name(key), _stage_params(options, prepared.values), inputs,
+                            [name], started)
     return record
 
 
@@ -746,32 +780,47 @@ def _flat_arrays(dist: dict, prefix: str = "") -> dict:
     return out
 
 
-def load_distributions(path, labels: str) -> dict:
-    """The stored distributions of a quantified volume, as NumPy arrays."""
+def load_distributions(path, key: str) -> dict:
+    """The stored distributions of a quantified volume (``features/<key>``, see
+    :class:`Prepared`), as NumPy arrays."""
     volume = open_volume(path, mode="r")
-    group = volume.group[f"features/{labels}"]
+    group = volume.group[f"features/{key}"]
     return {k: group[k][...] for k in group.array_keys()}
 
 
-def quantify_volume(path: str | os.PathLike, *, labels: str = "truth", axis: int | str = "y",
-                    with_conductivity: bool = False, force: bool = False, **options) -> dict:
-    """Features of ``labels/<labels>`` of the volume at `path`, stored in its attributes
-    (``porevox.features.<labels>``) with the distributions under ``features/<labels>``;
-    a rerun with the same inputs and parameters reads them back."""
+def quantify_phases(path: str | os.PathLike, *, labels: str = "truth", phases: Sequence | None = None,
+                    axis: int | str = "y", with_conductivity: bool = False, force: bool = False,
+                    **options) -> list[dict]:
+    """Features of each phase in `phases` (default: the solid, 1) of ``labels/<labels>``
+    of the volume at `path`, computed together; each stored in the volume's attributes
+    (``porevox.features.<key>``) with its distributions under ``features/<key>``. A
+    rerun with the same inputs and parameters reads them back."""
     from .transport import conductivity
 
     opts = make_options(axis=axis, **options)
     started = time.time()
-    prepared = prepare_volume(path, labels, opts, force)
-    if isinstance(prepared, Job):
-        features = save_volume_features(path, labels, opts, run_jobs([prepared], True)[0], started)
-    else:
-        features = prepared
-    result = {"volume": str(path), "labels": labels, **features}
-    if with_conductivity:
-        result.update(conductivity(path, labels=labels, axis=opts.axis))
-    return result
+    todo = [prepare_volume(path, labels, opts, force, phase) for phase in (phases or [None])]
+    jobs = [p for p in todo if p.job is not None]
+    for p, features in zip(jobs, run_jobs([p.job for p in jobs], True) if jobs else []):
+        p.record = save_volume_features(p, opts, features, started)
+    results = []
+    for p in todo:
+        result = {"volume": str(path), "labels": labels, "phase": p.phase,
+                  "phase_values": list(p.values or _phases.DEFAULT), **p.record}
+        if with_conductivity:
+            result.update(conductivity(path, labels=labels, axis=opts.axis, phase=p.values))
+        results.append(result)
+    return results
 
 
-__all__ = ["DIRECTIONS", "FEATURES", "FeatureWarning", "Job", "Options", "PAPER_DIRECTIONS",
-           "load_distributions", "make_options", "quantify", "quantify_volume", "run_jobs"]
+def quantify_volume(path: str | os.PathLike, *, labels: str = "truth", phase=None, axis: int | str = "y",
+                    with_conductivity: bool = False, force: bool = False, **options) -> dict:
+    """Features of `phase` (default: the solid, 1) of ``labels/<labels>`` of the volume
+    at `path` (see :func:`quantify_phases`)."""
+    return quantify_phases(path, labels=labels, phases=[phase], axis=axis,
+                           with_conductivity=with_conductivity, force=force, **options)[0]
+
+
+__all__ = ["DIRECTIONS", "FEATURES", "FeatureWarning", "Job", "Options", "PAPER_DIRECTIONS", "Prepared",
+           "load_distributions", "make_options", "quantify", "quantify_phases", "quantify_volume",
+           "run_jobs"]

@@ -97,6 +97,7 @@ class Plan:
     top: int = 10
     dropped: list[str] = field(default_factory=list)
     averaged: dict = field(default_factory=dict)
+    phase: str | None = None        # the phase column's value of the rows used
 
     @property
     def n_subsets(self) -> int:
@@ -173,14 +174,39 @@ def _ids(table) -> list[str]:
     return [str(v) for v in (table["id"] if "id" in table.columns else table.index)]
 
 
-def default_out(source: str, labels: str | None) -> Path:
-    """Where the CLI writes: ``regression/<labels>`` beside the feature table."""
-    return Path(source).parent / "regression" / (labels or "all")
+def default_out(source: str, labels: str | None, phase: str | None = None) -> Path:
+    """Where the CLI writes: ``regression/<labels>`` beside the feature table
+    (``regression/<labels>.phase-<phase>`` for a phase other than the solid, 1)."""
+    name = labels or "all"
+    if phase not in (None, "1"):
+        name += f".phase-{phase}"
+    return Path(source).parent / "regression" / name
+
+
+def _one_of(table, column: str, value: str | None, option: str, what: str):
+    """`table`'s rows whose `column` is `value`; where `value` is None, the table,
+    which must then hold one value there. Returns the rows and the value."""
+    if column not in table.columns:
+        if value is not None:
+            raise InvalidTableError(f"{option} given, but the table has no {column!r} column")
+        return table, None
+    have = table[column].dropna().astype(str)
+    names = sorted(have.unique())
+    if value is None and len(names) > 1:
+        raise InvalidTableError(f"the table holds features of several {what} ({', '.join(names)}); "
+                                f"choose one with {option}")
+    if value is not None:
+        if str(value) not in names:
+            raise InvalidTableError(f"no rows with {column} {value!r}; the table has "
+                                    f"{', '.join(names) or 'none'}: pass {option} <one of them>")
+        table = table[have.reindex(table.index) == str(value)]
+    return table, (str(value) if value is not None else (names[0] if names else None))
 
 
 def plan_regression(table, *, target: str = "conductivity", features=None, labels: str | None = None,
-                    test_samples=None, min_features: int = 2, max_features: int | None = None,
-                    drop_nan: bool = False, out=None, figures: bool = True, top: int = 10) -> Plan:
+                    phase: str | None = None, test_samples=None, min_features: int = 2,
+                    max_features: int | None = None, drop_nan: bool = False, out=None,
+                    figures: bool = True, top: int = 10) -> Plan:
     """Check a feature table and the options; choose the training and test rows.
     ``out="auto"`` writes beside the table (:func:`default_out`), None nowhere."""
     table, source = load_table(table)
@@ -189,21 +215,10 @@ def plan_regression(table, *, target: str = "conductivity", features=None, label
     if target not in table.columns:
         raise InvalidTableError(f"no target column {target!r} in {source}; it has "
                                 f"{', '.join(map(str, table.columns))}: pass --target <one of them>")
-    if "labels" in table.columns:
-        names = sorted(map(str, table["labels"].dropna().unique()))
-        if labels is None and len(names) > 1:
-            raise InvalidTableError(f"the table holds features of several segmentations "
-                                    f"({', '.join(names)}); choose one with --labels")
-        if labels is not None:
-            if labels not in names:
-                raise InvalidTableError(f"no rows with labels {labels!r}; the table has "
-                                        f"{', '.join(names) or 'none'}: pass --labels <one of them>")
-            table = table[table["labels"] == labels]
-        labels = labels or (names[0] if names else None)
-    elif labels is not None:
-        raise InvalidTableError("--labels given, but the table has no 'labels' column")
+    table, labels = _one_of(table, "labels", labels, "--labels", "segmentations")
+    table, phase = _one_of(table, "phase", phase, "--phase", "phases")
     if out is not None:   # the output before any other work or warning
-        check_output(default_out(source, labels) if out == "auto" else out,
+        check_output(default_out(source, labels, phase) if out == "auto" else out,
                      inputs=[] if source.startswith("<") else [source], what="regression folder",
                      fix="give another --out")
     columns, symbols = resolve_features(table, features)
@@ -248,9 +263,9 @@ def plan_regression(table, *, target: str = "conductivity", features=None, label
     if top < 1:
         raise InvalidTableError(f"--top must be at least 1; got {top}")
     if out == "auto":
-        out = default_out(source, labels)
+        out = default_out(source, labels, phase)
     plan = Plan(source, target, labels, columns, symbols, train, test, min_features, max_features,
-                Path(out) if out is not None else None, figures, top, dropped, averaged)
+                Path(out) if out is not None else None, figures, top, dropped, averaged, phase)
     if plan.n_subsets > MAX_SUBSETS:
         raise InvalidTableError(f"{plan.n_subsets:,} feature subsets are too many to fit; lower "
                                 f"--max-features (now {max_features}) or choose fewer --features")
@@ -434,7 +449,7 @@ def run_regression(plan: Plan) -> dict:
     shap_for = {"best": best, **({"Q": named["Q"]} if "Q" in named else {})}
     explained = {key: explain(plan, row) for key, row in shap_for.items()}
     result = {
-        "source": plan.source, "target": plan.target, "labels": plan.labels,
+        "source": plan.source, "target": plan.target, "labels": plan.labels, "phase": plan.phase,
         "features": dict(zip(plan.symbols, plan.columns)),
         "train_ids": _ids(plan.train), "test_ids": _ids(plan.test),
         "train_target": plan.train[plan.target].tolist(), "test_target": plan.test[plan.target].tolist(),

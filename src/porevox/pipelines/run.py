@@ -114,25 +114,35 @@ def _table1(folder: Path, inputs: dict) -> dict:
     return {"samples": len(per_sample), "table": result["table"]}
 
 
-def _quantify(path: Path, labels: str, axis: str, with_conductivity: bool) -> dict:
-    from .quantify import quantify_volume
+def _quantify(path: Path, labels: str, axis: str, with_conductivity: bool, phases=None) -> dict:
+    from .quantify import quantify_phases
 
-    r = quantify_volume(path, labels=labels, axis=axis, with_conductivity=with_conductivity)
-    keep = ("relative_density", "relative_conductivity", "tortuosity_factor")
-    return {k: r[k] for k in keep if k in r}
+    keep = ("phase", "relative_density", "relative_conductivity", "tortuosity_factor")
+    rs = quantify_phases(path, labels=labels, phases=phases, axis=axis, with_conductivity=with_conductivity)
+    out = [{k: r[k] for k in keep if k in r} for r in rs]
+    return out[0] if phases is None else {"phases": out}
 
 
-def _features(study_path: Path, labels: list[str], axis: str) -> dict:
+def _features(study_path: Path, labels: list[str], axis: str, phases=None) -> dict:
     from .feature_study import quantify_study
 
-    r = quantify_study(study_path, labels=labels, axis=axis)
+    r = quantify_study(study_path, labels=labels, phase=phases, axis=axis)
     return {"csv": r["csv"], "figures": r["figures"]}
 
 
 def _regress(features_csv: Path, labels: str, target: str) -> dict:
+    import pandas as pd
+
     from .regress import regress
 
-    r = regress(features_csv, labels=labels, target=target, drop_nan=True, out="auto")
+    table = pd.read_csv(features_csv)
+    rows = table[table["labels"].astype(str) == labels] if "labels" in table.columns else table
+    phase = None
+    if "phase" in rows.columns and rows["phase"].astype(str).nunique() > 1:
+        phase = str(rows["phase"].iloc[0])       # the study's first phase
+        logger.info("regress: labels/%s has features of %d phases; regressing phase %s", labels,
+                    rows["phase"].nunique(), phase)
+    r = regress(features_csv, labels=labels, phase=phase, target=target, drop_nan=True, out="auto")
     best = r.get("best", {})
     return {"best": {k: best.get(k) for k in ("features", "loocv_r2", "test_r2")},
             "files": r.get("files", {})}
@@ -238,15 +248,18 @@ def plan_steps(study: Study) -> list[Step]:
                             "quantified where it exists, left out of the feature table")
             for s in where:
                 dep = [produced[s.id][labels]] if labels in produced[s.id] else last[s.id]
-                steps.append(Step(f"quantify-{labels}", s.id,
-                                  partial(_quantify, s.path, labels, q["axis"], q["conductivity"]), dep,
-                                  {"axis": q["axis"], "conductivity": q["conductivity"]}))
+                phase = {"phase": q["phase"]} if q["phase"] is not None else {}
+                body = partial(_quantify, s.path, labels, q["axis"], q["conductivity"], q["phase"])
+                steps.append(Step(f"quantify-{labels}", s.id, body, dep,
+                                  {"axis": q["axis"], "conductivity": q["conductivity"], **phase}))
             if len(where) == len(study.samples):
                 quantified.append(labels)
         if quantified:
-            steps.append(Step("features", None, partial(_features, study.path, quantified, q["axis"]),
+            phase = {"phase": q["phase"]} if q["phase"] is not None else {}
+            steps.append(Step("features", None,
+                              partial(_features, study.path, quantified, q["axis"], q["phase"]),
                               [f"quantify-{lab}/{s.id}" for lab in quantified for s in study.samples],
-                              {"labels": quantified, "axis": q["axis"]}, exclusive=True))
+                              {"labels": quantified, "axis": q["axis"], **phase}, exclusive=True))
 
     if _on(st, "regress") and quantified:
         r = st["regress"]

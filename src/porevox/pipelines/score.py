@@ -1,6 +1,7 @@
 """`porevox score`: a segmentation against a reference, with the paper's metrics.
 
-Both are binary label images (1 = copper, 0 = pore). The confusion matrix is a
+Both are binary label images (1 = copper, 0 = pore), or one phase of each (``phase``:
+the phase against the rest, reported as "cu" and "pore"). The confusion matrix is a
 distributed reduction (a count per block, summed); the metrics follow from it:
 for each phase p, Jaccard = TP / (TP + FP + FN), precision = TP / (TP + FP),
 recall = TP / (TP + FN), with TP the voxels both call p; accuracy = agreeing
@@ -14,7 +15,7 @@ import os
 import dask.array as da
 import numpy as np
 
-from ..engine import as_dask, histogram, open_volume
+from ..engine import as_dask, histogram, open_volume, phases
 from ..engine.blockwise import block_slices, box_tasks, compute_box, stored_array
 from ..engine.cluster import compute
 from ..engine.storage import LABELS, Volume
@@ -131,14 +132,45 @@ def check_binary(volume: Volume, name: str, reader: str) -> None:
                              f"segmentation (0 pore, 1 solid), so {reader} would misread it; {hint}")
 
 
-def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = "truth") -> dict:
-    """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume (both
-    checked to be binary first)."""
+def volume_phase(volume: Volume, name: str, phase, reader: str) -> tuple[int, ...] | None:
+    """The values of `phase` in ``labels/<name>`` (see :func:`porevox.engine.phases.parse`),
+    or None for the default: phase 1 of a binary image (checked binary where no phase
+    is named, so that `reader` never reads a multi-valued image as binary). A phase
+    none of whose values is there raises, naming the values there are."""
+    if phase is None:
+        check_binary(volume, name, reader)
+        return None
+    named = phases.names(volume.array(f"{LABELS}/{name}"))
+    values = phases.parse(phase, named, where=f"{volume.path}: labels/{name}")
+    present = label_values(volume, name)
+    if not set(values) & set(present):
+        shown = ", ".join(f"{v}" + (f" = {named[v]}" if v in named else "") for v in present[:8])
+        raise InvalidVolumeError(f"{volume.path}: labels/{name} holds the values {shown}"
+                                 f"{', ...' if len(present) > 8 else ''}; phase {phase!r} has no voxel "
+                                 "there: name one of those")
+    return None if values == phases.DEFAULT and set(present) <= {0, 1} else values
+
+
+def phase_label(volume: Volume, name: str, values: tuple[int, ...] | None) -> str:
+    """The phase's name (or values) for tables: ``phase`` of ``features.csv``."""
+    return phases.label(values or phases.DEFAULT, phases.names(volume.array(f"{LABELS}/{name}")))
+
+
+def score_volume(path: str | os.PathLike | Volume, *, labels: str, truth: str = "truth",
+                 phase=None) -> dict:
+    """Metrics of ``labels/<labels>`` against ``labels/<truth>`` of one volume: both
+    binary, or of one `phase` each (a value, values joined by "+" or a name; see
+    :func:`volume_phase`)."""
     volume = check_labels(path, labels, truth)
+    read = {}
     for name in dict.fromkeys((labels, truth)):
-        check_binary(volume, name, "score")
-    result = score(volume.reader(f"{LABELS}/{labels}"), volume.reader(f"{LABELS}/{truth}"))
-    return {"volume": str(volume.path), "labels": labels, "truth": truth, **result}
+        values = volume_phase(volume, name, phase, "score")
+        read[name] = (phases.phase_of(volume.reader(f"{LABELS}/{name}"), values),
+                      phase_label(volume, name, values))
+    result = score(read[labels][0], read[truth][0])
+    return {"volume": str(volume.path), "labels": labels, "truth": truth, "phase": read[labels][1],
+            **result}
 
 
-__all__ = ["check_binary", "check_labels", "confusion", "label_values", "metrics", "score", "score_volume"]
+__all__ = ["check_binary", "check_labels", "confusion", "label_values", "metrics", "phase_label", "score",
+           "score_volume", "volume_phase"]

@@ -33,7 +33,8 @@ Stages (default parameters in brackets) run in this order:
 - ``unet``: epochs [30], patience [8], every [5], seed [0], cta [true] (also train a
   U-Net on Otsu labels, "U-Net CTA"); needs segment with hybrid (and otsu for cta)
 - ``score``: truth, the label to score against [truth]; samples without it are skipped
-- ``quantify``: labels [unet, truth], axis z|y|x [y], conductivity [false]
+- ``quantify``: labels [unet, truth], axis z|y|x [y], conductivity [false], phase, a
+  list of phases, one row each [null: the solid, 1]
 - ``regress``: target, a sample field [conductivity], labels [quantify's]; needs
   quantify and 3 samples with a target value
 - ``generate`` (off by default): kinds, from ddpm, cgan [both], minutes [3.0] or
@@ -103,6 +104,9 @@ _MEASURE = "a number (.inf allowed) or null", lambda v: v is None or isinstance(
     and not isinstance(v, bool) and not math.isnan(v)
 _STR_LIST = ("a non-empty list of strings",
              lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
+_PHASES = ("null, or a non-empty list of phases (a label value, values joined by '+', or a phase name)",
+           lambda v: v is None or isinstance(v, list) and bool(v) and all(
+               (isinstance(x, str) and x.strip()) or (_is_int(x) and x >= 0) for x in v))
 _POS_LIST = ("a non-empty list of numbers > 0",
              lambda v: isinstance(v, list) and bool(v) and all(_is_num(x) and x > 0 for x in v))
 
@@ -115,7 +119,7 @@ STAGES: dict[str, dict[str, tuple]] = {
     "score": {"truth": (_STR, "truth")},
     "quantify": {"labels": (_STR_LIST, ["unet", "truth"]),
                  "axis": (("one of z, y, x", lambda v: v in ("z", "y", "x")), "y"),
-                 "conductivity": (_BOOL, False)},
+                 "conductivity": (_BOOL, False), "phase": (_PHASES, None)},
     "regress": {"target": (_STR, "conductivity"), "labels": (_STR_LIST, ["unet", "truth"])},
     "generate": {"kinds": (_subset(("ddpm", "cgan")), ["ddpm", "cgan"]),
                  "minutes": (_or_null(("a number > 0", lambda v: _is_num(v) and v > 0)), 3.0),

@@ -145,7 +145,7 @@ SCRATCH_PREFIX = ".porevox-tortuosity-"
 
 
 def tortuosity(solid, *, voxel_size=None, axis=1, directions=None, order=2, method="auto",
-               last_fraction=0.25, chunks=None, labels="truth", scratch=None) -> dict:
+               last_fraction=0.25, chunks=None, labels="truth", phase=None, scratch=None) -> dict:
     """Geodesic tortuosity of the solid along `axis` and other signed directions.
 
     Parameters
@@ -171,6 +171,9 @@ def tortuosity(solid, *, voxel_size=None, axis=1, directions=None, order=2, meth
         Blocks of the block solver (default: sized from the workers' memory).
     labels : str
         The label image of a volume to use (ignored for arrays).
+    phase : int or str, optional
+        The phase whose paths are measured: a value, values joined by "+", or a
+        phase name of the label image (default: nonzero, the solid).
     scratch : path, optional
         Folder for the block solver's scratch files; every worker must see it
         (checked before any work). Default: inside the store of a volume or of a
@@ -202,7 +205,8 @@ def tortuosity(solid, *, voxel_size=None, axis=1, directions=None, order=2, meth
         raise InvalidVolumeError(f"last_fraction must be a number in (0, 1]; got {last_fraction!r}")
     if method not in METHODS:
         raise InvalidVolumeError(f"method must be one of {METHODS}; got {method!r}")
-    source, voxel_size = resolve_source(solid, voxel_size, labels, what="tortuosity", log=logger)
+    source, voxel_size = resolve_source(solid, voxel_size, labels, phase=phase, what="tortuosity",
+                                        log=logger)
     if source.ndim != 3:
         raise InvalidVolumeError(
             f"solid must be 3-D (z, y, x); got {source.ndim}-D of shape {source.shape}; "

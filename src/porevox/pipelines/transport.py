@@ -37,8 +37,9 @@ from ..kernels.conductivity import check_axis, effective_conductivity, memory_es
 logger = logging.getLogger(__name__)
 
 
-def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_options) -> dict:
-    """Effective conductivity of the solid along `axis`, relative to the bulk solid.
+def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", phase=None, **solver_options) -> dict:
+    """Effective conductivity of the solid (or of `phase`) along `axis`, relative to
+    the bulk phase; the other voxels do not conduct, nor do the side faces.
 
     Parameters
     ----------
@@ -51,6 +52,9 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_opt
         Direction of the applied potential difference (default y, as in the paper).
     labels : str
         The label image of a volume to use (ignored for arrays).
+    phase : int or str, optional
+        The conducting phase: a value, values joined by "+", or a phase name of the
+        label image (default: nonzero, the solid of a binary segmentation).
     **solver_options
         Passed to :func:`porevox.kernels.conductivity.effective_conductivity`:
         ``method`` ("mg", "jacobi", "amg"), ``rtol``, ``maxiter``.
@@ -65,7 +69,8 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", **solver_opt
         ``ran_on`` ("driver" or "worker"), ``memory_estimate_bytes``.
     """
     axis = check_axis(axis)
-    source, voxel_size = resolve_source(solid, voxel_size, labels, what="conductivity", log=logger)
+    source, voxel_size = resolve_source(solid, voxel_size, labels, phase=phase, what="conductivity",
+                                        log=logger)
     if source.ndim != 3:
         raise InvalidVolumeError(
             f"solid must be 3-D (z, y, x); got {source.ndim}-D of shape {source.shape}")
