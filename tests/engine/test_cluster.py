@@ -89,7 +89,7 @@ def test_attach_to_external_scheduler(external_scheduler, tmp_path, rng):
         assert [w["name"] for w in workers.values()] == ["external-0"]
         state = c.submit(thread_state_fn(), pure=False).result()
         # BLAS is limited by the plugin on attach; numba's OpenMP pool of a worker
-        # started elsewhere follows its NUMBA_NUM_THREADS (README), so it is not checked
+        # started elsewhere follows its NUMBA_NUM_THREADS (docs/studies.md), so it is not checked
         assert state["blas"] == [1]
         vol, did = ingest(tmp_path / "s.npy", tmp_path / "o.zarr", (1, 1, 1), chunks=(7, 30, 40))
         ran = c.run(lambda dask_worker: sorted({str(k[0]) for k in dask_worker.data}

@@ -193,3 +193,15 @@ def test_a_study_quantifies_each_phase_into_its_own_rows(volume3, tmp_path):
         plan_regression(rows, features=["D", "tau"])
     plan = plan_regression(rows, features=["D", "tau"], phase="YSZ")
     assert plan.phase == "YSZ" and list(plan.train["conductivity"]) == [4.0, 5.0, 6.0, 7.0]
+
+
+def test_the_pore_phase_sees_the_solids_interface_from_the_other_side(labels3):
+    """The curvature of phase 0 against that of its complement: the normal reversed,
+    so M changes sign and G does not (both principal curvatures change sign)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pore = pv.quantify(labels3, phase=0, features=["curvature", "surface"])
+        rest = pv.quantify(labels3, phase="1+2", features=["curvature", "surface"])
+    assert pore["mean_curvature_mean"] == pytest.approx(-rest["mean_curvature_mean"], rel=1e-9)
+    assert pore["gaussian_curvature_mean"] == pytest.approx(rest["gaussian_curvature_mean"], rel=1e-9)
+    assert pore["specific_surface_area"] == pytest.approx(rest["specific_surface_area"], rel=1e-12)

@@ -288,7 +288,7 @@ def test_table_from_csv_and_parquet(tmp_path):
 
 
 def test_the_demo_twin_table_2():
-    """The README's Table-2 analog, from the demo twin's stored feature table (21
+    """The Table-2 analog of docs/models.md, from the demo twin's stored feature table (21
     volumes, U-Net Hybrid labels and truth, as `make demo` wrote it)."""
     from pathlib import Path
 
@@ -304,7 +304,7 @@ def test_the_demo_twin_table_2():
     # raw-only model ranks 16th
     ahead = result["engineered_ahead"]
     assert ahead["top_with_engineered"] == 10 and ahead["best_raw"]["rank"] == 16
-    # the paper's own models do not carry over to the twin (see the README)
+    # the paper's own models do not carry over to the twin (see docs/models.md)
     assert result["paper_models"]["Q"]["loocv_r2"] < 0
     assert result["physics"]["loocv_r2"] == pytest.approx(0.9956, abs=1e-4)
     truth = pv.regress(table, labels="truth", drop_nan=True)

@@ -19,7 +19,7 @@ input, and the head reads a full-resolution stem convolution (3×3, BN, ReLU) of
 input beside the last up block. Without them, the stride-2 entry and the stride-16
 bottleneck lose the 2–4 px struts and shine-through rims of FIB-SEM copper: on the
 demo twin a skip-less network trained on the hybrid annotation scored 0.805 against
-the truth, one with skips 0.902, the annotation 0.910 (README). ``skips=False`` is
+the truth, one with skips 0.902, the annotation 0.910 (docs/models.md). ``skips=False`` is
 Chollet's network exactly. A separable convolution is a depthwise 3×3 convolution
 (``groups = in``, no bias) followed by a pointwise 1×1 one.
 
@@ -103,7 +103,7 @@ class UNetConfig:
         head sees a full-resolution stem convolution of the input beside the last
         up block. Chollet's network has none (``skips=False``); without them the
         stride-2 entry and the stride-16 bottleneck lose the 2–4 px struts and
-        shine-through rims of FIB-SEM copper (measured on the twin: see the README).
+        shine-through rims of FIB-SEM copper (measured on the twin: see docs/models.md).
     """
 
     in_channels: int = 1

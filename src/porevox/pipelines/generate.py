@@ -55,10 +55,10 @@ PRESETS = {
 
 
 #: The default classifier-free guidance weight of sampling (1: none; on the demo twin
-#: 1.5 biased the low-density HPB classes lower still, see the README).
+#: 1.5 biased the low-density HPB classes lower still, see docs/generation.md).
 GUIDANCE = 1.0
 #: The default η of DDIM sampling (1: fresh noise at every step, as the DDPM's own
-#: sampler; η = 0, deterministic, drew speckled boundaries on the twin, see the README).
+#: sampler; η = 0, deterministic, drew speckled boundaries on the twin, see docs/generation.md).
 ETA = 1.0
 
 
