@@ -387,7 +387,7 @@ def test_fiberform_threshold_as_a_user_would(tmp_path):
     assert out["written"] == ["labels/threshold"] and out["thresholds"]["fixed"] == 90
     import zarr
 
-    labels = zarr.open_array(str(vol / "labels" / "threshold"))[:]
+    labels = zarr.open_array(str(vol / "labels" / "threshold" / "0"))[:]    # level 0 of the label image
     assert labels.mean() == pytest.approx(0.16714, abs=5e-6)
     np.testing.assert_array_equal(labels, np.load(folder / "fiberform_solid_ge90.npy"))
     for args, message in ((["--method", "threshold"], "needs --threshold"),
@@ -419,9 +419,12 @@ def test_a_users_segmentation_joins_the_volume(tmp_path):
                                                          "1": {"name": "fibre", "voxels": 167140}}
     import zarr
 
-    arr = zarr.open_array(str(vol / "labels" / "puma"))
+    arr = zarr.open_array(str(vol / "labels" / "puma" / "0"))     # level 0 of the label image
     np.testing.assert_array_equal(arr[:], np.load(seg))
     assert arr.attrs["phases"]["1"]["name"] == "fibre"
+    props = zarr.open_group(str(vol / "labels" / "puma")).attrs["ome"]["image-label"]["properties"]
+    assert props == [{"label-value": 0, "name": "pore", "voxels": 832860},
+                     {"label-value": 1, "name": "fibre", "voxels": 167140}]
     info = json.loads(run("info", vol, "--json").stdout)
     assert "puma" in info["labels"] and "ingest:labels/puma" in info["provenance"]
     again = run(*FAST, "ingest", seg, "--labels", "puma", "--into", vol, "--phase-names", "0=pore,1=fibre",
@@ -436,7 +439,7 @@ def test_a_users_segmentation_joins_the_volume(tmp_path):
             ([seg, "--labels", "otsu", "--into", vol], "porevox replaces only what it wrote itself"),
             ([seg, "--labels", "x", "--into", vol, "--voxel-size", "1", "1", "1"], "differs from"),
             ([seg, "--labels", "x", "--into", vol, "--phase-names", "0=pore,0=again"], "each value once"),
-            ([seg, "--labels", "x"], "give it with --into VOLUME")):
+            ([seg, "--labels", "x"], "--into VOLUME) or into a new volume of label images only")):
         r = run("ingest", *args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
@@ -471,3 +474,46 @@ def test_fiberform_pore_phase_beside_pumas_published_values(tmp_path):
     r = run("quantify", vol, "--labels", "puma", "--phase", "binder")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "0 = pore, 1 = fibre" in lines[0], r.stderr
+
+
+def test_a_segmentation_alone_is_a_volume(tmp_path):
+    """PuMA's FiberForm segmentation without its CT: a new volume of label images only,
+    whose pore phase gives the same D_eff/D_0 as with the image beside it; its label
+    image is an OME-Zarr label image (validated); a stage that needs the gray image is
+    a one-line error, exit 2; a rerun does nothing."""
+    import zarr
+    from ome_zarr_models.v05.image_label import ImageLabel
+    from ome_zarr_models.v05.labels import Labels
+
+    from tests.conftest import real_data
+
+    seg = real_data("fiberform") / "fiberform_solid_ge90.npy"
+    vol = tmp_path / "seg.zarr"
+    r = run(*FAST, "ingest", seg, vol, "--labels", "puma", "--voxel-size", "1.3", "1.3", "1.3",
+            "--phase-names", "0=pore,1=fibre", "--chunks", "40", "64", "50", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["phases"]["0"] == {"name": "pore", "voxels": 832860}
+    info = json.loads(run("info", vol, "--json").stdout)
+    assert info["image"] is False and info["shape"] == [100, 100, 100] and info["chunks"] == [40, 64, 50]
+    root = zarr.open_group(str(vol), mode="r")
+    assert Labels.from_zarr(root["labels"]).label_paths == ["puma"]
+    label = ImageLabel.from_zarr(root["labels/puma"])
+    assert label.attributes.ome.image_label.source is None      # no image to point at
+    np.testing.assert_array_equal(root["labels/puma/0"][:], np.load(seg))
+    r = run(*FAST, "quantify", vol, "--labels", "puma", "--phase", "pore", "--conductivity", "--axis", "x",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["relative_density"] == pytest.approx(0.83286, abs=1e-12)
+    assert out["relative_conductivity"] == pytest.approx(0.6341499, rel=5e-4)
+    for args in (["segment", vol], ["preprocess", vol]):
+        r = run(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert "holds label images only (puma)" in lines[0]
+    again = run(*FAST, "ingest", seg, vol, "--labels", "puma", "--voxel-size", "1.3", "1.3", "1.3",
+                "--phase-names", "0=pore,1=fibre", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["ingested"] is False
+    r = run("ingest", seg, tmp_path / "new.zarr", "--labels", "puma")
+    assert r.returncode == 2 and "give its --voxel-size Z Y X" in r.stderr
+    assert not (tmp_path / "new.zarr").exists()

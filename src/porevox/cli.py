@@ -153,8 +153,8 @@ def _parse_meta(items: list[str]) -> dict:
 
 def _print_summary(s: dict) -> None:
     typer.echo(f"{s['path']}")
-    typer.echo(f"  shape      {tuple(s['shape'])} (z, y, x)  {s['dtype']}  "
-               f"{s['nbytes'] / 1e6:.1f} MB")
+    typer.echo(f"  shape      {tuple(s['shape'])} (z, y, x)  " + (
+        f"{s['dtype']}  {s['nbytes'] / 1e6:.1f} MB" if s.get("image", True) else "label images only"))
     typer.echo(f"  chunks     {tuple(s['chunks'])}")
     typer.echo(f"  voxel size {tuple(s['voxel_size'])} {s['unit']}")
     typer.echo(f"  sample     {s['sample'] or '-'}")
@@ -216,14 +216,15 @@ def ingest(
     src: Path = typer.Argument(
         ..., help="Multi-page TIFF, folder of TIFF slices, .npy, raw file or Zarr array."),
     out: Path | None = typer.Argument(
-        None, help="The volume to write (a new .zarr folder); with --labels, give --into instead."),
+        None, help="The volume to write (a new .zarr folder); with --labels, a new volume of label "
+                   "images only (or give --into to join a volume)."),
     voxel_size: tuple[float, float, float] | None = typer.Option(
         None, "--voxel-size", help="Voxel size along z y x (the slice pitch first); with --labels, "
                                    "checked against the volume's."),
     labels: str | None = typer.Option(
         None, "--labels", help="SRC is a segmentation (uint8/uint16 values): write it as labels/NAME "
-                               "of the volume given by --into."),
-    into: Path | None = typer.Option(None, "--into", help="With --labels: the volume it joins."),
+                               "of the volume given by --into, or of a new volume OUT."),
+    into: Path | None = typer.Option(None, "--into", help="With --labels: the volume of its image."),
     phase_names: str | None = typer.Option(
         None, "--phase-names", help="With --labels: value=name pairs, e.g. 0=pore,1=LSM,2=YSZ."),
     unit: str = typer.Option("micrometer", "--unit", help="Unit of the voxel size."),
@@ -248,12 +249,13 @@ def ingest(
     from .pipelines import ingest_labels, ingest_volume, plan_ingest, plan_label_ingest
 
     if labels is not None:
-        if into is None or out is not None:
-            raise InvalidVolumeError("--labels writes into an existing volume: give it with --into VOLUME "
-                                     "(and no OUT); ingest the volume's image first")
-        label_plan = plan_label_ingest(src, into, labels, voxel_size=voxel_size, phase_names=phase_names,
-                                       kind=kind, shape=shape, dtype=dtype, offset=offset,
-                                       byte_order=byte_order)
+        if (into is None) == (out is None):
+            raise InvalidVolumeError("--labels writes into the volume of its image (--into VOLUME) or into a "
+                                     "new volume of label images only (OUT with --voxel-size): give one")
+        label_plan = plan_label_ingest(src, into or out, labels, voxel_size=voxel_size,
+                                       phase_names=phase_names, kind=kind, shape=shape, dtype=dtype,
+                                       offset=offset, byte_order=byte_order, new=out is not None,
+                                       unit=unit, chunks=chunks, sample=_parse_meta(meta))
         with _session(ctx):
             result = ingest_labels(label_plan)
         _emit(result, as_json, lambda r: typer.echo(
@@ -581,11 +583,13 @@ def preprocess(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Destripe and shading-correct the image into the volume's `preprocessed` array."""
+    from .engine import open_volume
     from .pipelines import preprocess_volume, volume_info
     from .pipelines.preprocess import resolve_params
     from .pipelines.volumes import tidy_volume
 
     resolve_params(volume_info(volume)["shape"], destripe=destripe, shading=shading)
+    open_volume(volume, mode="r").array("image")   # a volume of label images only: one line, here
     tidy_volume(volume)
     with _session(ctx):
         r = preprocess_volume(volume, destripe=destripe, shading=shading, force=force)

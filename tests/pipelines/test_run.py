@@ -326,3 +326,63 @@ def test_run_ingests_a_source_with_its_box(client, tmp_path):
     np.testing.assert_array_equal(vol.array("labels/otsu")[:], vol.image[:] > threshold_otsu(vol.image[:]))
     again = run_study(tmp_path / "study.yaml")
     assert again["ran"] == 0
+
+
+def test_run_ingests_a_users_segmentation_and_quantifies_its_phases(client, tmp_path):
+    """A sample naming its stack and the lab's own three-phase segmentation (with phase
+    names and the stack's `box`), and a sample of a segmentation alone (a volume of
+    label images only): the run ingests them, quantifies two phases by name into
+    their own rows of features.csv, equal to the features of the binary images of
+    those phases, and writes the report; a label name a stage of the study writes is
+    refused up front."""
+    import pandas as pd
+
+    import porevox as pv
+    from porevox.pipelines.run import run_study
+    from porevox.pipelines.studyfile import load_study
+    from tests.pipelines.test_phases import three_phases
+
+    labels = three_phases((20, 40, 44))
+    np.save(tmp_path / "scan.npy", (labels * 70 + 20).astype(np.uint8))
+    np.save(tmp_path / "seg.npy", labels)
+    alone = three_phases((18, 30, 32), seed=5)
+    np.save(tmp_path / "alone.npy", alone)
+    box = [[2, 18], [3, 40], [0, 41]]
+    avizo = {"source": "seg.npy", "phase_names": "0=pore,1=LSM,2=YSZ"}
+    doc = {"voxel_size": [0.5, 0.4, 0.4],
+           "samples": [{"id": "cathode", "path": "cathode.zarr", "source": "scan.npy", "box": box,
+                        "labels": {"avizo": avizo}},
+                       {"id": "alone", "path": "alone.zarr",
+                        "labels": {"avizo": {**avizo, "source": "alone.npy"}}}],
+           "stages": {"preprocess": False, "segment": False, "unet": False, "score": False,
+                      "quantify": {"labels": ["avizo"], "phase": ["pore", "LSM+YSZ"], "conductivity": True},
+                      "regress": False}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(doc))
+    record = run_study(tmp_path / "study.yaml")
+    assert sorted(s["step"] for s in record["steps"]) == sorted(
+        ["ingest", "labels-avizo", "labels-avizo", "quantify-avizo", "quantify-avizo", "features"])
+    crop = labels[2:18, 3:40, 0:41]
+    vol = open_volume(tmp_path / "cathode.zarr", mode="r")
+    np.testing.assert_array_equal(vol.array("labels/avizo")[:], crop)
+    only = open_volume(tmp_path / "alone.zarr", mode="r")
+    assert not only.has_image and only.voxel_size == (0.5, 0.4, 0.4) and only.sample["id"] == "alone"
+    table = pd.read_csv(tmp_path / "features.csv")
+    assert list(zip(table["id"], table["phase"])) == [("cathode", "pore"), ("alone", "pore"),
+                                                      ("cathode", "LSM+YSZ"), ("alone", "LSM+YSZ")]
+    for (_, row), (image, values) in zip(table.iterrows(), ((crop, (0,)), (alone, (0,)), (crop, (1, 2)),
+                                                            (alone, (1, 2)))):
+        ref = pv.quantify(np.isin(image, values).astype(np.uint8), voxel_size=(0.5, 0.4, 0.4))
+        for key in ("relative_density", "specific_surface_area", "strut_diameter_mean", "tortuosity"):
+            assert row[key] == pytest.approx(ref[key], rel=1e-9), key
+    assert (tmp_path / "report.html").is_file()
+    cond = pd.read_csv(tmp_path / "conductivity.csv")
+    assert sorted(zip(cond["id"], cond["phase"])) == sorted(zip(table["id"], table["phase"]))
+    row = cond[(cond["id"] == "alone") & (cond["phase"] == "pore")].iloc[0]
+    ref = pv.conductivity((alone == 0).astype(np.uint8), voxel_size=(0.5, 0.4, 0.4), axis="y")
+    assert row["relative_conductivity"] == pytest.approx(ref["relative_conductivity"], rel=1e-12)
+    assert run_study(tmp_path / "study.yaml")["ran"] == 0
+    doc["stages"]["segment"] = {"methods": ["otsu"]}
+    doc["samples"][0]["labels"] = {"otsu": "seg.npy"}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(Exception, match=r"samples\[0\]\.labels\.otsu: labels/otsu is what a porevox stage"):
+        load_study(tmp_path / "study.yaml")

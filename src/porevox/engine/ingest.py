@@ -22,11 +22,13 @@ import numpy as np
 from ..errors import InvalidVolumeError, OutputError
 from . import provenance
 from .cluster import chunk_bytes_budget, compute
+from .ome import describe_label, label_counts, write_image_pyramid
 from .outputs import check_output, is_volume
 from .phases import PHASES
 from .reductions import histogram
 from .sources import Source, open_source
 from .storage import (
+    LABEL_DTYPES,
     Volume,
     building,
     check_chunks,
@@ -196,17 +198,20 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
         else:
             compute(da.store(data, volume.image, lock=False, compute=False))
             extra = {}
+        missing = volume.missing
+        write_image_pyramid(volume, fill=missing["fill"] if missing else None)
         provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
                                 source=str(Path(source.path).absolute()), chunks=list(chunks), **extra)
     return open_volume(out), True
 
 
-LABEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
 @dataclass(frozen=True)
 class LabelPlan:
-    """A validated ingest of a user's segmentation into an existing volume."""
+    """A validated ingest of a user's segmentation into an existing volume, or into a
+    new volume of label images only (`create`: its shape, voxel size, unit, chunks and
+    sample)."""
 
     source: Source
     volume: Path
@@ -214,6 +219,8 @@ class LabelPlan:
     names: dict                     # phase value -> name, as given
     params: dict
     inputs: dict
+    box: tuple[tuple[int, int], ...] | None = None   # the VOI of the stack, as its image's
+    create: dict | None = None
 
 
 def parse_phase_names(text: str | Mapping | None) -> dict[int, str]:
@@ -239,66 +246,97 @@ def parse_phase_names(text: str | Mapping | None) -> dict[int, str]:
 def plan_label_ingest(src: str | os.PathLike, volume: str | os.PathLike, name: str, *,
                       voxel_size: Sequence[float] | None = None, phase_names=None, kind: str | None = None,
                       shape: Sequence[int] | None = None, dtype: Any = None, offset: int = 0,
-                      byte_order: str = "little") -> LabelPlan:
+                      byte_order: str = "little", box: Sequence[Sequence[int]] | None = None,
+                      new: bool = False, unit: str = "micrometer", chunks: Sequence[int] | None = None,
+                      sample: Mapping[str, Any] | None = None) -> LabelPlan:
     """Check a segmentation's ingest into `volume` as ``labels/<name>`` before any work:
-    the stack (uint8 or uint16 values), its shape against the volume's, the voxel size
-    where given, the name, and that ``labels/<name>`` is absent or this ingest's own.
-    Raises a one-line error naming the fix."""
+    the stack (uint8 or uint16 values), its shape (or that of its `box`, the VOI its
+    image was cropped to) against the volume's, the voxel size where given, the name,
+    and that ``labels/<name>`` is absent or this ingest's own. With `new`, a `volume`
+    that is not there yet becomes a volume of label images only (`voxel_size` needed;
+    `unit`, `chunks`, `sample` as for an image). Raises a one-line error naming the fix."""
     from .storage import LABELS
 
-    target = open_volume(volume, mode="r")
     source = open_source(src, kind=kind, shape=shape, dtype=dtype, offset=offset, byte_order=byte_order)
     if np.dtype(source.dtype) not in LABEL_DTYPES:
         raise InvalidVolumeError(f"{source.path}: a segmentation must hold uint8 or uint16 label values; "
                                  f"got {np.dtype(source.dtype)}: cast it to integers first")
-    if tuple(source.shape) != tuple(target.image.shape):
-        raise InvalidVolumeError(f"{source.path} has shape {tuple(source.shape)} but {target.path.name} "
-                                 f"has {tuple(target.image.shape)}; a segmentation must match its volume "
-                                 "voxel for voxel")
+    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+        raise InvalidVolumeError(f"--labels must be letters, digits, '.', '_' or '-' (not starting with "
+                                 f"'.'); got {name!r}")
+    box = check_box(box, source.shape) if box is not None else None
+    shape = tuple(b - a for a, b in box) if box else tuple(source.shape)
+    names = parse_phase_names(phase_names)
+    params = {"kind": source.kind, "offset": source.offset, "byte_order": source.byte_order,
+              "phase_names": {str(k): v for k, v in sorted(names.items())},
+              **({"box": [list(b) for b in box]} if box else {})}
+    inputs = {"source": provenance.fingerprint_files(source.fingerprint_paths())}
+    if new and not is_volume(volume):
+        out = check_output(volume, inputs=[source.path], what="volume", fix="give a new .zarr path")
+        if voxel_size is None:
+            raise InvalidVolumeError(f"{out} is a new volume of label images: give its --voxel-size Z Y X")
+        create = {"shape": shape, "voxel_size": check_voxel_size(voxel_size), "unit": check_unit(unit),
+                  "chunks": check_chunks(chunks, shape) if chunks is not None else
+                  choose_chunks(shape, source.dtype, chunk_bytes_budget()), "sample": dict(sample or {})}
+        return LabelPlan(source, out, name, names, params, inputs, box, create)
+    target = open_volume(volume, mode="r")
+    if shape != target.shape:
+        raise InvalidVolumeError(f"{source.path} has shape {shape}{' in its box' if box else ''} but "
+                                 f"{target.path.name} has {target.shape}; a segmentation must "
+                                 "match its volume voxel for voxel")
     if voxel_size is not None:
         given = check_voxel_size(voxel_size)
         if not np.allclose(given, target.voxel_size, rtol=1e-6, atol=0):
             raise InvalidVolumeError(f"--voxel-size {tuple(given)} differs from {target.path.name}'s "
                                      f"{tuple(target.voxel_size)}; a segmentation must match its volume")
-    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
-        raise InvalidVolumeError(f"--labels must be letters, digits, '.', '_' or '-' (not starting with "
-                                 f"'.'); got {name!r}")
     stage = f"{STAGE}:{LABELS}/{name}"
     if name in target.labels and stage not in target.provenance:
         by = ", ".join(provenance.writers(target, f"{LABELS}/{name}")) or "something other than porevox"
         raise OutputError(f"{target.path}: labels/{name} exists and was written by {by}; porevox replaces "
                           "only what it wrote itself: choose another --labels name")
-    names = parse_phase_names(phase_names)
-    params = {"kind": source.kind, "offset": source.offset, "byte_order": source.byte_order,
-              "phase_names": {str(k): v for k, v in sorted(names.items())}}
-    inputs = {"source": provenance.fingerprint_files(source.fingerprint_paths())}
-    return LabelPlan(source, target.path, name, names, params, inputs)
+    return LabelPlan(source, target.path, name, names, params, inputs, box)
 
 
 def run_label_ingest(plan: LabelPlan) -> tuple[Volume, bool, dict]:
     """Carry out a planned segmentation ingest: ``labels/<name>`` written blockwise in
     the volume's chunks (published when complete), its values counted, and the phases
-    (value, name, voxels) recorded on the array. Returns the volume, whether work was
-    done, and the phases."""
+    (value, name, voxels) recorded on the array; a new volume of label images only is
+    built beside its path and moved into place once complete. Returns the volume,
+    whether work was done, and the phases."""
+    if plan.create is None:
+        return _write_labels(plan.volume, plan)
+    c = plan.create
+    with building(plan.volume) as tmp:
+        create_volume(tmp, c["shape"], None, c["voxel_size"], unit=c["unit"], sample=c["sample"],
+                      chunks=c["chunks"], name=plan.volume.name.removesuffix(".zarr"), image=False)
+        _, did, phases = _write_labels(tmp, plan)
+    return open_volume(plan.volume), did, phases
+
+
+def _write_labels(path: Path, plan: LabelPlan) -> tuple[Volume, bool, dict]:
     from .blockwise import store
     from .storage import LABELS
 
-    volume = open_volume(plan.volume)
+    volume = open_volume(path)
     key = f"{LABELS}/{plan.name}"
-    data = source_to_dask(plan.source, tuple(volume.image.chunks))
+    chunks = volume.chunks
+    data = source_to_dask(plan.source, chunks)
+    if plan.box is not None:   # whole chunks of the VOI read, one output chunk per task
+        data = data[tuple(slice(a, b) for a, b in plan.box)].rechunk(chunks)
     result = store(volume, key, data, stage=f"{STAGE}:{key}", params=plan.params, inputs=plan.inputs)
-    arr = volume.group[key]
-    phases = arr.attrs.get(PHASES)
+    phases = volume.array(key).attrs.get(PHASES)
     if result.skipped and phases is not None:
         return volume, False, phases
-    counts, _ = histogram(volume.to_dask(key))     # every value's count
-    present = {int(v): int(c) for v, c in enumerate(counts) if c}
+    present = label_counts(volume, plan.name)       # counted as its levels were written
+    if present is None:
+        counts, _ = histogram(volume.to_dask(key))
+        present = {int(v): int(c) for v, c in enumerate(counts) if c}
     unknown = sorted(set(plan.names) - set(present))
     if unknown:
         logger.warning("labels/%s: --phase-names names values not in the segmentation: %s", plan.name,
                        ", ".join(map(str, unknown)))
     phases = {str(v): {"name": plan.names.get(v, f"phase {v}"), "voxels": n} for v, n in present.items()}
-    arr.attrs[PHASES] = phases
+    describe_label(volume, plan.name, phases)
     logger.info("labels/%s of %s: %s", plan.name, volume.path.name,
                 ", ".join(f"{v} = {p['name']} ({p['voxels']:,} voxels)" for v, p in phases.items()))
     return volume, True, phases

@@ -8,6 +8,7 @@ any worker reads just the block it writes and nothing holds the whole stack.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -291,11 +292,20 @@ def _bad_ndim(path: Path, shape) -> None:
 
 
 def _open_zarr(path: Path) -> Source:
+    """A Zarr array, or an OME-Zarr multiscale group (an OME-Zarr image, a porevox
+    volume or one of its label images) read at its full-resolution level."""
     import zarr
 
     try:
         arr = zarr.open_array(str(path), mode="r")
     except Exception as err:
+        try:
+            meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+            level0 = meta["attributes"]["ome"]["multiscales"][0]["datasets"][0]["path"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            level0 = None
+        if isinstance(level0, str) and (path / level0 / "zarr.json").is_file():
+            return _open_zarr(path / level0)
         raise InvalidVolumeError(
             f"{path} is not a Zarr array ({type(err).__name__}); for a group, pass the "
             f"path of its array, e.g. {path}/image"

@@ -1,11 +1,17 @@
 """Volumes on disk: one Zarr v3 group per tomogram, OME-Zarr 0.5 metadata.
 
-Layout (DESIGN.md)::
+Layout (DESIGN.md; docs/ome-zarr.md)::
 
-    sample.zarr/        attrs: "ome" (OME-Zarr 0.5 multiscales over ``image``) and
-                        "porevox" (voxel_size, unit, sample, provenance)
+    sample.zarr/        attrs: "ome" (OME-Zarr 0.5 multiscales over ``image`` and its
+                        lower levels) and "porevox" (voxel_size, unit, sample, provenance)
       image             raw gray values, uint8 / uint16 / float
-      labels/<name>     uint8 label images
+      levels/<k>        the image's lower levels (:mod:`porevox.engine.ome`)
+      labels/           attrs: "ome" {"labels": [...]}
+        <name>/         a uint8 / uint16 label image: an OME-Zarr multiscale group with
+          0, 1, ...     "image-label" metadata; ``Volume.array("labels/<name>")`` is level 0
+
+Volumes of older porevox hold a label image as a plain array ``labels/<name>``: it
+reads as level 0 of no pyramid, and the next write of that label converts it.
 
 Arrays are published atomically: they are written under a hidden temporary name
 inside the group and renamed into place only once complete (:func:`publish_array`),
@@ -41,7 +47,15 @@ AXES = ("z", "y", "x")
 SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"), np.dtype("float64"))
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 LABELS = "labels"
+#: Dtypes of label images: these are written as OME-Zarr label images (other arrays
+#: under ``labels/`` stay plain arrays).
+LABEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+#: The path of a label image's full-resolution level inside its group.
+LEVEL0 = "0"
 TMP_PREFIX = ".tmp-"
+#: The ``porevox`` attribute of a volume that holds label images but no gray image
+#: (a segmentation ingested on its own): {"shape", "chunks"} of its label images.
+LABELS_ONLY = "labels_only"
 #: Array attribute of arrays porevox writes with every chunk stored (zarr otherwise
 #: skips chunks equal to the fill value): in those, a chunk file that is not there
 #: is missing, not empty.
@@ -126,25 +140,41 @@ def check_chunks(chunks: Any, shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------- metadata
-def ome_metadata(voxel_size: Sequence[float], unit: str, name: str) -> dict:
-    """The OME-Zarr 0.5 ``ome`` attribute block for the root group."""
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": a, "type": "space", "unit": unit} for a in AXES],
-                "datasets": [
-                    {
-                        "path": "image",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [float(v) for v in voxel_size]}
-                        ],
-                    }
-                ],
-            }
-        ],
-    }
+def ome_metadata(voxel_size: Sequence[float], unit: str, name: str,
+                 steps: Sequence[Sequence[int]] = ()) -> dict:
+    """The OME-Zarr 0.5 ``ome`` attribute block for the root group: ``image`` and the
+    lower levels `steps` make (:func:`porevox.engine.ome.image_ome`)."""
+    from .ome import image_ome
+
+    return image_ome(name, voxel_size, unit, steps)
+
+
+def label_name(name: str) -> str | None:
+    """``"otsu"`` for ``"labels/otsu"``; None for a path that is not a label image's."""
+    parent, _, leaf = name.rpartition("/")
+    return leaf if parent == LABELS and leaf and not leaf.startswith(TMP_PREFIX) else None
+
+
+def label_home(arr: Any) -> tuple[Volume, str] | None:
+    """(volume, label name) where `arr` (a Zarr array or :class:`CheckedArray`) is the
+    full-resolution level of a volume's label image on the local file system (either
+    layout), else None."""
+    arr = arr.arr if isinstance(arr, CheckedArray) else arr
+    if not isinstance(arr, zarr.Array) or not isinstance(arr.store, zarr.storage.LocalStore):
+        return None
+    path = arr.path
+    if path.endswith(f"/{LEVEL0}") and label_name(path.removesuffix(f"/{LEVEL0}")):
+        path = path.removesuffix(f"/{LEVEL0}")
+    name = label_name(path)
+    if name is None:
+        return None
+    try:
+        volume = open_volume(arr.store.root, mode="r")
+        if volume.array(f"{LABELS}/{name}").path != arr.path:
+            return None
+    except Exception:     # not a porevox volume
+        return None
+    return volume, name
 
 
 class Volume:
@@ -195,22 +225,49 @@ class Volume:
 
     # -- arrays --------------------------------------------------------------------
     @property
+    def has_image(self) -> bool:
+        """False for a volume of label images only."""
+        return LABELS_ONLY not in self.meta
+
+    @property
     def image(self) -> zarr.Array:
         return self.array("image")
 
     @property
+    def shape(self) -> tuple[int, int, int]:
+        """The volume's shape: its image's, or its label images' where it has no image."""
+        if not self.has_image:
+            return tuple(int(n) for n in self.meta[LABELS_ONLY]["shape"])
+        return tuple(self.image.shape)
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        """The storage chunks of its image (or, without one, of its label images)."""
+        if not self.has_image:
+            return tuple(int(n) for n in self.meta[LABELS_ONLY]["chunks"])
+        return tuple(self.image.chunks)
+
+    @property
     def labels(self) -> list[str]:
-        """Names of the published label images."""
-        if LABELS not in self.group:
+        """Names of the published label images (either layout; not temporary ones)."""
+        folder = self.path / LABELS
+        if not folder.is_dir():
             return []
-        return sorted(
-            k for k in self.group[LABELS].array_keys() if not k.startswith(TMP_PREFIX)
-        )
+        return sorted(p.name for p in folder.iterdir()
+                      if not p.name.startswith(TMP_PREFIX) and (p / "zarr.json").is_file())
 
     def array(self, name: str) -> zarr.Array:
-        """An array by its path in the group: ``"image"`` or ``"labels/otsu"``."""
+        """An array by its path in the group: ``"image"`` or ``"labels/otsu"`` (a label
+        image's full-resolution level, ``labels/otsu/0``, in OME-Zarr layout)."""
+        if name == "image" and not self.has_image:
+            raise InvalidVolumeError(
+                f"{self.path} holds label images only ({', '.join(self.labels) or 'none yet'}), no gray "
+                "image, and this needs the image: ingest the tomogram with `porevox ingest IMAGE NEW.zarr "
+                "--voxel-size Z Y X`, then its segmentation with `--labels NAME --into NEW.zarr`")
         try:
             node = self.group[name]
+            if isinstance(node, zarr.Group) and "multiscales" in node.attrs.get("ome", {}):
+                node = node[node.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]]
         except KeyError:
             raise InvalidVolumeError(
                 f"{self.path} has no array {name!r}; it has "
@@ -246,17 +303,18 @@ class Volume:
         return CheckedArray(self.array(name), self.path.name.removesuffix(".zarr"), name)
 
     def summary(self) -> dict:
-        img = self.image
+        img = self.image if self.has_image else None
         labels = {}
         for name in self.labels:
-            arr = self.group[f"{LABELS}/{name}"]
+            arr = self.array(f"{LABELS}/{name}")
             labels[name] = {"dtype": str(arr.dtype), "chunks": list(arr.chunks)}
         return {
             "path": str(self.path),
-            "shape": list(img.shape),
-            "dtype": str(img.dtype),
-            "chunks": list(img.chunks),
-            "nbytes": int(img.nbytes),
+            "shape": list(self.shape),
+            "dtype": str(img.dtype) if img is not None else None,
+            "chunks": list(self.chunks),
+            "nbytes": int(img.nbytes) if img is not None else 0,
+            "image": img is not None,
             "voxel_size": list(self.voxel_size),
             "unit": self.unit,
             "sample": self.sample,
@@ -267,9 +325,9 @@ class Volume:
         }
 
     def __repr__(self) -> str:
-        img = self.image
+        dtype = self.image.dtype if self.has_image else None
         return (
-            f"Volume({str(self.path)!r}, shape={img.shape}, dtype={img.dtype}, "
+            f"Volume({str(self.path)!r}, shape={self.shape}, dtype={dtype}, "
             f"voxel_size={self.voxel_size}, labels={self.labels})"
         )
 
@@ -295,11 +353,13 @@ def create_volume(
     sample: Mapping[str, Any] | None = None,
     chunks: Sequence[int] | None = None,
     name: str | None = None,
+    image: bool = True,
 ) -> Volume:
-    """Create an empty volume (the ``image`` array unwritten) at a new `path`."""
+    """Create an empty volume (the ``image`` array unwritten) at a new `path`; with
+    ``image=False``, a volume for label images of `shape` only (`dtype` unused)."""
     path = Path(path)
     shape = check_shape(shape)
-    dtype = check_dtype(dtype)
+    dtype = check_dtype(dtype) if image else np.dtype(np.uint8)
     voxel_size = check_voxel_size(voxel_size)
     unit = check_unit(unit)
     chunks = choose_chunks(shape, dtype) if chunks is None else check_chunks(chunks, shape)
@@ -311,18 +371,22 @@ def create_volume(
         mode="w-",
         zarr_format=3,
         attributes={
-            "ome": ome_metadata(voxel_size, unit, name),
+            "ome": ome_metadata(voxel_size, unit, name) if image else {"version": "0.5"},
             "porevox": {
                 "version": __version__,
                 "voxel_size": list(voxel_size),
                 "unit": unit,
                 "sample": dict(sample or {}),
                 "provenance": {},
+                **({} if image else {LABELS_ONLY: {"shape": list(shape), "chunks": list(chunks)}}),
             },
         },
     )
-    dense_array(group, "image", shape=shape, dtype=dtype, chunks=chunks)
-    group.require_group(LABELS)
+    if image:
+        dense_array(group, "image", shape=shape, dtype=dtype, chunks=chunks)
+    from .ome import labels_ome
+
+    group.create_group(LABELS, attributes={"ome": labels_ome([])})
     return Volume(path, group)
 
 
@@ -344,9 +408,11 @@ def open_volume(path: str | os.PathLike | Volume, mode: str = "r+") -> Volume:
             + "); restore it from a backup, or create a volume with `porevox ingest`"
         ) from err
     meta = group.attrs.get("porevox")
-    if isinstance(meta, Mapping) and "voxel_size" in meta:
+    labels_only = isinstance(meta, Mapping) and LABELS_ONLY in meta
+    if isinstance(meta, Mapping) and "voxel_size" in meta and not labels_only:
         Volume(path, group).array("image")   # its metadata readable, or a one-line error
-    if not isinstance(meta, Mapping) or "voxel_size" not in meta or "image" not in group:
+    if not isinstance(meta, Mapping) or "voxel_size" not in meta or (
+            "image" not in group and not labels_only):
         raise InvalidVolumeError(
             f"{path} is a Zarr group but not a porevox volume (no 'porevox' attributes or "
             "no 'image' array); ingest the data with `porevox ingest`"
@@ -487,9 +553,14 @@ def tmp_array(
     """Create a fresh array under a hidden temporary name beside `name`.
 
     Returns the array and its temporary path; :func:`publish_array` renames it to
-    `name` once it is completely written.
+    `name` once it is completely written. A label image (``labels/<name>``, uint8 or
+    uint16, 3-D) is a temporary OME-Zarr group: the array returned is its level 0.
     """
     tmp_name = _tmp_name(volume, name)
+    if label_name(name) and np.dtype(dtype) in LABEL_DTYPES and len(shape) == 3:
+        group = volume.group.create_group(tmp_name)
+        arr = dense_array(group, LEVEL0, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks))
+        return arr, tmp_name
     arr = dense_array(volume.group, tmp_name, shape=tuple(shape), dtype=np.dtype(dtype),
                       chunks=tuple(chunks),
                       dimension_names=(("c",) * (len(shape) - 3) + AXES)[-len(shape):])
@@ -510,17 +581,32 @@ def _tmp_name(volume: Volume, name: str) -> str:
     return f"{parent + '/' if parent else ''}{TMP_PREFIX}{leaf}-{uuid.uuid4().hex[:12]}"
 
 
-def publish_array(volume: Volume, tmp_name: str, name: str) -> zarr.Array:
-    """Atomically move a completely written temporary array (or group) to its final name."""
+def publish_array(volume: Volume, tmp_name: str, name: str) -> zarr.Array | zarr.Group:
+    """Atomically move a completely written temporary array (or group) to its final name.
+
+    A label image's temporary group (:func:`tmp_array`) first gets its lower levels
+    and OME-Zarr metadata (:func:`porevox.engine.ome.finish_labels`), and the
+    ``labels`` list names it just before the move, so that the stage's record follows
+    the move as closely as before (a run killed in between leaves the list one name
+    ahead; the next write of that label puts it right). Returns what was published
+    (for a label image, its level 0)."""
     src = volume.path / tmp_name
     dst = volume.path / name
+    leaf = label_name(name)
+    group = leaf is not None and (src / LEVEL0 / "zarr.json").is_file()
+    if leaf is not None:
+        from .ome import finish_labels, sync_labels
+
+        if group:
+            finish_labels(volume, {tmp_name: leaf})
+        sync_labels(volume, publishing={leaf: group})
     if dst.exists():
         # Move the old one aside first so the rename below is a single atomic step.
         trash = dst.with_name(f"{TMP_PREFIX}old-{dst.name}-{uuid.uuid4().hex[:8]}")
         os.rename(dst, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.rename(src, dst)
-    return volume.group[name]
+    return volume.array(name) if group else volume.group[name]
 
 
 @contextlib.contextmanager
@@ -599,6 +685,10 @@ def remove_stale_tmp(volume: Volume, name: str) -> list[str]:
     for stale in stale_names:
         shutil.rmtree(stale, ignore_errors=True)
         removed.append(stale.name)
+    if label_name(name) and (folder / "zarr.json").is_file():   # a killed publish's list
+        from .ome import sync_labels
+
+        sync_labels(volume)
     if removed:
         logger.info("removed unfinished outputs of killed stages: %s", ", ".join(removed))
     return removed

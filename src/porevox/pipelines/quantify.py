@@ -37,7 +37,6 @@ from typing import Any
 
 import dask
 import numpy as np
-import zarr
 
 from ..engine import Volume, as_dask, block_tasks, open_volume, provenance
 from ..engine import phases as _phases
@@ -53,7 +52,6 @@ from ..engine.cluster import (
 from ..engine.placement import WORKER_FRACTION, free_memory, resolve_source
 from ..engine.storage import (
     LABELS,
-    CheckedArray,
     discard,
     publish_array,
     remove_stale_tmp,
@@ -462,17 +460,11 @@ def task_budget() -> float:
 
 def _volume_home(source):
     """(volume, labels name) where `source` is a volume's label image on a local
-    store, else None."""
-    arr = source.arr if isinstance(source, CheckedArray) else source
-    if not isinstance(arr, zarr.Array) or not isinstance(arr.store, zarr.storage.LocalStore):
-        return None
-    parent, _, leaf = arr.path.rpartition("/")
-    if parent != LABELS:
-        return None
-    try:
-        return open_volume(arr.store.root), leaf
-    except Exception:     # not a porevox volume: keep the transform in memory
-        return None
+    store (its full-resolution level, in either layout), else None."""
+    from ..engine.storage import label_home
+
+    home = label_home(source)
+    return None if home is None else (open_volume(home[0].path), home[1])
 
 
 def _fits_one_task(need: int) -> tuple[bool, str]:

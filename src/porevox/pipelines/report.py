@@ -252,7 +252,7 @@ def overlay_figure(folder, samples: list, n: int = 6) -> bytes | None:
             logger.warning("report: no overlay for %s (%s)", s.get("id"), err)
             continue
         names = [k for k in OVERLAY_LABELS if k in vol.labels]
-        if names:
+        if names and vol.has_image:       # contours over the gray image; labels alone have none
             mid = vol.image.shape[0] // 2
             panels.append((s, vol.image[mid], {k: vol.array(f"{LABELS}/{k}")[mid] for k in names}))
     if not panels:

@@ -3,7 +3,8 @@ with a report.
 
 The study file (:mod:`.studyfile`) is validated before anything runs. The run is
 a graph of steps (:mod:`porevox.engine.steps`) ordered by their data, not by a
-fixed loop: each tomogram is ingested (where the study names a source),
+fixed loop: each tomogram is ingested (where the study names a source, with its own
+segmentations where it names them),
 preprocessed and segmented (Otsu, the hybrid annotation) as soon as it can be;
 the U-Nets train once the training tomograms' annotations exist, and each
 tomogram is segmented by them, scored against its truth where it has one and
@@ -62,6 +63,16 @@ def _ingest(sample, study: Study) -> dict:
                        sample={"id": sample.id, **sample.meta}, box=sample.box)
     summary = ingest_volume(plan)
     return {"ingested": summary["ingested"], "shape": summary.get("shape")}
+
+
+def _ingest_labels(sample, study: Study, name: str, source: Path, names: dict, new: bool) -> dict:
+    from .volumes import ingest_labels, plan_label_ingest
+
+    plan = plan_label_ingest(source, sample.path, name, phase_names=names, box=sample.box, new=new,
+                             voxel_size=sample.voxel_size if new else None, unit=study.unit,
+                             sample={"id": sample.id, **sample.meta})
+    r = ingest_labels(plan)
+    return {"ingested": r["ingested"], "phases": r["phases"]}
 
 
 def _preprocess(path: Path, params: dict) -> dict:
@@ -176,6 +187,15 @@ def plan_steps(study: Study) -> list[Step]:
             steps.append(Step("ingest", s.id, partial(_ingest, s, study), (),
                               {"source": str(s.source), "box": s.box, "voxel_size": s.voxel_size}))
             deps = [f"ingest/{s.id}"]
+        new = s.source is None and not s.path.exists()     # a volume of label images only
+        for i, (name, source, names) in enumerate(s.labels):
+            steps.append(Step(f"labels-{name}", s.id,
+                              partial(_ingest_labels, s, study, name, source, names, new and i == 0), deps,
+                              {"source": str(source), "phase_names": {str(k): v for k, v in names.items()},
+                               "box": s.box}))
+            produced[s.id][name] = f"labels-{name}/{s.id}"
+            if new:
+                deps = [f"labels-{name}/{s.id}"]    # the first creates the volume
         if _on(st, "preprocess"):
             steps.append(Step("preprocess", s.id, partial(_preprocess, s.path, dict(st["preprocess"])),
                               deps, dict(st["preprocess"])))
@@ -339,12 +359,15 @@ def _cluster_info(client) -> dict | None:
 
 
 def _conductivity_table(folder: Path, records: list[StepRecord]) -> Path | None:
-    rows = [{"id": r.tomogram, "labels": r.stage.removeprefix("quantify-"), **r.result}
+    """``conductivity.csv``: one row per tomogram, labels and phase solved; none (and
+    an earlier run's removed) where this study solves none."""
+    rows = [{"id": r.tomogram, "labels": r.stage.removeprefix("quantify-"), **part}
             for r in records if r.stage.startswith("quantify-") and r.result
-            and "relative_conductivity" in r.result]
-    if not rows:
-        return None
+            for part in r.result.get("phases", [r.result]) if "relative_conductivity" in part]
     path = folder / "conductivity.csv"
+    if not rows:
+        path.unlink(missing_ok=True)     # claimed by the run: porevox's own
+        return None
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -60,6 +60,7 @@ def source_name(volume: Volume, src: str | None = None) -> str:
     if src is None:
         src = "preprocessed" if "preprocessed" in volume.group else "image"
     if src not in volume.group:
+        volume.array(src)   # a volume of label images only has its own one-line error
         raise InvalidVolumeError(f"{volume.path} has no array {src!r}; use image or run preprocess first")
     return src
 

@@ -13,6 +13,9 @@ one; a hand-written one looks like::
                                           #   this file's folder (or absolute)
         source: raw/HPA-175C.tif          # optional: a stack to ingest into `path`
         box: [[0, 48], [0, 512], [0, 512]]  # optional crop at ingest (needs source)
+        labels:                           # optional: segmentations to ingest as labels/<name>
+          avizo: raw/HPA-175C-seg.tif     #   a stack (cropped to `box` too), or
+          ilastik: {source: raw/ila.npy, phase_names: "0=pore,1=copper"}
         held_out: false                   # optional: no model trains on it
         paste: HPA                        # optional, as are temperature_c, voi,
         conductivity: 36.4                #   relative_density, relative_conductivity,
@@ -22,9 +25,10 @@ one; a hand-written one looks like::
       regress: false                      # switch a stage off
       generate: {}                        # or on, with its defaults (also `true`)
 
-Without ``source``, ``path`` must be an existing folder; with one, ``source`` must
-exist (a TIFF, a folder of TIFF slices, a ``.npy`` or a Zarr array) and a voxel size
-must be given (on the sample or at the top). Sample indices in messages count from 0.
+Without ``source``, ``path`` must be an existing folder, or ``labels`` makes a volume of
+label images only there; with a ``source``, it must exist (a TIFF, a folder of TIFF
+slices, a ``.npy`` or a Zarr array). A source, or labels alone, needs a voxel size (on
+the sample or at the top). Sample indices in messages count from 0.
 
 Stages (default parameters in brackets) run in this order:
 
@@ -102,6 +106,7 @@ _INT = "an integer", _is_int
 _NUM = "a number", _is_num
 _MEASURE = "a number (.inf allowed) or null", lambda v: v is None or isinstance(v, (int, float)) \
     and not isinstance(v, bool) and not math.isnan(v)
+_PATH = "a non-empty string", lambda v: isinstance(v, str) and bool(v)
 _STR_LIST = ("a non-empty list of strings",
              lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
 _PHASES = ("null, or a non-empty list of phases (a label value, values joined by '+', or a phase name)",
@@ -139,7 +144,8 @@ META_FIELDS = {
     "conductivity": _or_null(("a number >= 0", lambda v: _is_num(v) and v >= 0)),
     "relative_density": _MEASURE, "relative_conductivity": _MEASURE, "tortuosity_factor": _MEASURE,
 }
-SAMPLE_FIELDS = ("id", "path", "source", "voxel_size", "box", "held_out", "meta", *META_FIELDS)
+SAMPLE_FIELDS = ("id", "path", "source", "voxel_size", "box", "held_out", "labels", "meta", *META_FIELDS)
+LABEL_SOURCE_FIELDS = ("source", "phase_names")
 SYNTH_FIELDS = ("preset", "seed", "shape", "conductivity_unit", "conductivity_axis", "sigma_scale",
                 "measurement_noise", "fibsem")   # written by porevox synth; not checked
 TOP_FIELDS = ("name", "voxel_size", "unit", "samples", "stages", *SYNTH_FIELDS)
@@ -149,8 +155,9 @@ TOP_FIELDS = ("name", "voxel_size", "unit", "samples", "stages", *SYNTH_FIELDS)
 class Sample:
     """One sample of a study. `path` and `source` are absolute; `voxel_size` is the
     sample's own or the study's default (None if neither is given; an existing
-    volume's metadata rules); `box` is ((z0, z1), (y0, y1), (x0, x1)); `meta` holds
-    every other field (paste, temperature_c, conductivity, ... and the `meta` keys)."""
+    volume's metadata rules); `box` is ((z0, z1), (y0, y1), (x0, x1)); `labels` the
+    segmentations to ingest, as (name, source, phase names); `meta` holds every other
+    field (paste, temperature_c, conductivity, ... and the `meta` keys)."""
 
     id: str
     path: Path
@@ -159,6 +166,7 @@ class Sample:
     box: tuple[tuple[int, int], ...] | None = None
     held_out: bool = False
     meta: dict = field(default_factory=dict)
+    labels: tuple[tuple[str, Path, dict], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -406,7 +414,7 @@ class _Checker:
                                   "give each sample its own id")
                     ids[v] = f
                 elif key in ("path", "source"):
-                    self.value(f, v, ("a non-empty string", lambda s: isinstance(s, str) and bool(s)))
+                    self.value(f, v, _PATH)
                 elif key == "voxel_size":
                     self.voxel_size(f, v)
                 elif key == "box":
@@ -415,6 +423,8 @@ class _Checker:
                     self.value(f, v, _BOOL)
                 elif key == "meta":
                     extra = self.mapping(f, v, "free fields")
+                elif key == "labels":
+                    self.mapping(f, v, "label name: segmentation source")
                 else:
                     meta[key] = self.value(f, v, META_FIELDS[key])
             for key in ("id", "path"):
@@ -458,13 +468,47 @@ class _Checker:
         elif "box" in item:
             self.fail(f"{at}.box", "a crop is made at ingest, so it needs a source",
                       "give the source to ingest from, or remove box")
-        elif not path.is_dir():
+        elif not path.is_dir() and not item.get("labels"):
             self.fail(f"{at}.path", f"no volume folder at {path}",
                       "check the path (relative to the study folder), or give a source to ingest from")
+        elif not path.is_dir() and voxel_size is None:
+            self.fail(f"{at}.voxel_size", "missing; a volume made from labels alone needs a voxel size",
+                      "give voxel_size [z, y, x] on the sample or at the top of the file")
         if "box" in item:
             box = tuple(tuple(p) for p in item["box"])
+        labels = self.label_sources(f"{at}.labels", item.get("labels") or {}, folder)
         return Sample(id=item["id"], path=path, source=source, voxel_size=voxel_size, box=box,
-                      held_out=item.get("held_out", False), meta=meta)
+                      held_out=item.get("held_out", False), meta=meta, labels=labels)
+
+    def label_sources(self, at: str, value: dict, folder: Path) -> tuple[tuple[str, Path, dict], ...]:
+        """A sample's segmentations to ingest: name -> a source, or {source, phase_names}."""
+        from ..engine.ingest import parse_phase_names
+
+        out = []
+        for name, spec in value.items():
+            f = f"{at}.{name}"
+            if not (isinstance(name, str) and ID_PATTERN.fullmatch(name) and not name.startswith(".")):
+                self.fail(f, f"a label name must be letters, digits, '.', '_' or '-'; got {name!r}")
+            if isinstance(spec, dict):
+                for key in spec:
+                    if key not in LABEL_SOURCE_FIELDS:
+                        self.unknown(f"{f}.{key}", LABEL_SOURCE_FIELDS)
+                if "source" not in spec:
+                    self.fail(f"{f}.source", "missing", "give the segmentation's file or folder")
+            else:
+                spec = {"source": spec}
+            where = f"{f}.source" if isinstance(value[name], dict) else f
+            self.value(where, spec["source"], _PATH)
+            source = (folder / spec["source"]).resolve()
+            if not source.exists():
+                self.fail(where, f"no such file or folder: {source}",
+                          "check the path (relative to the study folder)")
+            try:
+                names = parse_phase_names(spec.get("phase_names"))
+            except Exception as err:
+                self.fail(f"{f}.phase_names", str(err).replace("--phase-names takes", "takes"))
+            out.append((name, source, names))
+        return tuple(out)
 
     # ------------------------------------------------------------ the stages
     def stages(self, value: Any) -> tuple[dict, set]:
@@ -492,6 +536,15 @@ class _Checker:
         return {s: stages[s] for s in STAGES if s in stages}, explicit
 
     def cross_check(self, stages: dict, explicit: set, samples: tuple[Sample, ...]) -> None:
+        made = set(stages.get("segment", {}).get("methods", ()))
+        made |= {"hybrid_annotation"} if "hybrid" in made else set()
+        if "unet" in stages:
+            made |= {"unet", "unet_cta"} if stages["unet"]["cta"] else {"unet"}
+        for i, s in enumerate(samples):
+            for name, _, _ in s.labels:
+                if name in made:
+                    self.fail(f"samples[{i}].labels.{name}", f"labels/{name} is what a porevox stage "
+                              "of this study writes", "give the segmentation another name")
         if "unet" in stages:
             methods = stages.get("segment", {}).get("methods", [])
             need = ["hybrid", "otsu"] if stages["unet"]["cta"] else ["hybrid"]

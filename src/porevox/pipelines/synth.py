@@ -28,8 +28,9 @@ import yaml
 
 from ..engine import provenance
 from ..engine.cluster import chunk_bytes_budget, compute
+from ..engine.ome import complete_volume, label_array
 from ..engine.outputs import claim, own
-from ..engine.storage import LABELS, building, choose_chunks, create_volume, dense_array, open_volume
+from ..engine.storage import LABELS, building, choose_chunks, create_volume, open_volume
 from ..errors import StudyFileError
 from ..synthetic.fibsem import FibSemModel, image_threshold, render_box
 from ..synthetic.microstructure import (
@@ -196,13 +197,14 @@ def _write_samples(out_dir: Path, todo: list[SampleSpec], prepared, model: FibSe
                       "target_relative_density": round(target_density(spec.paste,
                                                                       spec.temperature_c), 6)}
             vol = create_volume(tmp, p.shape, p.dtype, p.voxel_size, sample=sample, chunks=chunks)
-            labels = [dense_array(vol.group, f"{LABELS}/{name}", shape=p.shape, dtype="uint8",
-                                  chunks=chunks) for name in ("truth", "truth_annotation")]
+            labels = [label_array(vol, name, shape=p.shape, dtype="uint8", chunks=chunks)
+                      for name in ("truth", "truth_annotation")]
             arrays += [data[2], data[0].astype(np.uint8), data[1].astype(np.uint8)]
             targets += [vol.image, *labels]
             volumes.append((vol, spec, ms, threshold))
         compute(da.store(arrays, targets, lock=False, compute=False))
         for vol, spec, ms, threshold in volumes:
+            complete_volume(vol)       # the OME-Zarr pyramids and label metadata
             provenance.write_record(vol, STAGE, _params(spec, model), {},
                                     ["image", f"{LABELS}/truth", f"{LABELS}/truth_annotation"],
                                     started, image_threshold=threshold,
