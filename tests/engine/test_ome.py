@@ -20,6 +20,7 @@ from porevox.engine.storage import (
     remove_stale_tmp,
     tmp_array,
 )
+from porevox.kernels import pyramid
 
 
 # --------------------------------------------------------------------------- references
@@ -174,12 +175,12 @@ def test_label_levels_equal_numpy_mode(tmp_path, rng, dtype, values):
 def test_mode_ties_go_to_the_smaller_value():
     block = np.array([5, 5, 2, 2, 9, 9, 7, 1], np.uint16).reshape(2, 2, 2)
     before = block.copy()
-    assert ome.mode_pool(block, (2, 2, 2)).item() == 2
-    assert ome.mode_pool(block, (2, 1, 1)).tolist() == [[[5, 5], [2, 1]]]    # pairs along z: ties
+    assert pyramid.mode_pool(block, (2, 2, 2)).item() == 2
+    assert pyramid.mode_pool(block, (2, 1, 1)).tolist() == [[[5, 5], [2, 1]]]    # pairs along z: ties
     np.testing.assert_array_equal(block, before)             # pure
     block = np.array([3, 3, 3, 1, 1, 1, 0, 0], np.uint8).reshape(2, 2, 2)
-    assert ome.mode_pool(block, (2, 2, 2)).item() == 1
-    assert ome.mean_pool(np.array([0, 1] * 4, np.uint8).reshape(2, 2, 2), (2, 2, 2)).item() == 1
+    assert pyramid.mode_pool(block, (2, 2, 2)).item() == 1
+    assert pyramid.mean_pool(np.array([0, 1] * 4, np.uint8).reshape(2, 2, 2), (2, 2, 2)).item() == 1
 
 
 def test_anisotropic_voxels_are_averaged_on_their_finest_axes(tmp_path, rng):
