@@ -9,7 +9,8 @@ compute.
 ``SUITES`` maps a suite name to ``callable(cfg) -> list[dict]``; :func:`run` runs
 suites and writes ``results.json`` and ``results.md``. ``all`` leaves out the
 suites in ``EXPLICIT_ONLY`` (a 2 GiB ingest, the generative models' training, the
-out-of-core run, the many-tomogram study and the every-feature scale run).
+out-of-core run, the many-tomogram study, the every-feature scale run, the paper's
+VOI and the OME-Zarr pyramids and phases, ~3 minutes).
 Only this package's own
 modules are imported here; the heavy libraries are imported in the measuring
 processes.
@@ -26,6 +27,7 @@ from . import (
     histogram_suite,
     ingest_large_suite,
     io_suite,
+    ome_suite,
     outofcore_suite,
     quantify_suite,
     regression_suite,
@@ -54,10 +56,11 @@ SUITES = {
     "study": study_suite.run,
     "scale": scale_suite.run,
     "voi": voi_suite.run,
+    "ome": ome_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.
-EXPLICIT_ONLY = ("ingest_large", "generation", "outofcore", "study", "scale", "voi")
+EXPLICIT_ONLY = ("ingest_large", "generation", "outofcore", "study", "scale", "voi", "ome")
 
 
 def run(suites: list[str], out: Path, quick: bool = False) -> list[dict]:
