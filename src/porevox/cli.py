@@ -160,8 +160,9 @@ def _print_summary(s: dict) -> None:
     typer.echo(f"  sample     {s['sample'] or '-'}")
     typer.echo(f"  labels     {', '.join(s['labels']) or '-'}")
     for stage, rec in s["provenance"].items():
-        typer.echo(f"  stage      {stage}: finished {rec.get('finished')} in {rec.get('seconds')} s "
-                   f"(porevox {rec.get('porevox_version')})")
+        typer.echo(f"  stage      {stage}: " + ("killed while publishing; rerun it" if rec.get("pending") else
+                   f"finished {rec.get('finished')} in {rec.get('seconds')} s "
+                   f"(porevox {rec.get('porevox_version')})"))
 
 
 def _print_study(m: dict) -> None:

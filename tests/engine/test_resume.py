@@ -185,3 +185,39 @@ def test_finite_makes_strict_json():
              "c": np.array(-math.inf)}
     assert finite(value) == {"a": [1.0, None, None, 3], "b": [2.5, "x"], "c": None}
     json.dumps(finite(value), allow_nan=False)
+
+
+PUBLISH_KILL_SCRIPT = textwrap.dedent('''
+    import os, signal, sys
+    from porevox.engine import provenance
+    from porevox.pipelines.segment import segment_volume
+
+    def killed(*args, **kwargs):       # the process dies right after the publish
+        os.kill(os.getpid(), signal.SIGKILL)
+    provenance.write_record = killed
+
+    if __name__ == "__main__":
+        segment_volume(sys.argv[1], "otsu")
+''')
+
+
+def test_killed_between_publish_and_record_reruns(vol, tmp_path):
+    """A segmentation killed after its labels were published but before its stage was
+    recorded: the labels are porevox's own (a pending claim), not done, so the rerun
+    replaces them instead of refusing them as someone else's."""
+    from skimage.filters import threshold_otsu
+
+    from porevox.pipelines.segment import segment_volume
+
+    script = tmp_path / "kill_at_record.py"
+    script.write_text(PUBLISH_KILL_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(vol.path)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    fresh = open_volume(vol.path)
+    assert fresh.labels == ["otsu"] and fresh.provenance["segment:otsu"]["pending"] is True
+    assert provenance.writers(fresh, "labels/otsu") == ["segment:otsu"]
+    segment_volume(vol.path, "otsu")
+    record = open_volume(vol.path).provenance["segment:otsu"]
+    assert "pending" not in record and record["fingerprint"]
+    again = open_volume(vol.path)
+    np.testing.assert_array_equal(again.array("labels/otsu")[:], vol.image[:] > threshold_otsu(vol.image[:]))

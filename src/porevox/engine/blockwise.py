@@ -189,8 +189,9 @@ def run_stage(volume: Volume, name: str, write: Callable[[zarr.Array], None], *,
     """The resumable-stage protocol for one output array.
 
     Skip if `stage` finished with the same `params` and `inputs` (unless `force`);
-    else create a temporary array, let `write` fill it, publish it as `name`, and
-    only then record the stage as done.
+    else create a temporary array, let `write` fill it, claim it for the stage
+    (:func:`~porevox.engine.provenance.pending`), publish it as `name`, and only then
+    record the stage as done.
     """
     stage = stage or name
     params, inputs = dict(params or {}), dict(inputs or {})
@@ -203,6 +204,7 @@ def run_stage(volume: Volume, name: str, write: Callable[[zarr.Array], None], *,
     out, tmp = tmp_array(volume, name, shape, dtype, chunks)
     try:
         write(out)
+        provenance.pending(volume, stage, [name])
         publish_array(volume, tmp, name)
     except BaseException:
         discard(volume.path / tmp)

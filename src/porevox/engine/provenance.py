@@ -72,7 +72,7 @@ def fingerprint_array(volume: Volume, name: str) -> str:
     metadata and the time its metadata was last written.
     """
     for record in volume.provenance.values():
-        if name in record.get("outputs", ()):
+        if name in record.get("outputs", ()) and record.get("fingerprint"):   # not a pending one
             return record["fingerprint"]
     arr = volume.array(name)
     meta_file = volume.path / name / "zarr.json"
@@ -100,6 +100,15 @@ def completed(volume: Volume, stage: str, params: Mapping[str, Any],
 def writers(volume: Volume, name: str) -> list[str]:
     """The stages recorded as having written array `name` of `volume`."""
     return [k for k, r in volume.provenance.items() if name in r.get("outputs", [])]
+
+
+def pending(volume: Volume, stage: str, outputs: Iterable[str]) -> None:
+    """Record, just before its outputs are published, that `stage` is writing them
+    (never done: no fingerprint): a process killed between the publish and
+    :func:`write_record` leaves porevox's own claim on them, so that the rerun may
+    replace them (see :func:`writers`)."""
+    record = {"stage": stage, "outputs": list(outputs), "pending": True}
+    volume.edit_meta(lambda meta: meta.setdefault("provenance", {}).update({stage: record}))
 
 
 def write_record(
