@@ -205,3 +205,18 @@ def test_the_pore_phase_sees_the_solids_interface_from_the_other_side(labels3):
     assert pore["mean_curvature_mean"] == pytest.approx(-rest["mean_curvature_mean"], rel=1e-9)
     assert pore["gaussian_curvature_mean"] == pytest.approx(rest["gaussian_curvature_mean"], rel=1e-9)
     assert pore["specific_surface_area"] == pytest.approx(rest["specific_surface_area"], rel=1e-12)
+
+
+def test_block_tortuosity_of_a_phase_reads_the_stored_labels(volume3, labels3):
+    """The block-decomposed fast marching over a stored phase (odd blocks, its scratch
+    in the volume's store, removed after) against the whole-volume solve of the
+    phase's binary image, to test_tortuosity's tolerance for blocks (order 1: rel 1e-6)."""
+    from porevox.pipelines.tortuosity import tortuosity
+
+    binary = (labels3 == 0).astype(np.uint8)
+    options = {"directions": ["+y", "-x"], "order": 1}
+    ref = tortuosity(binary, voxel_size=(0.5, 0.4, 0.4), method="whole", **options)
+    got = tortuosity(volume3, labels="three", phase="pore", method="blocks", chunks=(13, 17, 19), **options)
+    assert got["method"] == "blocks"
+    assert got["tortuosity_by_axis"] == pytest.approx(ref["tortuosity_by_axis"], rel=1e-6)
+    assert not any(p.name.startswith(".porevox-tortuosity") for p in volume3.iterdir())
