@@ -18,6 +18,7 @@ import numpy as np
 from ..engine import as_dask, histogram, open_volume, phases
 from ..engine.blockwise import block_slices, box_tasks, compute_box, stored_array
 from ..engine.cluster import compute
+from ..engine.ome import label_counts
 from ..engine.storage import LABELS, Volume
 from ..errors import InvalidVolumeError
 
@@ -102,14 +103,18 @@ _VALUES: dict[tuple, list[int]] = {}
 
 
 def label_values(volume: Volume, name: str) -> list[int]:
-    """The distinct values of ``labels/<name>`` (one counting pass on the cluster,
-    once per written array); a label image that is not uint8 or uint16 raises,
-    naming the fix."""
+    """The distinct values of ``labels/<name>``: those its ``image-label`` recorded
+    when it was published, else (an older porevox's plain array) one counting pass
+    on the cluster, once per written array. A label image that is not uint8 or
+    uint16 raises, naming the fix."""
     arr = volume.array(f"{LABELS}/{name}")
     if arr.dtype not in (np.uint8, np.uint16):
         raise InvalidVolumeError(f"{volume.path}: labels/{name} is {arr.dtype}, not a label image (uint8 "
                                  "or uint16 of whole classes); segment the volume with porevox segment, "
                                  "or store integer labels")
+    recorded = label_counts(volume, name)      # counted as its pyramid was written
+    if recorded is not None:
+        return sorted(v for v, n in recorded.items() if n)
     written = (volume.path / LABELS / name / "zarr.json").stat().st_mtime_ns
     key = (os.path.realpath(volume.path), name, written)
     if key not in _VALUES:
