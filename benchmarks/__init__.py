@@ -10,7 +10,7 @@ compute.
 suites and writes ``results.json`` and ``results.md``. ``all`` leaves out the
 suites in ``EXPLICIT_ONLY`` (a 2 GiB ingest, the generative models' training, the
 out-of-core run, the many-tomogram study, the every-feature scale run, the paper's
-VOI and the OME-Zarr pyramids and phases, ~3 minutes).
+VOI, the OME-Zarr pyramids and phases, and object storage, ~3 minutes).
 Only this package's own
 modules are imported here; the heavy libraries are imported in the measuring
 processes.
@@ -27,6 +27,7 @@ from . import (
     histogram_suite,
     ingest_large_suite,
     io_suite,
+    objectstore_suite,
     ome_suite,
     outofcore_suite,
     quantify_suite,
@@ -57,10 +58,11 @@ SUITES = {
     "scale": scale_suite.run,
     "voi": voi_suite.run,
     "ome": ome_suite.run,
+    "objectstore": objectstore_suite.run,
 }
 
 #: Suites that "all" leaves out; they run only when named.
-EXPLICIT_ONLY = ("ingest_large", "generation", "outofcore", "study", "scale", "voi", "ome")
+EXPLICIT_ONLY = ("ingest_large", "generation", "outofcore", "study", "scale", "voi", "ome", "objectstore")
 
 
 def run(suites: list[str], out: Path, quick: bool = False) -> list[dict]:

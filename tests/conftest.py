@@ -148,3 +148,66 @@ def real_data(name: str) -> Path:
         if folder.is_dir():
             return folder
     pytest.skip(f"needs shared/real-data/{name} beside the repository (or under $POREVOX_SHARED)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3-compatible server the object-storage tests start (s3_server) listens here.
+# Its variables are set before any cluster starts, so every Dask worker (and any a
+# nanny restarts) and every process a test starts reaches it as a user's would.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "porevox-test", "AWS_SECRET_ACCESS_KEY": "porevox-test",
+          "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_DEFAULT_REGION": "us-east-1"}
+os.environ.update(S3_ENV)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1 for the session,
+    reached through the usual AWS_* variables (:data:`S3_ENV`)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    port = int(S3_ENV["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail(f"moto's S3 server did not start on port {port}")
+                time.sleep(0.1)
+        yield S3_ENV
+    finally:
+        stop_processes([proc])
+
+
+@pytest.fixture
+def bucket(s3_server):
+    """A new, empty bucket on the session's S3 server: its URL (``s3://name``)."""
+    import uuid
+
+    import s3fs
+
+    name = f"porevox-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_client(s3_server, client):
+    """`client` on workers that reach the session's S3 server."""
+    return client

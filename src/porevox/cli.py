@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
+from .engine.location import is_remote, location
 from .errors import InvalidVolumeError, PorevoxError
 
 app = typer.Typer(
@@ -216,22 +217,25 @@ def ingest(
     ctx: typer.Context,
     src: Path = typer.Argument(
         ..., help="Multi-page TIFF, folder of TIFF slices, .npy, raw file or Zarr array."),
-    out: Path | None = typer.Argument(
-        None, help="The volume to write (a new .zarr folder); with --labels, a new volume of label "
-                   "images only (or give --into to join a volume)."),
+    out: str | None = typer.Argument(
+        None, help="The volume to write (a new .zarr folder, or s3://... URL); with --labels, a new "
+                   "volume of label images only (or give --into to join a volume)."),
     voxel_size: tuple[float, float, float] | None = typer.Option(
         None, "--voxel-size", help="Voxel size along z y x (the slice pitch first); with --labels, "
                                    "checked against the volume's."),
     labels: str | None = typer.Option(
         None, "--labels", help="SRC is a segmentation (uint8/uint16 values): write it as labels/NAME "
                                "of the volume given by --into, or of a new volume OUT."),
-    into: Path | None = typer.Option(None, "--into", help="With --labels: the volume of its image."),
+    into: str | None = typer.Option(None, "--into", help="With --labels: the volume of its image."),
     phase_names: str | None = typer.Option(
         None, "--phase-names", help="With --labels: value=name pairs, e.g. 0=pore,1=LSM,2=YSZ."),
     unit: str = typer.Option("micrometer", "--unit", help="Unit of the voxel size."),
     meta: list[str] = typer.Option([], "--meta", help="Sample metadata key=value (repeatable)."),
     chunks: tuple[int, int, int] | None = typer.Option(
         None, "--chunks", help="Chunk shape z y x (default: ~64 MB chunks from shape and dtype)."),
+    shards: tuple[int, int, int] | None = typer.Option(
+        None, "--shards", help="Shard shape z y x, whole multiples of --chunks (default: ~64 MB shards "
+                               "where the chunks are small; one file or object each)."),
     kind: str | None = typer.Option(
         None, "--kind", help="tiff, tiff-folder, npy, raw or zarr (default: from the path)."),
     shape: tuple[int, int, int] | None = typer.Option(None, "--shape", help="Raw files: shape z y x."),
@@ -256,7 +260,7 @@ def ingest(
         label_plan = plan_label_ingest(src, into or out, labels, voxel_size=voxel_size,
                                        phase_names=phase_names, kind=kind, shape=shape, dtype=dtype,
                                        offset=offset, byte_order=byte_order, new=out is not None,
-                                       unit=unit, chunks=chunks, sample=_parse_meta(meta))
+                                       unit=unit, chunks=chunks, shards=shards, sample=_parse_meta(meta))
         with _session(ctx):
             result = ingest_labels(label_plan)
         _emit(result, as_json, lambda r: typer.echo(
@@ -272,7 +276,7 @@ def ingest(
         raise InvalidVolumeError(f"porevox ingest needs {missing} to ingest an image, or --labels NAME "
                                  "--into VOLUME for a segmentation; see porevox ingest --help")
     plan = plan_ingest(src, out, voxel_size, unit=unit, sample=_parse_meta(meta), chunks=chunks,
-                       kind=kind, shape=shape, dtype=dtype, offset=offset,
+                       shards=shards, kind=kind, shape=shape, dtype=dtype, offset=offset,
                        byte_order=byte_order, overwrite=overwrite, allow_nan=allow_nan)
     with contextlib.nullcontext() if plan.done else _session(ctx):
         result = ingest_volume(plan)
@@ -284,7 +288,7 @@ def ingest(
 @app.command()
 @_guard
 def info(
-    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    volume: str = typer.Argument(..., help="A porevox volume (.zarr folder, or s3://... URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Summarise a volume: shape, dtype, chunks, voxel size, metadata, labels, provenance."""
@@ -410,6 +414,8 @@ def synth(
 
 
 def _is_study(path: Path) -> bool:
+    if is_remote(path):
+        return False
     return path.suffix in (".yaml", ".yml") or (path.is_dir() and (path / "study.yaml").is_file()
                                                  and path.suffix != ".zarr")
 
@@ -431,8 +437,8 @@ def _print_features(r: dict) -> None:
 @_guard
 def quantify(
     ctx: typer.Context,
-    target: Path = typer.Argument(..., help="A porevox volume (.zarr folder), or a study.yaml "
-                                            "(or its folder) to quantify every tomogram of."),
+    target: str = typer.Argument(..., help="A porevox volume (.zarr folder, or s3://... URL), or a "
+                                           "study.yaml (or its folder) to quantify every tomogram of."),
     labels: str = typer.Option("truth", "--labels", help="The segmentation: labels/<NAME>."),
     phase: list[str] | None = typer.Option(
         None, "--phase",
@@ -448,7 +454,7 @@ def quantify(
                                        help="Curvature smoothing in the voxel size's unit."),
     tortuosity_method: str = typer.Option(
         "auto", "--tortuosity-method", help="auto, whole (one solve per tomogram) or blocks."),
-    scratch: Path | None = typer.Option(
+    scratch: str | None = typer.Option(
         None, "--scratch", help="Where the block tortuosity solver keeps its blocks: a folder every "
                                 "worker sees (default: inside the volume)."),
     with_conductivity: bool = typer.Option(
@@ -468,7 +474,7 @@ def quantify(
     options = {"directions": dirs, "order": order, "sigma": sigma,
                "tortuosity_method": tortuosity_method, "tortuosity_scratch": scratch}
     make_options(axis=axis, **options)                     # bad options fail before the cluster starts
-    if _is_study(target):
+    if _is_study(location(target)):
         from .pipelines.feature_study import WRITES, markdown, quantify_study
         from .pipelines.segmentation_study import study_volumes
 
@@ -576,7 +582,7 @@ def regress(
 @_guard
 def preprocess(
     ctx: typer.Context,
-    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    volume: str = typer.Argument(..., help="A porevox volume (.zarr folder, or s3://... URL)."),
     destripe: bool = typer.Option(True, "--destripe/--no-destripe", help="FFT curtaining filter."),
     shading: bool = typer.Option(True, "--shading/--no-shading",
                                  help="Shading correction by histogram shifting."),
@@ -603,7 +609,7 @@ def preprocess(
 @_guard
 def segment(
     ctx: typer.Context,
-    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    volume: str = typer.Argument(..., help="A porevox volume (.zarr folder, or s3://... URL)."),
     method: str = typer.Option("otsu", "--method",
                                help="otsu (CTA), threshold (--threshold), hybrid (SLIC annotation) or unet."),
     threshold: float | None = typer.Option(None, "--threshold",
@@ -660,7 +666,7 @@ def train_unet(
 @_guard
 def score(
     ctx: typer.Context,
-    volume: Path = typer.Argument(..., help="A porevox volume (.zarr folder)."),
+    volume: str = typer.Argument(..., help="A porevox volume (.zarr folder, or s3://... URL)."),
     labels: str = typer.Option(..., "--labels", help="The segmentation to score: labels/<NAME>."),
     truth: str = typer.Option("truth", "--truth", help="The reference: labels/<NAME>."),
     phase: str | None = typer.Option(

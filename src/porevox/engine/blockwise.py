@@ -44,6 +44,7 @@ from .storage import (
     publish_array,
     remove_stale_tmp,
     tmp_array,
+    write_chunks,
 )
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def run_by_block(volume: Volume | str | os.PathLike, kernel: Callable, src: str,
     volume = open_volume(volume)
     depth = normalize_depth(depth)
     src_arr = volume.array(src)
-    chunks = tuple(chunks or src_arr.chunks)
+    chunks = tuple(chunks or write_chunks(src_arr))
     params = _params(kernel, depth, dtype, kwargs) | {"chunks": list(chunks)}
     inputs = {src: provenance.fingerprint_array(volume, src)}
 

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import InvalidVolumeError, OutputError
 from . import provenance
 from .cluster import chunk_bytes_budget, compute
+from .location import location
 from .ome import describe_label, label_counts, write_image_pyramid
 from .outputs import check_output, is_volume
 from .phases import PHASES
@@ -32,11 +33,13 @@ from .storage import (
     Volume,
     building,
     check_chunks,
+    check_shards,
     check_unit,
     check_voxel_size,
     choose_chunks,
     create_volume,
     open_volume,
+    plan_shards,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class IngestPlan:
     unit: str
     sample: dict
     chunks: tuple[int, int, int] | None   # None: sized for the cluster when it runs
+    shards: tuple[int, int, int] | None   # None: plan_shards's when it runs
     params: dict
     inputs: dict
     done: bool
@@ -95,10 +99,13 @@ def plan_ingest(
     overwrite: bool = False,
     box: Sequence[Sequence[int]] | None = None,
     allow_nan: bool = False,
+    shards: Sequence[int] | None = None,
 ) -> IngestPlan:
     """Check everything about an ingest before any work: the source, the voxel size,
-    the chunks and the output path. Raises a one-line error naming the fix."""
-    out = Path(out)
+    the chunks (and `shards`, whole multiples of them; by default, shards of about a
+    compute chunk's size where the chunks are small and many) and the output path. `out` may be an
+    object-storage URL. Raises a one-line error naming the fix."""
+    out = location(out)
     source = open_source(src, kind=kind, shape=shape, dtype=dtype, offset=offset,
                          byte_order=byte_order)
     check_output(out, inputs=[source.path], what="volume",
@@ -108,9 +115,14 @@ def plan_ingest(
     box = check_box(box, source.shape) if box is not None else None
     shape = tuple(b - a for a, b in box) if box else source.shape
     chunks = check_chunks(chunks, shape) if chunks is not None else None
+    if shards is not None:
+        if chunks is None:
+            raise InvalidVolumeError("shards group chunks: give --chunks with --shards")
+        shards = check_shards(shards, chunks, shape)
     sample = dict(sample or {})
     params = {"kind": source.kind, "voxel_size": voxel_size, "unit": unit,
               "chunks": list(chunks) if chunks else "auto",
+              **({"shards": list(shards)} if shards else {}),
               "sample": sample, "offset": source.offset, "byte_order": source.byte_order}
     if box:
         params["box"] = [list(b) for b in box]
@@ -127,7 +139,8 @@ def plan_ingest(
                 f"{out} already exists and holds other data; pass --overwrite to replace "
                 "it or choose another output path"
             )
-    return IngestPlan(source, out, voxel_size, unit, sample, chunks, params, inputs, done, box, allow_nan)
+    return IngestPlan(source, out, voxel_size, unit, sample, chunks, shards, params, inputs, done, box,
+                      allow_nan)
 
 
 def _write_counting(block, target, block_info=None):
@@ -181,18 +194,21 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
         return open_volume(out), False
     shape = plan.shape
     chunks = plan.chunks or choose_chunks(shape, source.dtype, chunk_bytes_budget())
+    shards = plan.shards or plan_shards(shape, chunks, source.dtype, chunk_bytes_budget())
     started = time.time()
-    logger.info("ingesting %s (%s, %s %s, %.1f MB) into %s, chunks %s", source.path, source.kind,
-                source.shape, np.dtype(source.dtype).name, source.nbytes / 1e6, out, chunks)
+    logger.info("ingesting %s (%s, %s %s, %.1f MB) into %s, chunks %s%s", source.path, source.kind,
+                source.shape, np.dtype(source.dtype).name, source.nbytes / 1e6, out, chunks,
+                f" in shards {shards}" if shards else "")
     with building(out) as tmp:
         volume = create_volume(tmp, shape, source.dtype, plan.voxel_size, unit=plan.unit,
-                               sample=plan.sample, chunks=chunks,
+                               sample=plan.sample, chunks=chunks, shards=shards or chunks,
                                name=out.name.removesuffix(".zarr"))
+        blocks = volume.chunks     # one task writes one shard (or chunk)
         if plan.box is None:
-            data = source_to_dask(source, chunks)
+            data = source_to_dask(source, blocks)
         else:   # read whole chunks of the VOI from the stack, one output chunk per task
-            data = source_to_dask(source, chunks)[tuple(slice(a, b) for a, b in plan.box)]
-            data = data.rechunk(chunks)
+            data = source_to_dask(source, blocks)[tuple(slice(a, b) for a, b in plan.box)]
+            data = data.rechunk(blocks)
         if np.issubdtype(source.dtype, np.floating):
             extra = {"nonfinite": _store_float(data, volume, plan)}
         else:
@@ -201,7 +217,8 @@ def run_ingest(plan: IngestPlan) -> tuple[Volume, bool]:
         missing = volume.missing
         write_image_pyramid(volume, fill=missing["fill"] if missing else None)
         provenance.write_record(volume, STAGE, plan.params, plan.inputs, ["image"], started,
-                                source=str(Path(source.path).absolute()), chunks=list(chunks), **extra)
+                                source=str(Path(source.path).absolute()), chunks=list(chunks),
+                                **({"shards": list(shards)} if shards else {}), **extra)
     return open_volume(out), True
 
 
@@ -248,13 +265,14 @@ def plan_label_ingest(src: str | os.PathLike, volume: str | os.PathLike, name: s
                       shape: Sequence[int] | None = None, dtype: Any = None, offset: int = 0,
                       byte_order: str = "little", box: Sequence[Sequence[int]] | None = None,
                       new: bool = False, unit: str = "micrometer", chunks: Sequence[int] | None = None,
+                      shards: Sequence[int] | None = None,
                       sample: Mapping[str, Any] | None = None) -> LabelPlan:
     """Check a segmentation's ingest into `volume` as ``labels/<name>`` before any work:
     the stack (uint8 or uint16 values), its shape (or that of its `box`, the VOI its
     image was cropped to) against the volume's, the voxel size where given, the name,
     and that ``labels/<name>`` is absent or this ingest's own. With `new`, a `volume`
     that is not there yet becomes a volume of label images only (`voxel_size` needed;
-    `unit`, `chunks`, `sample` as for an image). Raises a one-line error naming the fix."""
+    `unit`, `chunks`, `shards`, `sample` as for an image). Raises a one-line error naming the fix."""
     from .storage import LABELS
 
     source = open_source(src, kind=kind, shape=shape, dtype=dtype, offset=offset, byte_order=byte_order)
@@ -275,9 +293,14 @@ def plan_label_ingest(src: str | os.PathLike, volume: str | os.PathLike, name: s
         out = check_output(volume, inputs=[source.path], what="volume", fix="give a new .zarr path")
         if voxel_size is None:
             raise InvalidVolumeError(f"{out} is a new volume of label images: give its --voxel-size Z Y X")
+        if shards is not None and chunks is None:
+            raise InvalidVolumeError("shards group chunks: give --chunks with --shards")
+        chunks = (check_chunks(chunks, shape) if chunks is not None else
+                  choose_chunks(shape, source.dtype, chunk_bytes_budget()))
+        shards = (check_shards(shards, chunks, shape) if shards is not None else
+                  plan_shards(shape, chunks, source.dtype, chunk_bytes_budget()))
         create = {"shape": shape, "voxel_size": check_voxel_size(voxel_size), "unit": check_unit(unit),
-                  "chunks": check_chunks(chunks, shape) if chunks is not None else
-                  choose_chunks(shape, source.dtype, chunk_bytes_budget()), "sample": dict(sample or {})}
+                  "chunks": chunks, "sample": dict(sample or {}), "shards": shards or chunks}
         return LabelPlan(source, out, name, names, params, inputs, box, create)
     target = open_volume(volume, mode="r")
     if shape != target.shape:
@@ -308,7 +331,8 @@ def run_label_ingest(plan: LabelPlan) -> tuple[Volume, bool, dict]:
     c = plan.create
     with building(plan.volume) as tmp:
         create_volume(tmp, c["shape"], None, c["voxel_size"], unit=c["unit"], sample=c["sample"],
-                      chunks=c["chunks"], name=plan.volume.name.removesuffix(".zarr"), image=False)
+                      chunks=c["chunks"], shards=c["shards"], name=plan.volume.name.removesuffix(".zarr"),
+                      image=False)
         _, did, phases = _write_labels(tmp, plan)
     return open_volume(plan.volume), did, phases
 

@@ -28,7 +28,6 @@ import itertools
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import numpy as np
 import zarr
 
 from ..kernels.pyramid import mean_pool, mode_pool
+from .location import listing, remove, url
 from .storage import (
     AXES,
     LABELS,
@@ -49,6 +49,7 @@ from .storage import (
     publish_array,
     remove_stale_tmp,
     tmp_array,
+    write_chunks,
 )
 
 logger = logging.getLogger(__name__)
@@ -243,14 +244,14 @@ def build(pyramids: Sequence[Pyramid]) -> list[dict[int, int] | None]:
             if level < len(p.steps):
                 factors = p.steps[level]
                 shape = tuple(n // f for n, f in zip(src.shape, factors))
-                chunks = tuple(min(c, n) for c, n in zip(p.base.chunks, shape))
+                chunks = tuple(min(c, n) for c, n in zip(write_chunks(p.base), shape))
                 path = p.paths[level]
                 if p.publish:
                     remove_stale_tmp(p.volume, path)
                     dst, tmp = tmp_array(p.volume, path, shape, src.dtype, chunks)
                 else:
                     dst, tmp = dense_array(p.volume.group, path, shape=shape, dtype=src.dtype,
-                                           chunks=chunks), None
+                                           chunks=chunks, inner=p.volume.read_chunks), None
                 made.append((i, path, tmp))
                 count = p.labels and level == 0
                 src_d, dst_d = dask.delayed(src), dask.delayed(dst)
@@ -260,7 +261,7 @@ def build(pyramids: Sequence[Pyramid]) -> list[dict[int, int] | None]:
                     owners.append(i if count else None)
             elif level == 0 and p.labels:       # no lower level: count level 0 alone
                 src_d = dask.delayed(src)
-                for core in block_slices(src.shape, src.chunks):
+                for core in block_slices(src.shape, write_chunks(src)):
                     tasks.append(tally(src_d, core))
                     owners.append(i)
         if not tasks:
@@ -289,11 +290,11 @@ def write_image_pyramid(volume: Volume, fill: float | None = None) -> list[str]:
     if steps:
         build([Pyramid(volume, image, paths, steps, fill=fill, publish=True)])
     folder = volume.path / LEVELS
-    for old in (folder.iterdir() if folder.is_dir() else ()):   # levels of an earlier image
-        if old.is_dir() and f"{LEVELS}/{old.name}" not in paths:
-            shutil.rmtree(old, ignore_errors=True)
+    for old in listing(folder):   # levels of an earlier image
+        if old != "zarr.json" and f"{LEVELS}/{old}" not in paths:
+            remove(folder / old)
     with _meta_lock(volume.path):
-        group = zarr.open_group(str(volume.path), mode="r+")
+        group = zarr.open_group(url(volume.path), mode="r+")
         current = group.attrs.get("ome") or {}
         name = (current.get("multiscales") or [{}])[0].get("name") or volume.path.name.removesuffix(".zarr")
         group.attrs["ome"] = {**current, **image_ome(name, volume.voxel_size, volume.unit, steps)}
@@ -342,7 +343,7 @@ def label_array(volume: Volume, name: str, *, shape, dtype, chunks) -> zarr.Arra
     volume being built under a temporary name (:func:`~porevox.engine.storage.building`),
     completed by :func:`complete_volume`."""
     group = volume.group.create_group(f"{LABELS}/{name}")
-    return dense_array(group, LEVEL0, shape=shape, dtype=dtype, chunks=chunks)
+    return dense_array(group, LEVEL0, shape=shape, dtype=dtype, chunks=chunks, inner=volume.read_chunks)
 
 
 def complete_volume(volume: Volume, fill: float | None = None) -> None:
@@ -350,9 +351,9 @@ def complete_volume(volume: Volume, fill: float | None = None) -> None:
     in a volume being built (see :func:`write_image_pyramid`, :func:`finish_labels`)."""
     write_image_pyramid(volume, fill)
     folder = volume.path / LABELS
-    todo = {f"{LABELS}/{p.name}": p.name for p in sorted(folder.iterdir())
-            if not p.name.startswith(TMP_PREFIX) and not is_label_group(p)
-            and (p / LEVEL0 / "zarr.json").is_file()}
+    todo = {f"{LABELS}/{n}": n for n in listing(folder)
+            if not n.startswith(TMP_PREFIX) and not is_label_group(folder / n)
+            and (folder / n / LEVEL0 / "zarr.json").is_file()}
     if todo:
         finish_labels(volume, todo)
     sync_labels(volume)
@@ -365,10 +366,10 @@ def sync_labels(volume: Volume, publishing: Mapping[str, bool] | None = None) ->
     folder = volume.path / LABELS
     publishing = dict(publishing or {})
     with _meta_lock(folder):
-        names = {p.name for p in folder.iterdir() if not p.name.startswith(TMP_PREFIX)
-                 and p.name not in publishing and is_label_group(p)}
+        names = {n for n in listing(folder) if not n.startswith(TMP_PREFIX)
+                 and n not in publishing and is_label_group(folder / n)}
         names |= {n for n, ome_layout in publishing.items() if ome_layout}
-        group = zarr.open_group(str(folder), mode="r+")
+        group = zarr.open_group(url(folder), mode="r+")
         if group.attrs.get("ome") != labels_ome(names):
             group.attrs["ome"] = labels_ome(names)
     return sorted(names)

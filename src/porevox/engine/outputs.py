@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import OutputError
+from .location import bucket_error, is_remote, listing, location
 
 MARKER = ".porevox-output"
 _LOCK = threading.Lock()
@@ -32,7 +33,7 @@ _LOCK = threading.Lock()
 def is_volume(path: str | os.PathLike) -> bool:
     """Whether `path` is a porevox volume (read from its ``zarr.json`` alone)."""
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+        meta = json.loads((location(path) / "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and isinstance(meta.get("attributes", {}).get("porevox"), dict)
@@ -41,7 +42,7 @@ def is_volume(path: str | os.PathLike) -> bool:
 def listed(folder: str | os.PathLike) -> set[str]:
     """The names porevox recorded as its outputs in `folder`."""
     try:
-        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+        data = json.loads((location(folder) / MARKER).read_text(encoding="utf-8"))
         return {str(n) for n in data.get("names", [])}
     except (OSError, ValueError, AttributeError):
         return set()
@@ -49,6 +50,11 @@ def listed(folder: str | os.PathLike) -> set[str]:
 
 def own(path: str | os.PathLike) -> bool:
     """Whether porevox can prove `path` is its own output (see the module docstring)."""
+    if is_remote(path):
+        path = location(path)
+        return is_volume(path) or any(
+            p.name in listed(p.parent) or (p != path and is_volume(p))
+            for p in (path, *path.parents) if p.name)
     path = Path(os.path.abspath(path))
     if is_volume(path):
         return True
@@ -64,15 +70,20 @@ def own(path: str | os.PathLike) -> bool:
 
 def record(folder: str | os.PathLike, names: Iterable[str]) -> None:
     """Add `names` to `folder`'s marker (created with the folder if missing)."""
-    folder = Path(folder)
+    folder = location(folder)
     with _LOCK:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not is_remote(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         have = listed(folder)
         new = have | {str(n) for n in names}
         if new == have and (folder / MARKER).is_file():
             return
+        text = json.dumps({"porevox": __version__, "names": sorted(new)}, indent=1) + "\n"
+        if is_remote(folder):          # one upload: atomic
+            (folder / MARKER).write_text(text)
+            return
         tmp = folder / f"{MARKER}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(json.dumps({"porevox": __version__, "names": sorted(new)}, indent=1) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, folder / MARKER)
 
 
@@ -80,9 +91,19 @@ def _within(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def _real(path) -> Path:
+    return location(path) if is_remote(path) else Path(os.path.realpath(path))
+
+
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Raise :class:`OutputError` unless `path` can be created or replaced: its
-    nearest existing ancestor is a folder this process may write in."""
+    nearest existing ancestor is a folder this process may write in (in object
+    storage: its bucket exists and answers)."""
+    if is_remote(path):
+        problem = bucket_error(path)
+        if problem:
+            raise OutputError(problem)
+        return location(path)
     path = Path(os.path.abspath(path))
     for parent in path.parents:
         if parent.exists():
@@ -104,14 +125,18 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike]
     """Check `path` before any work: writable, not one of `inputs` (nor inside or
     around one), and either absent or porevox's own. Returns it absolute."""
     path = check_writable(path, what)
-    real = Path(os.path.realpath(path))
+    real = _real(path)
     for src in inputs:
-        src = Path(os.path.realpath(src))
-        if _within(real, src) or _within(src, real):
+        src = _real(src)
+        if type(src) is type(real) and (_within(real, src) or _within(src, real)):
             raise OutputError(f"the {what} {path} is, or holds, the input {src}; "
                               "porevox never writes over its input: give another output path")
-    empty = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
-    if os.path.lexists(path) and not empty and not own(path):
+    if is_remote(path):
+        there, empty = path.exists(), not listing(path)
+    else:
+        there = os.path.lexists(path)
+        empty = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    if there and not empty and not own(path):
         raise OutputError(f"{path} exists and is not porevox's own output; porevox replaces only "
                           f"what it wrote itself: {fix}, or move {path.name} away")
     return path
@@ -121,7 +146,7 @@ def claim(folder: str | os.PathLike, names: Iterable[str], *,
           inputs: Iterable[str | os.PathLike] = (), what: str = "output") -> None:
     """Check each of `names` in `folder` with :func:`check_output`, then record them
     all, before anything is written."""
-    folder = Path(folder)
+    folder = location(folder)
     names = list(names)
     for name in names:
         check_output(folder / name, inputs=inputs, what=what,

@@ -70,7 +70,7 @@ def phase_dask(view: PhaseView):
     import dask.array as da
     import dask.base
 
-    return da.from_array(view, chunks=view.arr.chunks, asarray=False, fancy=False,
+    return da.from_array(view, chunks=view.chunks, asarray=False, fancy=False,
                          meta=np.empty((0,) * view.ndim, np.uint8),
                          name=f"phase-{dask.base.tokenize(view)}")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from .location import version
 from .storage import Volume
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ def fingerprint_array(volume: Volume, name: str) -> str:
         if name in record.get("outputs", ()) and record.get("fingerprint"):   # not a pending one
             return record["fingerprint"]
     arr = volume.array(name)
-    meta_file = volume.path / name / "zarr.json"
-    mtime = meta_file.stat().st_mtime_ns if meta_file.exists() else 0
+    mtime = version(volume.path / name / "zarr.json")
     return _digest([name, list(arr.shape), str(arr.dtype), list(arr.chunks), mtime])
 
 

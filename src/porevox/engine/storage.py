@@ -14,13 +14,19 @@ Volumes of older porevox hold a label image as a plain array ``labels/<name>``: 
 reads as level 0 of no pyramid, and the next write of that label converts it.
 
 Arrays are published atomically: they are written under a hidden temporary name
-inside the group and renamed into place only once complete (:func:`publish_array`),
+inside the group and moved into place only once complete (:func:`publish_array`),
 so a reader never sees a half-written array under its final name.
+
+A volume is a local folder or a prefix in object storage (``s3://...``; see
+:mod:`porevox.engine.location`). An array written in blocks larger than the chunks
+it is read in is sharded (Zarr v3): one shard per block, so that every task writes
+whole shards and no two tasks write one (:func:`shard_layout`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import itertools
 import logging
 import math
@@ -39,6 +45,7 @@ import zarr
 
 from .._version import __version__
 from ..errors import ChunkError, InvalidVolumeError, OutputError, VolumeNotFoundError
+from .location import is_remote, listing, location, move, remove, url, version
 from .outputs import is_volume
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,10 @@ LABELS_ONLY = "labels_only"
 #: is missing, not empty.
 DENSE = "porevox_dense"
 UNITS = {"micrometer", "nanometer", "millimeter", "meter", "angstrom"}
+#: At ingest, chunks smaller than SHARD_BELOW bytes are grouped into shards of about
+#: the compute chunk's size when an array has more than SHARD_ABOVE of them.
+SHARD_BELOW = 8 * 2**20
+SHARD_ABOVE = 4096
 
 
 # --------------------------------------------------------------------------- checks
@@ -139,6 +150,70 @@ def check_chunks(chunks: Any, shape: Sequence[int]) -> tuple[int, int, int]:
     return tuple(min(c, s) for c, s in zip(values, shape))
 
 
+def plan_shards(shape: Sequence[int], chunks: Sequence[int], dtype: Any,
+                target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[int, int, int] | None:
+    """Shards for an array read in small `chunks`: whole multiples of them of about
+    `target_bytes` (the blocks the cluster then writes and computes in), or None where
+    the chunks are large or few enough to be their own files. A 2048³ uint8 array in
+    64³ chunks is 32 768 files unsharded; in 512³ shards, 64."""
+    shape, chunks = check_shape(shape), check_chunks(chunks, shape)
+    itemsize = np.dtype(dtype).itemsize
+    grid = [-(-n // c) for n, c in zip(shape, chunks)]
+    if math.prod(chunks) * itemsize >= SHARD_BELOW or math.prod(grid) <= SHARD_ABOVE:
+        return None
+    factors = [1, 1, 1]
+    while True:   # grow the axis whose shard is shortest, while a shard fits
+        axis = min((a for a in range(3) if factors[a] < grid[a]),
+                   key=lambda a: factors[a] * chunks[a], default=None)
+        if axis is None:
+            break
+        grown = factors.copy()
+        grown[axis] = min(grid[axis], grown[axis] * 2)
+        if math.prod(f * c for f, c in zip(grown, chunks)) * itemsize > target_bytes:
+            break
+        factors = grown
+    shards = tuple(min(f * c, -(-n // c) * c) for f, c, n in zip(factors, chunks, shape))
+    return None if shards == tuple(chunks) else shards
+
+
+def check_shards(shards: Any, chunks: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
+    """`shards` as 3 whole multiples of `chunks` (one-line error naming the fix)."""
+    try:
+        values = tuple(int(c) for c in shards)
+    except (TypeError, ValueError) as err:
+        raise InvalidVolumeError(f"shards must be 3 positive integers; got {shards!r}") from err
+    if len(values) != 3 or min(values) < 1 or any(s % c for s, c in zip(values, chunks)):
+        raise InvalidVolumeError(
+            f"shards must be 3 whole multiples of the chunks {tuple(chunks)}; got {shards!r}: "
+            f"e.g. {tuple(c * 4 for c in chunks)}")
+    return tuple(min(s, -(-n // c) * c) for s, c, n in zip(values, chunks, shape))
+
+
+def shard_layout(shape: Sequence[int], blocks: Sequence[int], inner: Sequence[int] | None
+                 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(chunks, shards) of an array written in `blocks` whose volume reads in `inner`
+    chunks (its last three axes): shards equal to the blocks (rounded up to whole
+    chunks where a block spans its axis), so that each writing task writes whole
+    shards; unsharded, chunks = `blocks`, where they are not whole multiples or
+    `inner` is None."""
+    blocks = tuple(int(b) for b in blocks)
+    if inner is None:
+        return blocks, None
+    lead = len(blocks) - len(inner)
+    inner = blocks[:lead] + tuple(min(int(i), n) for i, n in zip(inner, shape[lead:]))
+    if inner == blocks or any(b % i and b < n for b, i, n in zip(blocks, inner, shape)):
+        return blocks, None
+    return inner, tuple(b if b % i == 0 else -(-b // i) * i for b, i in zip(blocks, inner))
+
+
+def write_chunks(arr: Any) -> tuple[int, ...]:
+    """The blocks `arr` (a Zarr array or :class:`CheckedArray`) is written and computed
+    in: its shards, else its chunks."""
+    if isinstance(arr, CheckedArray):
+        return arr.chunks
+    return tuple(getattr(arr, "shards", None) or arr.chunks)
+
+
 # --------------------------------------------------------------------------- metadata
 def ome_metadata(voxel_size: Sequence[float], unit: str, name: str,
                  steps: Sequence[Sequence[int]] = ()) -> dict:
@@ -155,12 +230,28 @@ def label_name(name: str) -> str | None:
     return leaf if parent == LABELS and leaf and not leaf.startswith(TMP_PREFIX) else None
 
 
+def store_root(arr: Any):
+    """The location (:mod:`.location`) of the store `arr` (a Zarr array or
+    :class:`CheckedArray`) is in: a local folder or an object-storage prefix; None for
+    an array in memory."""
+    arr = arr.arr if isinstance(arr, CheckedArray) else arr
+    store = getattr(arr, "store", None)
+    if isinstance(store, zarr.storage.LocalStore):
+        return Path(store.root)
+    if isinstance(store, zarr.storage.FsspecStore):
+        protocol = store.fs.protocol
+        protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+        return location(f"{protocol}://{store.path}") if protocol not in ("file", "local") \
+            else Path(store.path)
+    return None
+
+
 def label_home(arr: Any) -> tuple[Volume, str] | None:
     """(volume, label name) where `arr` (a Zarr array or :class:`CheckedArray`) is the
-    full-resolution level of a volume's label image on the local file system (either
-    layout), else None."""
+    full-resolution level of a volume's label image (either layout), else None."""
     arr = arr.arr if isinstance(arr, CheckedArray) else arr
-    if not isinstance(arr, zarr.Array) or not isinstance(arr.store, zarr.storage.LocalStore):
+    root = store_root(arr)
+    if root is None:
         return None
     path = arr.path
     if path.endswith(f"/{LEVEL0}") and label_name(path.removesuffix(f"/{LEVEL0}")):
@@ -169,7 +260,7 @@ def label_home(arr: Any) -> tuple[Volume, str] | None:
     if name is None:
         return None
     try:
-        volume = open_volume(arr.store.root, mode="r")
+        volume = open_volume(root, mode="r")
         if volume.array(f"{LABELS}/{name}").path != arr.path:
             return None
     except Exception:     # not a porevox volume
@@ -178,10 +269,10 @@ def label_home(arr: Any) -> tuple[Volume, str] | None:
 
 
 class Volume:
-    """An opened porevox volume (a Zarr v3 group on the local file system)."""
+    """An opened porevox volume (a Zarr v3 group in a local folder or in object storage)."""
 
     def __init__(self, path: str | os.PathLike, group: zarr.Group):
-        self.path = Path(path)
+        self.path = location(path)
         self.group = group
 
     # -- metadata ------------------------------------------------------------------
@@ -216,7 +307,7 @@ class Volume:
         snapshot would drop the record another step wrote meanwhile. Returns the
         block written."""
         with _meta_lock(self.path):
-            group = zarr.open_group(str(self.path), mode="r+")    # the attributes on disk
+            group = zarr.open_group(url(self.path), mode="r+")    # the attributes on disk
             meta = dict(group.attrs["porevox"])
             change(meta)
             group.attrs["porevox"] = meta
@@ -242,19 +333,28 @@ class Volume:
 
     @property
     def chunks(self) -> tuple[int, int, int]:
-        """The storage chunks of its image (or, without one, of its label images)."""
+        """The blocks its image (or, without one, its label images) is written and
+        computed in: its shards where sharded, else its storage chunks."""
         if not self.has_image:
-            return tuple(int(n) for n in self.meta[LABELS_ONLY]["chunks"])
-        return tuple(self.image.chunks)
+            meta = self.meta[LABELS_ONLY]
+            return tuple(int(n) for n in meta.get("shards") or meta["chunks"])
+        return write_chunks(self.image)
+
+    @property
+    def read_chunks(self) -> tuple[int, int, int] | None:
+        """The chunks inside its shards (what a viewer reads), or None if unsharded."""
+        if not self.has_image:
+            meta = self.meta[LABELS_ONLY]
+            return tuple(int(n) for n in meta["chunks"]) if meta.get("shards") else None
+        image = self.image
+        return tuple(image.chunks) if getattr(image, "shards", None) else None
 
     @property
     def labels(self) -> list[str]:
         """Names of the published label images (either layout; not temporary ones)."""
         folder = self.path / LABELS
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir()
-                      if not p.name.startswith(TMP_PREFIX) and (p / "zarr.json").is_file())
+        return [name for name in listing(folder)
+                if not name.startswith(TMP_PREFIX) and (folder / name / "zarr.json").is_file()]
 
     def array(self, name: str) -> zarr.Array:
         """An array by its path in the group: ``"image"`` or ``"labels/otsu"`` (a label
@@ -307,12 +407,14 @@ class Volume:
         labels = {}
         for name in self.labels:
             arr = self.array(f"{LABELS}/{name}")
-            labels[name] = {"dtype": str(arr.dtype), "chunks": list(arr.chunks)}
+            labels[name] = {"dtype": str(arr.dtype), "chunks": list(arr.chunks),
+                            **({"shards": list(arr.shards)} if arr.shards else {})}
         return {
             "path": str(self.path),
             "shape": list(self.shape),
             "dtype": str(img.dtype) if img is not None else None,
-            "chunks": list(self.chunks),
+            "chunks": list(self.read_chunks or self.chunks),
+            **({"shards": list(self.chunks)} if self.read_chunks else {}),
             "nbytes": int(img.nbytes) if img is not None else 0,
             "image": img is not None,
             "voxel_size": list(self.voxel_size),
@@ -337,7 +439,7 @@ _META_LOCKS_GUARD = threading.Lock()
 
 
 def _meta_lock(path: Path) -> threading.Lock:
-    key = os.path.realpath(path)
+    key = str(path) if is_remote(path) else os.path.realpath(path)
     with _META_LOCKS_GUARD:
         return _META_LOCKS.setdefault(key, threading.Lock())
 
@@ -352,22 +454,29 @@ def create_volume(
     unit: str = "micrometer",
     sample: Mapping[str, Any] | None = None,
     chunks: Sequence[int] | None = None,
+    shards: Sequence[int] | None = None,
     name: str | None = None,
     image: bool = True,
 ) -> Volume:
     """Create an empty volume (the ``image`` array unwritten) at a new `path`; with
-    ``image=False``, a volume for label images of `shape` only (`dtype` unused)."""
-    path = Path(path)
+    ``image=False``, a volume for label images of `shape` only (`dtype` unused).
+    `shards`, whole multiples of `chunks`, make a sharded volume (:func:`plan_shards`
+    chooses them at ingest)."""
+    path = location(path)
     shape = check_shape(shape)
     dtype = check_dtype(dtype) if image else np.dtype(np.uint8)
     voxel_size = check_voxel_size(voxel_size)
     unit = check_unit(unit)
     chunks = choose_chunks(shape, dtype) if chunks is None else check_chunks(chunks, shape)
+    shards = None if shards is None else check_shards(shards, chunks, shape)
+    if shards is not None and tuple(shards) == tuple(chunks):
+        shards = None
     if path.exists():
         raise InvalidVolumeError(f"{path} already exists; remove it or choose another output path")
     name = name or path.name.removesuffix(".zarr")
+    layout = {"shape": list(shape), "chunks": list(chunks), **({"shards": list(shards)} if shards else {})}
     group = zarr.open_group(
-        str(path),
+        url(path),
         mode="w-",
         zarr_format=3,
         attributes={
@@ -378,12 +487,13 @@ def create_volume(
                 "unit": unit,
                 "sample": dict(sample or {}),
                 "provenance": {},
-                **({} if image else {LABELS_ONLY: {"shape": list(shape), "chunks": list(chunks)}}),
+                **({} if image else {LABELS_ONLY: layout}),
             },
         },
     )
     if image:
-        dense_array(group, "image", shape=shape, dtype=dtype, chunks=chunks)
+        dense_array(group, "image", shape=shape, dtype=dtype, chunks=shards or chunks,
+                    inner=chunks if shards else None)
     from .ome import labels_ome
 
     group.create_group(LABELS, attributes={"ome": labels_ome([])})
@@ -394,13 +504,13 @@ def open_volume(path: str | os.PathLike | Volume, mode: str = "r+") -> Volume:
     """Open a porevox volume; raise a one-line error naming the fix if it is not one."""
     if isinstance(path, Volume):
         return path
-    path = Path(path)
-    if not path.exists():
+    path = location(path)
+    if not (path / "zarr.json").exists() and not path.exists():
         raise VolumeNotFoundError(
             f"no volume at {path}; create one with `porevox ingest SRC {path} --voxel-size Z Y X`"
         )
     try:
-        group = zarr.open_group(str(path), mode=mode)
+        group = zarr.open_group(url(path), mode=mode)
     except Exception as err:  # zarr raises several types for a non-group path
         raise InvalidVolumeError(
             f"{path} is not a Zarr group, or not a readable one ({type(err).__name__}"
@@ -434,11 +544,14 @@ def _dense(arr: zarr.Array) -> zarr.Array:
 
 
 def dense_array(group: zarr.Group, name: str, *, shape, dtype, chunks, dimension_names=AXES,
-                fill_value=0) -> zarr.Array:
-    """Create an array whose writes store every chunk, so that a chunk file that is
-    not there later is known to be missing (:data:`DENSE`)."""
+                fill_value=0, inner: Sequence[int] | None = None) -> zarr.Array:
+    """Create an array whose writes store every chunk (or shard), so that a chunk
+    file that is not there later is known to be missing (:data:`DENSE`). `chunks` are
+    the blocks it is written in; with `inner` (a sharded volume's read chunks) they
+    become shards of `inner` chunks where they can (:func:`shard_layout`)."""
+    chunks, shards = shard_layout(shape, chunks, inner)
     arr = group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks),
-                             fill_value=fill_value, dimension_names=dimension_names,
+                             shards=shards, fill_value=fill_value, dimension_names=dimension_names,
                              attributes={DENSE: True})
     return _dense(arr)
 
@@ -447,12 +560,14 @@ class CheckedArray:
     """A Zarr array read box by box (by Dask, one storage chunk per block, or by a
     task reading its block with a halo across chunks) whose read names the tomogram,
     the array and the chunk when a chunk cannot be decoded, or when it is missing
-    from an array porevox wrote densely."""
+    from an array porevox wrote densely. Its ``chunks`` are the blocks it is written
+    in (:func:`write_chunks`: of a sharded array, its shards, one file each)."""
 
     def __init__(self, arr: zarr.Array, tomogram: str, name: str):
         self.arr, self.tomogram, self.name = arr, tomogram, name
-        self.shape, self.dtype, self.ndim, self.chunks = arr.shape, arr.dtype, arr.ndim, arr.chunks
-        self.dense = bool(arr.attrs.get(DENSE)) and hasattr(arr.store, "root")
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+        self.chunks = write_chunks(arr)
+        self.dense = bool(arr.attrs.get(DENSE)) and store_root(arr) is not None
 
     def _box(self, key) -> tuple[slice, ...]:
         key = key if isinstance(key, tuple) else (key,)
@@ -463,16 +578,24 @@ class CheckedArray:
     def _chunks(self, box) -> list[tuple[int, ...]]:
         """The chunks a box touches, in C order."""
         return list(itertools.product(*(range(s.start // c, max(-(-s.stop // c), s.start // c + 1))
-                                        for s, c in zip(box, self.arr.chunks))))
+                                        for s, c in zip(box, self.chunks))))
+
+    def _key(self, chunk) -> str:
+        return f"{self.arr.path}/c/{'/'.join(map(str, chunk))}"
 
     def _file(self, chunk) -> str:
-        return str(Path(self.arr.store.root if hasattr(self.arr.store, "root") else "")
-                   / self.arr.path / "c" / "/".join(map(str, chunk)))
+        root = store_root(self.arr)
+        return str((root if root is not None else Path()) / self._key(chunk))
+
+    def _there(self, chunk) -> bool:
+        from zarr.core.sync import sync
+
+        return bool(sync(self.arr.store.exists(self._key(chunk))))
 
     def _part(self, box, chunk) -> tuple[slice, ...]:
         """The part of `box` in `chunk` (array coordinates)."""
         return tuple(slice(max(s.start, k * c), min(s.stop, (k + 1) * c))
-                     for s, k, c in zip(box, chunk, self.arr.chunks))
+                     for s, k, c in zip(box, chunk, self.chunks))
 
     def _unreadable(self, box) -> tuple[int, ...]:
         """The first chunk of `box` that does not decode on its own."""
@@ -504,7 +627,7 @@ class CheckedArray:
                              for p, s in zip(self._part(box, chunk), box))
                 if view is not None and np.any(view[part] != self.arr.fill_value):
                     continue
-                if not os.path.exists(self._file(chunk)):
+                if not self._there(chunk):
                     raise ChunkError(
                         f"tomogram {self.tomogram}: array {self.name}: chunk {chunk} is missing "
                         f"({self._file(chunk)}); restore it from a backup or ingest the tomogram "
@@ -525,7 +648,7 @@ def checked_dask(arr: zarr.Array, tomogram: str, name: str):
     chunk (see :class:`CheckedArray`)."""
     import dask.array as da
 
-    return da.from_array(CheckedArray(arr, tomogram, name), chunks=arr.chunks, asarray=False,
+    return da.from_array(CheckedArray(arr, tomogram, name), chunks=write_chunks(arr), asarray=False,
                          fancy=False, meta=np.empty((0,) * arr.ndim, arr.dtype),
                          name=f"zarr-{tomogram}-{name}-{_array_token(arr)}")
 
@@ -535,15 +658,12 @@ def _array_token(arr: zarr.Array) -> str:
     import dask.base
 
     return dask.base.tokenize(str(arr.store), arr.path, arr.shape, str(arr.dtype), arr.chunks,
-                              _meta_mtime(arr))
+                              arr.shards, _meta_version(arr))
 
 
-def _meta_mtime(arr: zarr.Array) -> int:
-    root = getattr(arr.store, "root", None)
-    try:
-        return (Path(root) / arr.path / "zarr.json").stat().st_mtime_ns if root else 0
-    except OSError:
-        return 0
+def _meta_version(arr: zarr.Array) -> Any:
+    root = store_root(arr)
+    return version(root / arr.path / "zarr.json") if root is not None else 0
 
 
 # --------------------------------------------------------------------------- publishing
@@ -555,15 +675,18 @@ def tmp_array(
     Returns the array and its temporary path; :func:`publish_array` renames it to
     `name` once it is completely written. A label image (``labels/<name>``, uint8 or
     uint16, 3-D) is a temporary OME-Zarr group: the array returned is its level 0.
+    `chunks` are the blocks the writing tasks write: in a sharded volume, its shards.
     """
     tmp_name = _tmp_name(volume, name)
+    inner = volume.read_chunks if len(shape) >= 3 else None
     if label_name(name) and np.dtype(dtype) in LABEL_DTYPES and len(shape) == 3:
         group = volume.group.create_group(tmp_name)
-        arr = dense_array(group, LEVEL0, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks))
+        arr = dense_array(group, LEVEL0, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks),
+                          inner=inner)
         return arr, tmp_name
     arr = dense_array(volume.group, tmp_name, shape=tuple(shape), dtype=np.dtype(dtype),
                       chunks=tuple(chunks),
-                      dimension_names=(("c",) * (len(shape) - 3) + AXES)[-len(shape):])
+                      dimension_names=(("c",) * (len(shape) - 3) + AXES)[-len(shape):], inner=inner)
     return arr, tmp_name
 
 
@@ -600,36 +723,45 @@ def publish_array(volume: Volume, tmp_name: str, name: str) -> zarr.Array | zarr
         if group:
             finish_labels(volume, {tmp_name: leaf})
         sync_labels(volume, publishing={leaf: group})
-    if dst.exists():
+    if is_remote(dst):
+        # No rename in object storage: the old one goes (its zarr.json first), then the
+        # new one is copied in with its zarr.json last (location.move).
+        remove(dst)
+    elif dst.exists():
         # Move the old one aside first so the rename below is a single atomic step.
         trash = dst.with_name(f"{TMP_PREFIX}old-{dst.name}-{uuid.uuid4().hex[:8]}")
         os.rename(dst, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    os.rename(src, dst)
+    move(src, dst)
     return volume.array(name) if group else volume.group[name]
 
 
 @contextlib.contextmanager
 def building(out: str | os.PathLike):
     """Build a new volume under a hidden temporary name beside `out`; on success
-    rename it into place (an existing `out` is moved aside first, then removed), on
-    failure remove it. Yields the temporary path. Leftovers of killed builds of
+    move it into place (an existing `out` is moved aside first, then removed; in
+    object storage, removed, then the new one copied in with its ``zarr.json`` last),
+    on failure remove it. Yields the temporary path. Leftovers of killed builds of
     `out` are removed first."""
-    out = Path(out)
-    if os.path.lexists(out) and not is_volume(out):
+    out = location(out)
+    there = out.exists() if is_remote(out) else os.path.lexists(out)
+    if there and not is_volume(out):
         raise OutputError(f"{out} exists and is not a porevox volume; porevox replaces only what it "
                           f"wrote itself: give a new path, or move {out.name} away")
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        logger.info("removing unfinished build %s", stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in listing(out.parent):
+        if stale.startswith((f".{out.name}.tmp-", f".{out.name}.old-")):
+            logger.info("removing unfinished build %s", stale)
+            remove(out.parent / stale)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
         yield tmp
         old = None
-        if out.exists():
+        if is_remote(out):
+            remove(out)
+        elif out.exists():
             old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(out, old)
-        os.rename(tmp, out)
+        move(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -645,9 +777,9 @@ def discard(path: str | os.PathLike, settle: float = 0.25, tries: int = 20) -> N
     gone for one `settle` interval. Anything that still outlives this keeps its
     hidden temporary name and is removed by the next run of the stage.
     """
-    path = Path(path)
+    path = location(path)
     for _ in range(tries):
-        shutil.rmtree(path, ignore_errors=True)
+        remove(path)
         time.sleep(settle)
         if not path.exists():
             return
@@ -660,12 +792,15 @@ _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 def remove_partial_writes(path: str | os.PathLike) -> list[str]:
     """Delete the half-written files a killed process left in the volume at `path`
     (Zarr's temporary names) and the block tortuosity solver's scratch folders. Call it
-    only while nothing writes to the volume."""
+    only while nothing writes to the volume. (Object storage has no half-written
+    objects: an upload is atomic.)"""
+    path = location(path)
     removed = []
-    for scratch in Path(path).glob(".porevox-tortuosity-*"):   # the block solver's, killed
-        shutil.rmtree(scratch, ignore_errors=True)
-        removed.append(scratch.name)
-    for folder, _, files in os.walk(path):
+    for name in listing(path):
+        if name.startswith(".porevox-tortuosity-"):   # the block solver's, killed
+            remove(path / name)
+            removed.append(name)
+    for folder, _, files in (() if is_remote(path) else os.walk(path)):
         for name in files:
             if _PARTIAL.search(name):
                 Path(folder, name).unlink(missing_ok=True)
@@ -680,11 +815,12 @@ def remove_stale_tmp(volume: Volume, name: str) -> list[str]:
     parent, _, leaf = name.rpartition("/")
     folder = volume.path / parent
     removed = []
-    stale_names = [*folder.glob(f"{TMP_PREFIX}{leaf}-" + "?" * 12),       # tmp_array's names
-                   *folder.glob(f"{TMP_PREFIX}old-{leaf}-" + "?" * 8)]      # publish_array's
+    stale_names = [n for n in listing(folder)
+                   if fnmatch.fnmatchcase(n, f"{TMP_PREFIX}{leaf}-" + "?" * 12)      # tmp_array's names
+                   or fnmatch.fnmatchcase(n, f"{TMP_PREFIX}old-{leaf}-" + "?" * 8)]  # publish_array's
     for stale in stale_names:
-        shutil.rmtree(stale, ignore_errors=True)
-        removed.append(stale.name)
+        remove(folder / stale)
+        removed.append(stale)
     if label_name(name) and (folder / "zarr.json").is_file():   # a killed publish's list
         from .ome import sync_labels
 

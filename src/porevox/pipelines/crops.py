@@ -73,7 +73,7 @@ def crop_index(study: str | os.PathLike, *, labels: str = "unet", size: int = 64
                for p, t in keys]
     paths, where, label, value, pixel = [], [], [], [], None
     for s in samples:
-        path = folder / s["path"]
+        path = s["volume"]
         vol = open_volume(path, mode="r")
         if labels not in vol.labels:
             raise InvalidVolumeError(f"{path} has no labels/{labels}; segment it first or pass "

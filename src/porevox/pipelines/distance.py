@@ -22,6 +22,7 @@ import numpy as np
 from ..engine import as_dask
 from ..engine.blockwise import block_slices
 from ..engine.cluster import chunk_bytes_budget
+from ..engine.storage import write_chunks
 from ..kernels._checks import check_voxel_size
 from ..kernels.edt import feature_distance, feature_pass
 
@@ -184,7 +185,7 @@ def stored_feature_transform(image, out, passes, *, voxel_size: Sequence[float] 
     """
     vs = check_voxel_size(voxel_size)
     shape = tuple(int(n) for n in image.shape)
-    chunks = tuple(int(c) for c in out.chunks[1:])
+    chunks = tuple(int(c) for c in write_chunks(out)[1:])
     budget = max(int(4.5 * chunk_bytes_budget() / BYTES_PER_VOXEL), 1)
     src, mid0, mid1, dst = (dask.delayed(a, pure=True) for a in (image, *passes, out))
     step = dask.delayed(_stored_pass, pure=False)

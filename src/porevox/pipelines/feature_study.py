@@ -66,7 +66,7 @@ def quantify_study(study: str | os.PathLike, *, labels: str | list[str] = "truth
     labels = [labels] if isinstance(labels, str) else list(labels)
     wanted = list(phase) if isinstance(phase, (list, tuple)) else [phase]
     opts = make_options(axis=axis, **options)
-    prepared = {(s["id"], name, k): prepare_volume(folder / s["path"], name, opts, force, p)
+    prepared = {(s["id"], name, k): prepare_volume(s["volume"], name, opts, force, p)
                 for name in labels for k, p in enumerate(wanted) for s in samples}
     todo = [p for p in prepared.values() if p.job is not None]
     logger.info("quantify: %d of %d (volume, labels, phase) to quantify", len(todo), len(prepared))
@@ -87,7 +87,7 @@ def quantify_study(study: str | os.PathLike, *, labels: str | list[str] = "truth
                 suffix = name if first.key == name else first.key
                 start = (n * len(wanted) + k) * len(samples)          # the rows' order above
                 part = table.iloc[start:start + len(samples)]
-                dists = {s["id"]: load_distributions(folder / s["path"], prepared[(s["id"], name, k)].key)
+                dists = {s["id"]: load_distributions(s["volume"], prepared[(s["id"], name, k)].key)
                          for s in samples}
                 made[suffix] = feature_figures.study_figures(part, dists, folder / "figures", suffix=suffix)
     return {"rows": rows, "csv": str(folder / "features.csv"),

@@ -50,12 +50,12 @@ def study_volumes(study: str | os.PathLike, writes: tuple[str, ...] = ()) -> tup
     """The folder and samples of a study (a ``study.yaml`` or its folder), read and
     checked by the one study-file loader (:func:`.studyfile.load_study`), with the
     names the caller `writes` beside it claimed (:func:`.studyfile.claim_outputs`).
-    Each sample is a dict: ``id``, ``path`` as the file gives it, ``held_out`` and its
-    metadata."""
+    Each sample is a dict: ``id``, ``path`` as the file gives it, ``volume`` (where it
+    is: a local path or an object-storage location), ``held_out`` and its metadata."""
     checked = load_study(study)
     claim_outputs(checked, writes)
-    return checked.folder, [{"id": s.id, "path": raw["path"], "held_out": s.held_out, **s.meta}
-                            for s, raw in zip(checked.samples, checked.raw["samples"])]
+    return checked.folder, [{"id": s.id, "path": raw["path"], "volume": s.path, "held_out": s.held_out,
+                             **s.meta} for s, raw in zip(checked.samples, checked.raw["samples"])]
 
 
 def segmentation_study(study: str | os.PathLike, *, epochs: int = 30, patience: int = 8,
@@ -64,7 +64,7 @@ def segmentation_study(study: str | os.PathLike, *, epochs: int = 30, patience: 
     (also written as ``table1.md``, ``table1.csv`` and ``table1.json`` in the study
     folder)."""
     folder, samples = study_volumes(study, writes=WRITES)
-    paths = [folder / s["path"] for s in samples]
+    paths = [s["volume"] for s in samples]
     started = time.time()
     for p in paths:
         preprocess(p)

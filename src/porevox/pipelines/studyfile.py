@@ -10,7 +10,8 @@ one; a hand-written one looks like::
     samples:
       - id: HPA-175C-voi0                 # required, unique: letters, digits . _ -
         path: HPA-175C-voi0.zarr          # required: the volume's folder, relative to
-                                          #   this file's folder (or absolute)
+                                          #   this file's folder (or absolute), or an
+                                          #   object-storage URL (s3://bucket/HPA.zarr)
         source: raw/HPA-175C.tif          # optional: a stack to ingest into `path`
         box: [[0, 48], [0, 512], [0, 512]]  # optional crop at ingest (needs source)
         labels:                           # optional: segmentations to ingest as labels/<name>
@@ -68,6 +69,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from ..engine.location import bucket_error, is_remote, location
 from ..engine.outputs import claim
 from ..engine.storage import UNITS, check_voxel_size
 from ..errors import StudyFileError
@@ -445,7 +447,7 @@ class _Checker:
 
     def sample(self, at: str, item: dict, meta: dict, default_voxel_size: Any, folder: Path,
                paths: dict) -> Sample:
-        path = (folder / item["path"]).resolve()
+        path = location(item["path"]) if is_remote(item["path"]) else (folder / item["path"]).resolve()
         if path in paths:
             self.fail(f"{at}.path", f"also the path of {paths[path]} (line {self.line(paths[path])})",
                       "give each sample its own volume folder")
@@ -455,6 +457,9 @@ class _Checker:
             voxel_size = check_voxel_size(item["voxel_size"])
         elif default_voxel_size is not None:
             voxel_size = self.voxel_size("voxel_size", default_voxel_size)
+        problem = bucket_error(path)
+        if problem:
+            self.fail(f"{at}.path", problem.removeprefix(f"cannot write {path}: "))
         if path.exists() and not path.is_dir():
             self.fail(f"{at}.path", f"{path} is a file, not a volume folder", "name a .zarr folder")
         if "source" in item:

@@ -94,6 +94,7 @@ import concurrent.futures as cf
 import dataclasses
 import functools
 import heapq
+import io
 import logging
 import math
 import operator
@@ -112,8 +113,9 @@ import zarr
 from dask.utils import format_bytes
 
 from ..engine.cluster import active_client, chunk_bytes_budget, worker_memory_limit
+from ..engine.location import bucket_error, is_remote, location
 from ..engine.placement import free_memory, place, resolve_source, run_whole
-from ..engine.storage import CheckedArray, check_chunks, choose_chunks, discard
+from ..engine.storage import CheckedArray, check_chunks, choose_chunks, discard, store_root
 from ..errors import InvalidVolumeError, StageError
 from ..kernels.conductivity import NoPathWarning, NotConvergedWarning, check_axis
 from ..kernels.fmm import (
@@ -327,15 +329,13 @@ def direction_tortuosity(arr: np.ndarray, *, direction: str, voxel_size, order: 
 
 # --------------------------------------------------------------------------- blocks
 def scratch_home(source, scratch=None) -> Path | None:
-    """The folder the block solver keeps its scratch in: `scratch` where given, else
-    the store folder of a volume or Zarr array on local disk (the workers read the
-    volume there, so they see it), else None: the blocks stay in memory."""
+    """The folder the block solver keeps its scratch in: `scratch` where given (a
+    folder or an object-storage URL), else the store of a volume or Zarr array on
+    disk or in object storage (the workers read the volume there, so they see it),
+    else None: the blocks stay in memory."""
     if scratch is not None:
-        return Path(scratch)
-    arr = source.arr if isinstance(source, CheckedArray) else source
-    if isinstance(arr, zarr.Array) and isinstance(arr.store, zarr.storage.LocalStore):
-        return Path(arr.store.root)
-    return None
+        return location(scratch)
+    return store_root(source)
 
 
 def block_chunks(shape, chunks, depth: int) -> tuple[int, int, int]:
@@ -479,7 +479,8 @@ class BlockSolver:
             folder = None
             if self.path is not None:
                 folder = self.path / _tag(name)
-                folder.mkdir(exist_ok=True)
+                if not is_remote(folder):
+                    folder.mkdir(exist_ok=True)
             d = self.directions[name] = _Direction(name, axis, sign, None if folder is None else str(folder))
             first = 0 if sign > 0 else self.grid[axis] - 1
             for b in self.blocks():
@@ -601,7 +602,7 @@ class BlockSolver:
             self.close()
 
     def _groups(self, names: list) -> list[list]:
-        if self.path is None or len(names) < 2:
+        if self.path is None or len(names) < 2 or is_remote(self.path):   # no free space to mind
             return [names]
         one = SCRATCH_BYTES_PER_VOXEL * math.prod(self.shape)
         free = shutil.disk_usage(self.path).free
@@ -642,9 +643,14 @@ def block_tortuosity(source, names, *, voxel_size, order, last_fraction, chunks=
 
 # --------------------------------------------------------------------------- scratch
 def _make_scratch(home: Path) -> Path:
+    path = home / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
+    if is_remote(home):                 # prefixes need no creating
+        problem = bucket_error(home)
+        if problem:
+            raise StageError(f"tortuosity scratch: {problem}")
+        return path
     try:
         home.mkdir(parents=True, exist_ok=True)
-        path = home / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
         path.mkdir()
     except OSError as err:
         raise StageError(f"cannot create the tortuosity scratch folder in {home} ({err.strerror or err}); "
@@ -674,7 +680,7 @@ def check_scratch(client, path: Path) -> None:
 
 def _read_token(path: str) -> str | None:
     try:
-        return Path(path).read_text()
+        return location(path).read_text()
     except OSError:
         return None
 
@@ -709,13 +715,21 @@ def _face_file(folder: str, b, side) -> str:
 
 def _load(path: str) -> np.ndarray | None:
     try:
+        if is_remote(path):
+            return np.load(io.BytesIO(location(path).read_bytes()))
         return np.load(path)
     except FileNotFoundError:
         return None
 
 
 def _save(path: str, arr: np.ndarray) -> None:
-    """Write atomically: a reader sees the old file or the new one, whole."""
+    """Write atomically: a reader sees the old file or the new one, whole (an
+    object's upload is)."""
+    if is_remote(path):
+        buffer = io.BytesIO()
+        np.save(buffer, arr)
+        location(path).write_bytes(buffer.getvalue())
+        return
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     with open(tmp, "wb") as f:
         np.save(f, arr)

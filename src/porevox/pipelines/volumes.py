@@ -17,6 +17,7 @@ from ..engine import (
     run_ingest,
     run_label_ingest,
 )
+from ..engine.location import is_remote
 from ..engine.storage import remove_partial_writes
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def tidy_volume(path: str | os.PathLike) -> list[str]:
     """Remove what a killed process half-wrote in the volume at `path` (see
     :func:`porevox.engine.storage.remove_partial_writes`); for a command about to
     write to it, before anything else does."""
-    return remove_partial_writes(path) if os.path.isdir(path) else []
+    return remove_partial_writes(path) if is_remote(path) or os.path.isdir(path) else []
 
 
 def volume_info(path: str | os.PathLike) -> dict:
