@@ -60,7 +60,7 @@ def stop_processes(procs) -> None:
         p.terminate()
     for p in procs:
         try:
-            p.wait(timeout=20)
+            p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             p.kill()
 

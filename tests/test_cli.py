@@ -370,17 +370,30 @@ def test_generate_commands(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_fiberform_threshold_as_a_user_would(tmp_path):
+@pytest.fixture(scope="module")
+def fiberform(tmp_path_factory):
+    """PuMA's FiberForm CT ingested from its TIFF and its segmentation joined to it as
+    labels/puma with phase names, as a user would, once for the tests below (each
+    writes labels of its own name): (the data folder, the volume, the label ingest's
+    JSON)."""
+    from tests.conftest import real_data
+
+    folder = real_data("fiberform")
+    vol = tmp_path_factory.mktemp("fiberform") / "fiberform.zarr"
+    r = run(*FAST, "ingest", folder / "100_fiberform.tif", vol, "--voxel-size", "1.3", "1.3", "1.3")
+    assert r.returncode == 0, r.stderr
+    r = run(*FAST, "ingest", folder / "fiberform_solid_ge90.npy", "--labels", "puma", "--into", vol,
+            "--phase-names", "0=pore,1=fibre", "--voxel-size", "1.3", "1.3", "1.3", "--json")
+    assert r.returncode == 0, r.stderr
+    return folder, vol, json.loads(r.stdout)
+
+
+def test_fiberform_threshold_as_a_user_would(fiberform):
     """A real X-ray CT (PuMA's FiberForm, 100³, 1.3 µm): ingest the TIFF, segment by a
     fixed threshold at gray 90 — solid fraction 0.16714, PuMA's published value on this
     file, and the same voxels as gray >= 90. A threshold without its value, or with
     another method, is a one-line error, exit 2."""
-    from tests.conftest import real_data
-
-    folder = real_data("fiberform")
-    vol = tmp_path / "fiberform.zarr"
-    r = run(*FAST, "ingest", folder / "100_fiberform.tif", vol, "--voxel-size", "1.3", "1.3", "1.3")
-    assert r.returncode == 0, r.stderr
+    folder, vol, _ = fiberform
     r = run(*FAST, "segment", vol, "--method", "threshold", "--threshold", "90", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -398,23 +411,14 @@ def test_fiberform_threshold_as_a_user_would(tmp_path):
     assert not (vol / "labels" / "bad").exists()
 
 
-def test_a_users_segmentation_joins_the_volume(tmp_path):
+def test_a_users_segmentation_joins_the_volume(fiberform, tmp_path):
     """PuMA's own segmentation of FiberForm (a .npy of 0 = pore, 1 = fibre) ingested
     into the volume of its CT as labels/puma with phase names: equal to the file,
     its phases counted and named; a rerun does nothing. A segmentation of another
     shape, of floats, under a name porevox did not write, or without --into is a
     one-line error, exit 2, nothing written."""
-    from tests.conftest import real_data
-
-    folder = real_data("fiberform")
-    vol = tmp_path / "fiberform.zarr"
-    assert run(*FAST, "ingest", folder / "100_fiberform.tif", vol, "--voxel-size", "1.3", "1.3", "1.3"
-               ).returncode == 0
+    folder, vol, out = fiberform
     seg = folder / "fiberform_solid_ge90.npy"
-    r = run(*FAST, "ingest", seg, "--labels", "puma", "--into", vol, "--phase-names", "0=pore,1=fibre",
-            "--voxel-size", "1.3", "1.3", "1.3", "--json")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
     assert out["ingested"] is True and out["phases"] == {"0": {"name": "pore", "voxels": 832860},
                                                          "1": {"name": "fibre", "voxels": 167140}}
     import zarr
@@ -446,21 +450,14 @@ def test_a_users_segmentation_joins_the_volume(tmp_path):
     assert not (vol / "labels" / "x").exists()
 
 
-def test_fiberform_pore_phase_beside_pumas_published_values(tmp_path):
+def test_fiberform_pore_phase_beside_pumas_published_values(fiberform):
     """PuMA's FiberForm CT and its segmentation, as a user would: both phases
     quantified by name in one command, conductivity along x (numpy axis 2). The pore
     phase's D_eff/D_0 and tortuosity factor against PuMA's published finite-volume
     values on this file (0.6341499 and 1.3133487, symmetric side walls; porevox's
     side faces are insulating, the same condition); the fibres do not span x. A
     phase the labels do not hold is a one-line error, exit 2."""
-    from tests.conftest import real_data
-
-    folder = real_data("fiberform")
-    vol = tmp_path / "fiberform.zarr"
-    assert run(*FAST, "ingest", folder / "100_fiberform.tif", vol, "--voxel-size", "1.3", "1.3", "1.3"
-               ).returncode == 0
-    assert run(*FAST, "ingest", folder / "fiberform_solid_ge90.npy", "--labels", "puma", "--into", vol,
-               "--phase-names", "0=pore,1=fibre").returncode == 0
+    _, vol, _ = fiberform
     r = run(*FAST, "quantify", vol, "--labels", "puma", "--phase", "pore", "--phase", "fibre",
             "--conductivity", "--axis", "x", "--json")
     assert r.returncode == 0, r.stderr

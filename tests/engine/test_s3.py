@@ -131,20 +131,38 @@ def test_segment_quantify_on_s3_equal_local(stack, tmp_path, bucket, s3_client, 
         pv.conductivity(plain.path, labels="otsu", axis="x")["relative_conductivity"], rel=1e-9)
 
 
-def test_publish_in_s3_replaces_whole_and_resumes(stack, bucket, s3_client):
+@pytest.fixture(scope="module")
+def s3_volume(s3_server):
+    """A sharded volume in a bucket of its own, ingested once for the tests below (each
+    writes label images of its own name): (its URL, its image)."""
+    import tempfile
+    import uuid
+
+    import s3fs
+
+    bucket = f"porevox-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
+    solid = porous((45, 70, 83), np.random.default_rng(4321), porosity=0.55)
+    image = (np.where(solid, 40000, 12000) + np.random.default_rng(5).normal(0, 2500, solid.shape))
+    image = image.clip(0, 65535).astype(np.uint16)
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(f"{folder}/stack.npy", image)
+        url = f"s3://{bucket}/v.zarr"
+        ingest(f"{folder}/stack.npy", url, (1, 1, 1), chunks=(16, 16, 16), shards=(32, 32, 48))
+    return url, image
+
+
+def test_publish_in_s3_replaces_whole_and_resumes(s3_volume, s3_client):
     from porevox.pipelines.segment import segment_volume
 
-    src, _ = stack
-    url = f"{bucket}/r.zarr"
-    ingest(src, url, (1, 1, 1), chunks=(16, 16, 16), shards=(32, 32, 48))
+    url, image = s3_volume
     assert not segment_volume(url, "otsu")["skipped"]
     assert segment_volume(url, "otsu")["skipped"]          # resumed from the record in the bucket
     first = open_volume(url).to_dask("labels/otsu").compute()
     # written again over the published one: replaced whole
     assert not segment_volume(url, "threshold", name="otsu", threshold=30000, force=True)["skipped"]
     volume = open_volume(url)
-    assert volume.labels == ["otsu"]
-    image = volume.to_dask().compute()
+    assert volume.labels.count("otsu") == 1
     np.testing.assert_array_equal(volume.to_dask("labels/otsu").compute(), (image >= 30000).astype(np.uint8))
     assert not np.array_equal(first, (image >= 30000))
     # nothing temporary is left, and the image-label metadata is the new one's
@@ -153,32 +171,35 @@ def test_publish_in_s3_replaces_whole_and_resumes(stack, bucket, s3_client):
     assert meta["attributes"]["ome"]["image-label"]
 
 
-def test_killed_write_in_s3_is_never_published(stack, bucket, s3_client):
-    src, _ = stack
-    url = f"{bucket}/k.zarr"
-    volume, _ = ingest(src, url, (1, 1, 1), chunks=(16, 16, 16), shards=(32, 32, 48))
+def test_killed_write_in_s3_is_never_published(s3_volume, s3_client):
+    url, _ = s3_volume
+    volume = open_volume(url)
     arr, tmp = tmp_array(volume, "labels/mine", volume.shape, "uint8", volume.chunks)
     arr[:32, :32, :48] = 1                                     # a task's shard, then the kill
     volume = open_volume(url)
-    assert volume.labels == []
+    assert "mine" not in volume.labels
     with pytest.raises(Exception, match="no array 'labels/mine'"):
         volume.array("labels/mine")
     assert remove_stale_tmp(volume, "labels/mine") == [tmp.rpartition("/")[2]]
     assert not [o for o in _objects(url) if o.startswith("labels/.tmp-")]
 
 
-def test_missing_shard_in_s3_is_named(stack, bucket, s3_client):
-    src, _ = stack
-    url = f"{bucket}/m.zarr"
-    volume, _ = ingest(src, url, (1, 1, 1), chunks=(16, 16, 16), shards=(32, 32, 48))
-    location(f"{url}/image/c/1/0/1").unlink()
-    with pytest.raises(ChunkError, match=r"chunk \(1, 0, 1\) is missing \(s3://.*/image/c/1/0/1\)"):
-        open_volume(url).to_dask().compute()
+def test_missing_shard_in_s3_is_named(s3_volume, s3_client):
+    from porevox.engine import store
+
+    url, image = s3_volume
+    volume = open_volume(url)
+    store(volume, "labels/broken", (volume.to_dask() > 30000).astype(np.uint8))
+    location(f"{url}/labels/broken/0/c/1/0/1").unlink()
+    with pytest.raises(ChunkError, match=r"labels/broken: chunk \(1, 0, 1\) is missing "
+                                         r"\(s3://.*/labels/broken/0/c/1/0/1\)"):
+        open_volume(url).to_dask("labels/broken").compute()
 
 
-def test_cli_ingest_into_s3_and_bad_bucket(stack, bucket, s3_server):
+def test_cli_ingest_into_s3_and_bad_bucket(stack, bucket, s3_server, local_cluster):
     src, image = stack
-    porevox = [sys.executable, "-m", "porevox.cli", "--workers", "1", "--threads-per-worker", "1"]
+    # the session's cluster (its workers reach the server too), as with --scheduler on a real one
+    porevox = [sys.executable, "-m", "porevox.cli", "--scheduler", local_cluster.scheduler_address]
     url = f"{bucket}/cli.zarr"
     r = subprocess.run([*porevox, "ingest", str(src), url, "--voxel-size", "1", "1", "1",
                         "--chunks", "16", "16", "16", "--shards", "32", "32", "48"],
@@ -191,6 +212,17 @@ def test_cli_ingest_into_s3_and_bad_bucket(stack, bucket, s3_server):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["path"] == url and info["chunks"] == [16, 16, 16] and info["shards"] == [32, 32, 48]
+    # a user's segmentation joins it, sharded like its image
+    seg = (image > 25000).astype(np.uint8)
+    np.save(src.with_name("seg.npy"), seg)
+    r = subprocess.run([*porevox, "ingest", str(src.with_name("seg.npy")), "--labels", "mine", "--into",
+                        url, "--phase-names", "0=pore,1=solid", "--json"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["phases"]["1"] == {"name": "solid", "voxels": int(seg.sum())}
+    volume = open_volume(url)
+    assert volume.labels == ["mine"] and volume.array("labels/mine").shards == (32, 32, 48)
+    np.testing.assert_array_equal(volume.array("labels/mine")[:], seg)
     r = subprocess.run([*porevox, "ingest", str(src), "s3://porevox-no-such-bucket/x.zarr",
                         "--voxel-size", "1", "1", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2

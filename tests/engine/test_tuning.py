@@ -118,6 +118,7 @@ def test_candidate_layouts():
     assert all(n * t == 32 for n, t in many) and len(many) <= 5
 
 
+@pytest.mark.slow        # porevox bench --tune itself: with the benchmarks (make bench)
 def test_tune_end_to_end(config, tmp_path):
     """A real, tiny tuning: every layout x chunk target measured, the best saved."""
     from benchmarks.tune import QUICK_CHUNK_MIB, STAGES, candidate_layouts, tune

@@ -28,10 +28,9 @@ from urllib.parse import quote
 import numpy as np
 
 from .. import __version__
-from ..engine.location import is_remote, location
 from ..engine.provenance import versions as provenance_versions
 from ..errors import StudyFileError
-from .studyfile import read_yaml
+from .studyfile import read_yaml, sample_path
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +219,6 @@ def _study(folder: Path, manifest: dict, samples: list) -> str:
     return "".join(out)
 
 
-def _volume_of(folder, sample: dict):
-    """Where a study sample's volume is: its object-storage URL, or its path beside the study."""
-    path = sample.get("volume") or sample["path"]
-    return location(path) if is_remote(path) else Path(folder) / path
-
-
 def _pick_overlay_samples(samples: list, n: int = 6) -> list:
     """One per paste at its lowest and highest temperature (training samples), ≤ n."""
     by_paste: dict = {}
@@ -254,7 +247,7 @@ def overlay_figure(folder, samples: list, n: int = 6) -> bytes | None:
     panels = []
     for s in _pick_overlay_samples(samples, n):
         try:
-            vol = open_volume(_volume_of(folder, s), mode="r")
+            vol = open_volume(sample_path(folder, s["path"]), mode="r")
         except Exception as err:  # a missing or damaged volume leaves out its panel only
             logger.warning("report: no overlay for %s (%s)", s.get("id"), err)
             continue
@@ -505,7 +498,7 @@ def _provenance(folder: Path, samples: list, run: dict) -> str:
     elif samples:
         from ..engine.storage import open_volume
 
-        prov = open_volume(_volume_of(folder, samples[0]), mode="r").provenance
+        prov = open_volume(sample_path(folder, samples[0]["path"]), mode="r").provenance
         params = [[k, _json_cell((v or {}).get("params"))] for k, v in prov.items()]
         out += [f"<h3>Stage parameters recorded in {_e(samples[0]['path'])}</h3>",
                 _table(["stage", "parameters"], params, left=2)]

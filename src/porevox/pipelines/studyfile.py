@@ -201,6 +201,12 @@ def claim_outputs(study: Study, names=OUTPUTS) -> None:
               what="study output")
 
 
+def sample_path(folder: Path, path: str) -> Path:
+    """Where a sample's volume is: its object-storage URL, or `path` relative to the
+    study's `folder` (absolute)."""
+    return location(path) if is_remote(path) else (Path(folder) / path).resolve()
+
+
 def load_study(path: str | os.PathLike) -> Study:
     """Read and check a study file (a ``study.yaml`` or the folder holding one);
     raise :class:`StudyFileError` naming the file, line and field of the first problem."""
@@ -447,7 +453,7 @@ class _Checker:
 
     def sample(self, at: str, item: dict, meta: dict, default_voxel_size: Any, folder: Path,
                paths: dict) -> Sample:
-        path = location(item["path"]) if is_remote(item["path"]) else (folder / item["path"]).resolve()
+        path = sample_path(folder, item["path"])
         if path in paths:
             self.fail(f"{at}.path", f"also the path of {paths[path]} (line {self.line(paths[path])})",
                       "give each sample its own volume folder")
