@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/porevox demo --out $(DEMO_OUT)
 	@echo "report: $(abspath $(DEMO_OUT))/study/report.html"
 
-# The paper-sized checks (marked slow) run with the benchmarks, not in make test.
+# The paper-sized checks and the tuning run (marked slow) run with the benchmarks, not in make test.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
