@@ -74,8 +74,9 @@ def remove(path: Any) -> None:
         files = [f for f in fs.find(key(path)) if not f.endswith("/")]
     except FileNotFoundError:
         return
-    metadata = sorted((f for f in files if f.rsplit("/", 1)[-1] == "zarr.json"), key=lambda f: f.count("/"))
-    for batch in (metadata, [f for f in files if f not in set(metadata)]):   # readers lose it first
+    metadata = [f for f in files if f.rsplit("/", 1)[-1] == "zarr.json"]
+    data = [f for f in files if f.rsplit("/", 1)[-1] != "zarr.json"]
+    for batch in (metadata, data):   # readers lose the arrays before their data goes
         if batch:
             fs.rm(batch)
     fs.invalidate_cache()
