@@ -775,7 +775,8 @@ def discard(path: str | os.PathLike, settle: float = 0.25, tries: int = 20) -> N
     When one task fails, Dask raises at once while sibling tasks may still be
     writing their chunks (and re-creating folders); remove until the path stays
     gone for one `settle` interval. Anything that still outlives this keeps its
-    hidden temporary name and is removed by the next run of the stage.
+    hidden temporary name and is removed by the next run of the stage. Where nothing
+    can still be writing (a finished stage's intermediates), ``settle=0``.
     """
     path = location(path)
     for _ in range(tries):

@@ -333,7 +333,7 @@ class Job:
         if self._publish is not None:    # the transform is written: publish it, record it
             volume, tmp, passes, name, stage, params, inputs, started = self._publish
             for other in passes:
-                discard(volume.path / other)
+                discard(volume.path / other, settle=0)   # the transform is complete: no pass writes
             publish_array(volume, tmp, name)
             provenance.write_record(volume, stage, params, inputs, [name], started,
                                     max_radius=np.asarray(grid[0]).tolist())

@@ -616,7 +616,7 @@ class BlockSolver:
         """Release a solved direction's blocks (its scratch folder or its futures)."""
         d = self.directions[name]
         if d.folder is not None:
-            discard(d.folder)
+            discard(d.folder, settle=0)    # solved and read: none of its tasks still writes
         d.core.clear()
         d.faces.clear()
 
