@@ -116,8 +116,6 @@ def plan_ingest(
     shape = tuple(b - a for a, b in box) if box else source.shape
     chunks = check_chunks(chunks, shape) if chunks is not None else None
     if shards is not None:
-        if chunks is None:
-            raise InvalidVolumeError("shards group chunks: give --chunks with --shards")
         shards = check_shards(shards, chunks, shape)
     sample = dict(sample or {})
     params = {"kind": source.kind, "voxel_size": voxel_size, "unit": unit,
@@ -293,12 +291,10 @@ def plan_label_ingest(src: str | os.PathLike, volume: str | os.PathLike, name: s
         out = check_output(volume, inputs=[source.path], what="volume", fix="give a new .zarr path")
         if voxel_size is None:
             raise InvalidVolumeError(f"{out} is a new volume of label images: give its --voxel-size Z Y X")
-        if shards is not None and chunks is None:
-            raise InvalidVolumeError("shards group chunks: give --chunks with --shards")
-        chunks = (check_chunks(chunks, shape) if chunks is not None else
-                  choose_chunks(shape, source.dtype, chunk_bytes_budget()))
-        shards = (check_shards(shards, chunks, shape) if shards is not None else
-                  plan_shards(shape, chunks, source.dtype, chunk_bytes_budget()))
+        given = check_chunks(chunks, shape) if chunks is not None else None
+        shards = check_shards(shards, given, shape) if shards is not None else None
+        chunks = given or choose_chunks(shape, source.dtype, chunk_bytes_budget())
+        shards = shards or plan_shards(shape, chunks, source.dtype, chunk_bytes_budget())
         create = {"shape": shape, "voxel_size": check_voxel_size(voxel_size), "unit": check_unit(unit),
                   "chunks": chunks, "sample": dict(sample or {}), "shards": shards or chunks}
         return LabelPlan(source, out, name, names, params, inputs, box, create)

@@ -54,6 +54,12 @@ def url(path: Any) -> str:
     return str(path) if is_remote(path) else os.fspath(path)
 
 
+def identity(path: Any) -> str:
+    """One name per place, for caches and locks: the real path of a local folder (links
+    resolved), the URL of an object-storage prefix."""
+    return str(path) if is_remote(path) else os.path.realpath(path)
+
+
 def key(path: Any) -> str:
     """The path as the fsspec file system names it (no scheme)."""
     return path.path if is_remote(path) else os.fspath(path)
@@ -149,5 +155,5 @@ def bucket_error(path: Any) -> str | None:
             "credentials in the environment")
 
 
-__all__ = ["bucket_error", "is_remote", "key", "listing", "location", "move", "remove", "url",
+__all__ = ["bucket_error", "identity", "is_remote", "key", "listing", "location", "move", "remove", "url",
            "version"]

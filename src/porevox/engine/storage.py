@@ -45,7 +45,7 @@ import zarr
 
 from .._version import __version__
 from ..errors import ChunkError, InvalidVolumeError, OutputError, VolumeNotFoundError
-from .location import is_remote, listing, location, move, remove, url, version
+from .location import identity, is_remote, listing, location, move, remove, url, version
 from .outputs import is_volume
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,11 @@ def plan_shards(shape: Sequence[int], chunks: Sequence[int], dtype: Any,
     return None if shards == tuple(chunks) else shards
 
 
-def check_shards(shards: Any, chunks: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
-    """`shards` as 3 whole multiples of `chunks` (one-line error naming the fix)."""
+def check_shards(shards: Any, chunks: Sequence[int] | None, shape: Sequence[int]) -> tuple[int, int, int]:
+    """`shards` as 3 whole multiples of `chunks` (one-line error naming the fix; shards
+    need the chunks they group given)."""
+    if chunks is None:
+        raise InvalidVolumeError("shards group chunks: give --chunks with --shards")
     try:
         values = tuple(int(c) for c in shards)
     except (TypeError, ValueError) as err:
@@ -439,9 +442,8 @@ _META_LOCKS_GUARD = threading.Lock()
 
 
 def _meta_lock(path: Path) -> threading.Lock:
-    key = str(path) if is_remote(path) else os.path.realpath(path)
     with _META_LOCKS_GUARD:
-        return _META_LOCKS.setdefault(key, threading.Lock())
+        return _META_LOCKS.setdefault(identity(path), threading.Lock())
 
 
 # --------------------------------------------------------------------------- create/open
@@ -505,7 +507,7 @@ def open_volume(path: str | os.PathLike | Volume, mode: str = "r+") -> Volume:
     if isinstance(path, Volume):
         return path
     path = location(path)
-    if not (path / "zarr.json").exists() and not path.exists():
+    if not path.exists():
         raise VolumeNotFoundError(
             f"no volume at {path}; create one with `porevox ingest SRC {path} --voxel-size Z Y X`"
         )

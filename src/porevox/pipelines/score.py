@@ -18,7 +18,7 @@ import numpy as np
 from ..engine import as_dask, histogram, open_volume, phases
 from ..engine.blockwise import block_slices, box_tasks, compute_box, stored_array
 from ..engine.cluster import compute
-from ..engine.location import is_remote, version
+from ..engine.location import identity, version
 from ..engine.ome import label_counts
 from ..engine.storage import LABELS, Volume
 from ..errors import InvalidVolumeError
@@ -117,7 +117,7 @@ def label_values(volume: Volume, name: str) -> list[int]:
     if recorded is not None:
         return sorted(v for v, n in recorded.items() if n)
     written = version(volume.path / LABELS / name / "zarr.json")
-    key = (str(volume.path) if is_remote(volume.path) else os.path.realpath(volume.path), name, written)
+    key = (identity(volume.path), name, written)
     if key not in _VALUES:
         counts, _ = histogram(volume.to_dask(f"{LABELS}/{name}"))
         _VALUES[key] = np.flatnonzero(counts).tolist()
