@@ -20,7 +20,7 @@ from tests.conftest import porous
 VS = (0.025, 0.0186, 0.0186)
 KEYS = {"relative_conductivity", "tortuosity_factor", "relative_density", "percolating_fraction",
         "iterations", "residual", "flux_imbalance", "method", "seconds", "axis", "voxel_size",
-        "shape", "ran_on", "memory_estimate_bytes"}
+        "shape", "ran_on", "memory_estimate_bytes", "blocks"}
 
 
 @pytest.fixture(scope="module")

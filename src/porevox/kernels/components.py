@@ -164,6 +164,21 @@ def merge_components(parts) -> dict:
     return {"sizes": sizes, "touch": touch, "solid": int(sizes.sum())}
 
 
+def through_labels(parts, axis: int) -> list[np.ndarray]:
+    """For each block of `parts` (results of :func:`block_components`), which of its
+    local labels belong to a component joined to both end faces along `axis`: a
+    uint8 table indexed by local label (0 for the background)."""
+    parts = list(parts)
+    base, inverse, _, touch = _join(parts)
+    through = touch[:, axis, 0] & touch[:, axis, 1]
+    tables = []
+    for k, p in enumerate(parts):
+        table = np.zeros(len(p["sizes"]) + 1, np.uint8)
+        table[1:] = through[inverse[base[k]:base[k + 1]]]
+        tables.append(table)
+    return tables
+
+
 def percolating_fraction(merged: dict, axis: int) -> float:
     """Solid voxels in components joined to both end faces along `axis`, over all
     solid voxels (NaN without solid)."""
@@ -174,4 +189,4 @@ def percolating_fraction(merged: dict, axis: int) -> float:
 
 
 __all__ = ["block_components", "combine_components", "components_depth", "merge_components",
-           "percolating_fraction"]
+           "percolating_fraction", "through_labels"]

@@ -251,16 +251,18 @@ def _percolating_mask(moved: np.ndarray) -> tuple[np.ndarray, int]:
 
 # --------------------------------------------------------------------------- numba: fine grid
 # The fine operator is implicit: faces between active neighbours of `m` (uint8, framed
-# by zeros) along axis a have conductance g[a]; cells in the first and last interior
-# layers along axis 0 have the Dirichlet conductance gb besides. Every vector is zero
-# outside the active cells, so a stencil may read a neighbour without testing it.
+# by zeros, or by a neighbouring block's cells) along axis a have conductance g[a];
+# cells in layers `lo` and `hi` along axis 0 (the volume's first and last, 1 and n0 for
+# a whole volume, -1 where a block holds neither) have the Dirichlet conductance gb
+# besides. Every vector is zero outside the active cells, so a stencil may read a
+# neighbour without testing it.
 @njit(cache=True, nogil=True)
-def _fine_diag(m, k, j, i, g0, g1, g2, gb, last):
+def _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi):
     d = (g0 * (m[k - 1, j, i] + m[k + 1, j, i]) + g1 * (m[k, j - 1, i] + m[k, j + 1, i])
          + g2 * (m[k, j, i - 1] + m[k, j, i + 1]))
-    if k == 1:
+    if k == lo:
         d += gb
-    if k == last:
+    if k == hi:
         d += gb
     return d
 
@@ -272,7 +274,7 @@ def _fine_offdiag(v, k, j, i, g0, g1, g2):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fine_pap(m, p, g0, g1, g2, gb):
+def _fine_pap(m, p, g0, g1, g2, gb, lo, hi):
     """Σ p·(A p)."""
     n0, n1, n2 = m.shape[0] - 2, m.shape[1] - 2, m.shape[2] - 2
     total = 0.0
@@ -281,14 +283,14 @@ def _fine_pap(m, p, g0, g1, g2, gb):
         for j in range(1, n1 + 1):
             for i in range(1, n2 + 1):
                 if m[k, j, i]:
-                    d = _fine_diag(m, k, j, i, g0, g1, g2, gb, n0)
+                    d = _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi)
                     s += p[k, j, i] * (d * p[k, j, i] - _fine_offdiag(p, k, j, i, g0, g1, g2))
         total += s
     return total
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fine_update_r(m, p, r, alpha, g0, g1, g2, gb, jacobi):
+def _fine_update_r(m, p, r, alpha, g0, g1, g2, gb, lo, hi, jacobi):
     """r -= alpha · A p; return Σ r² and (for Jacobi) Σ r²/d."""
     n0, n1, n2 = m.shape[0] - 2, m.shape[1] - 2, m.shape[2] - 2
     rr = 0.0
@@ -299,7 +301,7 @@ def _fine_update_r(m, p, r, alpha, g0, g1, g2, gb, jacobi):
         for j in range(1, n1 + 1):
             for i in range(1, n2 + 1):
                 if m[k, j, i]:
-                    d = _fine_diag(m, k, j, i, g0, g1, g2, gb, n0)
+                    d = _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi)
                     v = r[k, j, i] - alpha * (d * p[k, j, i] - _fine_offdiag(p, k, j, i, g0, g1, g2))
                     r[k, j, i] = v
                     s += v * v
@@ -311,19 +313,19 @@ def _fine_update_r(m, p, r, alpha, g0, g1, g2, gb, jacobi):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fine_jacobi_p(m, r, p, beta, g0, g1, g2, gb):
+def _fine_jacobi_p(m, r, p, beta, g0, g1, g2, gb, lo, hi):
     """p = r / diag + beta · p."""
     n0, n1, n2 = m.shape[0] - 2, m.shape[1] - 2, m.shape[2] - 2
     for k in prange(1, n0 + 1):
         for j in range(1, n1 + 1):
             for i in range(1, n2 + 1):
                 if m[k, j, i]:
-                    d = _fine_diag(m, k, j, i, g0, g1, g2, gb, n0)
+                    d = _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi)
                     p[k, j, i] = r[k, j, i] / d + beta * p[k, j, i]
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fine_smooth(m, b, x, g0, g1, g2, gb, color, first):
+def _fine_smooth(m, b, x, g0, g1, g2, gb, lo, hi, color, first):
     """One Gauss-Seidel half-sweep over the cells of `color` ((k+j+i) % 2) of
     A x = b. With `first`, x is taken as zero and its other colour is zeroed."""
     n0, n1, n2 = m.shape[0] - 2, m.shape[1] - 2, m.shape[2] - 2
@@ -335,34 +337,36 @@ def _fine_smooth(m, b, x, g0, g1, g2, gb, color, first):
                     x[k, j, i] = 0.0
                 for i in range(i0, n2 + 1, 2):
                     if m[k, j, i]:
-                        x[k, j, i] = b[k, j, i] / _fine_diag(m, k, j, i, g0, g1, g2, gb, n0)
+                        x[k, j, i] = b[k, j, i] / _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi)
             else:
                 for i in range(i0, n2 + 1, 2):
                     if m[k, j, i]:
-                        d = _fine_diag(m, k, j, i, g0, g1, g2, gb, n0)
+                        d = _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi)
                         x[k, j, i] = (b[k, j, i] + _fine_offdiag(x, k, j, i, g0, g1, g2)) / d
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fine_restrict(m, b, x, g0, g1, g2, gb, out, f0, f1, f2):
-    """out[I] = Σ over the aggregate I (f0 x f1 x f2 cells) of the residual b − A x,
-    right after a half-sweep over colour 1: the residual is then zero on colour 1,
-    and only the cells of colour 0 are visited."""
+def _fine_restrict(m, b, x, g0, g1, g2, gb, lo, hi, out, f0, f1, f2, every):
+    """out[I] = Σ over the aggregate I (f0 x f1 x f2 cells) of the residual b − A x.
+    Right after a half-sweep over colour 1 the residual is zero on colour 1, and only
+    the cells of colour 0 are visited; with `every`, all cells are (a block whose
+    neighbours' values in the frame changed since its sweep)."""
     n0, n1, n2 = m.shape[0] - 2, m.shape[1] - 2, m.shape[2] - 2
+    step = 1 if every else 2
     for kk in prange(1, out.shape[0] - 1):
         out[kk, :, :] = 0.0
         for k in range(f0 * (kk - 1) + 1, min(f0 * kk, n0) + 1):
             for j in range(1, n1 + 1):
                 jj = (j + f1 - 1) // f1
-                for i in range(2 - ((k + j) & 1), n2 + 1, 2):
+                for i in range(1 if every else 2 - ((k + j) & 1), n2 + 1, step):
                     if m[k, j, i]:
-                        d = _fine_diag(m, k, j, i, g0, g1, g2, gb, n0)
+                        d = _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi)
                         out[kk, jj, (i + f2 - 1) // f2] += (b[k, j, i] - d * x[k, j, i]
                                                       + _fine_offdiag(x, k, j, i, g0, g1, g2))
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fine_coarsen(m, g0, g1, g2, gb, c0, c1, c2, diag, f0, f1, f2):
+def _fine_coarsen(m, g0, g1, g2, gb, lo, hi, c0, c1, c2, diag, f0, f1, f2):
     """Galerkin coarse operator (piecewise-constant interpolation over aggregates of
     f0 x f1 x f2 cells, each factor 1 or 2) of the fine operator: face conductances
     summed across aggregate faces; the diagonal is the fine diagonals summed minus
@@ -381,7 +385,7 @@ def _fine_coarsen(m, g0, g1, g2, gb, c0, c1, c2, diag, f0, f1, f2):
                         for i in range(f2 * (ii - 1) + 1, min(f2 * ii, n2) + 1):
                             if m[k, j, i] == 0:
                                 continue
-                            sd += _fine_diag(m, k, j, i, g0, g1, g2, gb, n0)
+                            sd += _fine_diag(m, k, j, i, g0, g1, g2, gb, lo, hi)
                             if m[k + 1, j, i]:
                                 if f0 == 2 and k & 1:
                                     sd -= 2.0 * g0
@@ -432,15 +436,16 @@ def _coarse_smooth(c0, c1, c2, diag, b, x, color, first):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _coarse_restrict(c0, c1, c2, diag, b, x, out, f0, f1, f2):
+def _coarse_restrict(c0, c1, c2, diag, b, x, out, f0, f1, f2, every):
     """As :func:`_fine_restrict`, on a coarse level."""
     n0, n1, n2 = diag.shape[0] - 2, diag.shape[1] - 2, diag.shape[2] - 2
+    step = 1 if every else 2
     for kk in prange(1, out.shape[0] - 1):
         out[kk, :, :] = 0.0
         for k in range(f0 * (kk - 1) + 1, min(f0 * kk, n0) + 1):
             for j in range(1, n1 + 1):
                 jj = (j + f1 - 1) // f1
-                for i in range(2 - ((k + j) & 1), n2 + 1, 2):
+                for i in range(1 if every else 2 - ((k + j) & 1), n2 + 1, step):
                     if diag[k, j, i] > 0.0:
                         out[kk, jj, (i + f2 - 1) // f2] += (b[k, j, i] - diag[k, j, i] * x[k, j, i]
                                                       + _coarse_offdiag(c0, c1, c2, x, k, j, i))
@@ -526,6 +531,22 @@ def _coarsening(shape, strength):
     return tuple(2 if n > 3 and c >= _STRONG * top else 1 for n, c in zip(shape, strength))
 
 
+def plan_levels(shape, g, coarsest=_COARSEST_CELLS):
+    """The multigrid's levels for a grid of `shape` cells with face conductances `g`:
+    the aggregation factors from each level to the next, and every level's shape
+    (the fine grid's first). Blocks of a decomposed grid follow the same plan."""
+    shapes, factors = [tuple(int(n) for n in shape)], []
+    strength = [float(v) for v in g]  # a coarse face sums the fine faces it covers
+    while math.prod(shapes[-1]) > coarsest:
+        f = _coarsening(tuple(n + 2 for n in shapes[-1]), strength)
+        if f == (1, 1, 1):
+            break
+        factors.append(f)
+        shapes.append(tuple(-(-n // k) for n, k in zip(shapes[-1], f)))
+        strength = [c * math.prod(f) / k for c, k in zip(strength, f)]
+    return factors, shapes
+
+
 class _Multigrid:
     """A symmetric V-cycle M ≈ A⁻¹ of the framed fine operator (used as a CG
     preconditioner): red-black Gauss-Seidel pre-smoothing (red, black), restriction of
@@ -541,23 +562,39 @@ class _Multigrid:
         self.g = tuple(float(v) for v in g)
         self.gb = float(gb)
         self.levels = []   # (c0, c1, c2, diag, b, x) per coarse level
-        self.factors = []  # aggregation factors from the level above to each level
-        shape = mask.shape
-        strength = list(self.g)  # a coarse face sums the fine faces it covers
-        while math.prod(s - 2 for s in shape) > _COARSEST_CELLS:
-            f = _coarsening(shape, strength)
-            if f == (1, 1, 1):
-                break
-            cshape = tuple((n - 2 + k - 1) // k + 2 for n, k in zip(shape, f))
-            c0, c1, c2, diag = (np.zeros(cshape) for _ in range(4))
-            if not self.levels:
-                _fine_coarsen(mask, *self.g, self.gb, c0, c1, c2, diag, *f)
-            else:
-                _coarse_coarsen(*self.levels[-1][:4], c0, c1, c2, diag, *f)
-            self.levels.append((c0, c1, c2, diag, np.zeros(cshape), np.zeros(cshape)))
-            self.factors.append(f)
-            strength = [c * math.prod(f) / k for c, k in zip(strength, f)]
-            shape = cshape
+        self.factors, _ = plan_levels([n - 2 for n in mask.shape], self.g)
+        lo, hi = 1, mask.shape[0] - 2
+        for f in self.factors:
+            ops = (coarse_operator(self.levels[-1][:4], f) if self.levels else
+                   coarse_operator(mask, f, (self.g, self.gb, lo, hi)))
+            self.levels.append((*ops, np.zeros(ops[3].shape), np.zeros(ops[3].shape)))
+        self._factor_coarsest()
+
+    @classmethod
+    def from_operator(cls, ops, factors, coarse_sweeps=_COARSE_SWEEPS, weight=_WEIGHT):
+        """The V-cycle of the rest of a hierarchy, from an explicit level `ops`
+        ((c0, c1, c2, diag), framed by zeros) down with the given `factors`."""
+        self = cls.__new__(cls)
+        self.coarse_sweeps, self.weight, self.mask = coarse_sweeps, weight, None
+        self.levels = [(*ops, np.zeros(ops[3].shape), np.zeros(ops[3].shape))]
+        self.factors = [(1, 1, 1), *factors]
+        for f in factors:
+            nxt = coarse_operator(self.levels[-1][:4], f)
+            self.levels.append((*nxt, np.zeros(nxt[3].shape), np.zeros(nxt[3].shape)))
+        self._factor_coarsest()
+        return self
+
+    def solve(self, b):
+        """x = M b on the top explicit level (of :meth:`from_operator`), framed."""
+        self.levels[0][4][...] = b
+        self._cycle(0)
+        return self.levels[0][5].copy()
+
+    def __getstate__(self):  # SuperLU does not pickle: factor again where unpickled
+        return {k: v for k, v in self.__dict__.items() if k != "coarsest"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
         self._factor_coarsest()
 
     def _factor_coarsest(self):
@@ -581,16 +618,17 @@ class _Multigrid:
             self._direct(r, z)
             return
         m, (g0, g1, g2), gb = self.mask, self.g, self.gb
+        hi = m.shape[0] - 2
         for s in range(self.sweeps):
-            _fine_smooth(m, r, z, g0, g1, g2, gb, 0, s == 0)
-            _fine_smooth(m, r, z, g0, g1, g2, gb, 1, False)
+            _fine_smooth(m, r, z, g0, g1, g2, gb, 1, hi, 0, s == 0)
+            _fine_smooth(m, r, z, g0, g1, g2, gb, 1, hi, 1, False)
         f = self.factors[0]
-        _fine_restrict(m, r, z, g0, g1, g2, gb, self.levels[0][4], *f)
+        _fine_restrict(m, r, z, g0, g1, g2, gb, 1, hi, self.levels[0][4], *f, False)
         self._cycle(0)
         _prolong_add(z, self.levels[0][5], m, np.zeros((1, 1, 1)), self.weight, *f)
         for _ in range(self.sweeps):
-            _fine_smooth(m, r, z, g0, g1, g2, gb, 1, False)
-            _fine_smooth(m, r, z, g0, g1, g2, gb, 0, False)
+            _fine_smooth(m, r, z, g0, g1, g2, gb, 1, hi, 1, False)
+            _fine_smooth(m, r, z, g0, g1, g2, gb, 1, hi, 0, False)
 
     def _cycle(self, level):
         c0, c1, c2, diag, b, x = self.levels[level]
@@ -601,7 +639,7 @@ class _Multigrid:
             _coarse_smooth(c0, c1, c2, diag, b, x, 0, s == 0)
             _coarse_smooth(c0, c1, c2, diag, b, x, 1, False)
         nxt, f = self.levels[level + 1], self.factors[level + 1]
-        _coarse_restrict(c0, c1, c2, diag, b, x, nxt[4], *f)
+        _coarse_restrict(c0, c1, c2, diag, b, x, nxt[4], *f, False)
         self._cycle(level + 1)
         _prolong_add(x, nxt[5], np.zeros((0, 0, 0), np.uint8), diag, self.weight, *f)
         for _ in range(self.coarse_sweeps):
@@ -611,6 +649,22 @@ class _Multigrid:
     @property
     def nbytes(self):
         return sum(a.nbytes for lev in self.levels for a in lev)
+
+
+def coarse_operator(above, f, fine=None):
+    """The Galerkin operator (c0, c1, c2, diag), framed, of the level below `above`
+    aggregated by `f`: `above` is a fine mask, with ``fine = (g, gb, lo, hi)``, or a
+    coarse level's (c0, c1, c2, diag). Only interior cells are read, so a block's
+    operator needs its neighbours' cells in the mask's frame and nothing else."""
+    shape = (above if fine else above[3]).shape
+    cshape = tuple((n - 2 + k - 1) // k + 2 for n, k in zip(shape, f))
+    c0, c1, c2, diag = (np.zeros(cshape) for _ in range(4))
+    if fine:
+        (g0, g1, g2), gb, lo, hi = fine[0], fine[1], fine[2], fine[3]
+        _fine_coarsen(above, g0, g1, g2, gb, lo, hi, c0, c1, c2, diag, *f)
+    else:
+        _coarse_coarsen(*above, c0, c1, c2, diag, *f)
+    return c0, c1, c2, diag
 
 
 def _explicit_fine(mask, g, gb):
@@ -673,10 +727,10 @@ def _solve_mg(mask, g, gb, rtol, maxiter):
     residual, it = 1.0, 0
     while it < maxiter:
         it += 1
-        alpha = rz / _fine_pap(mask, p, g0, g1, g2, gb)
+        alpha = rz / _fine_pap(mask, p, g0, g1, g2, gb, 1, last)
         x_in += alpha * p[1]
         x_out += alpha * p[last]
-        rr, _ = _fine_update_r(mask, p, r, alpha, g0, g1, g2, gb, False)
+        rr, _ = _fine_update_r(mask, p, r, alpha, g0, g1, g2, gb, 1, last, False)
         residual = math.sqrt(rr) / bnorm
         if residual <= rtol:
             break
@@ -693,22 +747,22 @@ def _solve_jacobi(mask, g, gb, rtol, maxiter):
     r = _rhs(mask, gb)
     bnorm = math.sqrt(_dot(r, r))
     p = np.zeros_like(r)
-    _fine_jacobi_p(mask, r, p, 0.0, g0, g1, g2, gb)
+    last = mask.shape[0] - 2
+    _fine_jacobi_p(mask, r, p, 0.0, g0, g1, g2, gb, 1, last)
     rz = _dot(r, p)
     x_in = np.zeros(mask.shape[1:])
     x_out = np.zeros(mask.shape[1:])
-    last = mask.shape[0] - 2
     residual, it = 1.0, 0
     while it < maxiter:
         it += 1
-        alpha = rz / _fine_pap(mask, p, g0, g1, g2, gb)
+        alpha = rz / _fine_pap(mask, p, g0, g1, g2, gb, 1, last)
         x_in += alpha * p[1]
         x_out += alpha * p[last]
-        rr, rz_new = _fine_update_r(mask, p, r, alpha, g0, g1, g2, gb, True)
+        rr, rz_new = _fine_update_r(mask, p, r, alpha, g0, g1, g2, gb, 1, last, True)
         residual = math.sqrt(rr) / bnorm
         if residual <= rtol:
             break
-        _fine_jacobi_p(mask, r, p, rz_new / rz, g0, g1, g2, gb)
+        _fine_jacobi_p(mask, r, p, rz_new / rz, g0, g1, g2, gb, 1, last)
         rz = rz_new
     return x_in, x_out, it, residual
 
