@@ -20,7 +20,7 @@ Zarr array) against the whole solve in one process with both cores, in the same 
 2 x 1 GiB workers, whose whole solve needs 4.5 GiB (completes with no worker
 restarted; its σ against the whole solve run with the machine's memory); and the
 iterations for 1, 8, 64 and 512 blocks of one 256³ structure (quick: 96³, 192³ on
-2 x 256 MiB, 64³).
+2 x 512 MiB, 64³).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def taufactor_solve(npy: str, repeat: int, tight: bool) -> dict:
 def run(cfg) -> list[dict]:
     rows = [_case(cfg, n) for n in cfg.pick((128, 256), (64,))]
     rows += [_blocks_case(cfg, n) for n in cfg.pick((256, 384), (96,))]
-    rows.append(_beyond_memory_case(cfg, cfg.pick(512, 192), cfg.pick(GiB, 256 * MiB)))
+    rows.append(_beyond_memory_case(cfg, cfg.pick(512, 192), cfg.pick(GiB, 512 * MiB)))
     rows.append(_iterations_case(cfg, cfg.pick(256, 64)))
     return rows
 

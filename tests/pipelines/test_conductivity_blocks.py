@@ -63,7 +63,7 @@ def test_blocks_equal_whole(case):
     ref = whole(solid, vs)
     assert ref.percolating_fraction < 1 or case != "dead_ends"
     out = conductivity(solid, voxel_size=vs, method="distributed", block_shape=blocks)
-    assert out["ran_on"] == "cluster" and out["method"] == "distributed" and out["blocks"] > 8
+    assert out["ran_on"] == "driver" and out["method"] == "distributed" and out["blocks"] > 8
     assert_same(out, ref)
 
 
@@ -195,3 +195,11 @@ def test_worker_killed_mid_solve_gives_the_same_answer(sample):
     assert out["iterations"] == clean["iterations"]
     assert out["relative_conductivity"] == pytest.approx(clean["relative_conductivity"], rel=1e-12)
     assert_same(out, ref)
+
+
+def test_a_grid_too_small_to_decompose_is_solved_whole():
+    solid = porous((12, 14, 10), np.random.default_rng(4)).astype(np.uint8)
+    out = conductivity(solid, axis="x", method="distributed", block_shape=(4, 4, 4))
+    assert out["blocks"] == 1 and out["method"] == "mg" and out["axis"] == "x"
+    assert out["relative_conductivity"] == pytest.approx(whole(solid, axis=2).relative_conductivity,
+                                                         rel=1e-12)

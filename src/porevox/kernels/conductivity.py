@@ -120,6 +120,14 @@ def check_axis(axis: Any) -> int:
     raise InvalidVolumeError(f"axis must be 0, 1, 2 or 'z', 'y', 'x'; got {axis!r}")
 
 
+def check_stop(rtol: Any, maxiter: Any) -> None:
+    """The solver's stopping rule: `rtol` in (0, 1), `maxiter` None or positive."""
+    if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
+        raise InvalidVolumeError(f"rtol must be a number in (0, 1); got {rtol!r}")
+    if maxiter is not None and (not isinstance(maxiter, (int, np.integer)) or maxiter < 1):
+        raise InvalidVolumeError(f"maxiter must be a positive integer; got {maxiter!r}")
+
+
 def _check_solid(solid: Any) -> np.ndarray:
     solid = np.asarray(check_segmentation(solid))
     if min(solid.shape) < 1:
@@ -168,10 +176,7 @@ def effective_conductivity(solid, *, voxel_size=(1.0, 1.0, 1.0), axis=1, method=
     voxel_size = check_voxel_size(voxel_size)
     if method not in METHODS:
         raise InvalidVolumeError(f"method must be one of {METHODS}; got {method!r}")
-    if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
-        raise InvalidVolumeError(f"rtol must be a number in (0, 1); got {rtol!r}")
-    if maxiter is not None and (not isinstance(maxiter, (int, np.integer)) or maxiter < 1):
-        raise InvalidVolumeError(f"maxiter must be a positive integer; got {maxiter!r}")
+    check_stop(rtol, maxiter)
 
     # The conduction axis becomes axis 0 of the working arrays.
     moved = np.moveaxis(solid, axis, 0)
@@ -794,4 +799,5 @@ def _solve_amg(mask, g, gb, rtol, maxiter):
 
 
 __all__ = ["BYTES_PER_VOXEL", "METHODS", "ConductivityResult", "NoPathWarning",
-           "NotConvergedWarning", "check_axis", "effective_conductivity", "memory_estimate"]
+           "NotConvergedWarning", "check_axis", "check_stop", "effective_conductivity", "memory_estimate",
+           "plan_levels"]

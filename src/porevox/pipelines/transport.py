@@ -87,8 +87,8 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", phase=None, 
         ``inf`` without a conducting path, with a warning), ``relative_density``,
         ``percolating_fraction``, ``iterations``, ``residual``, ``flux_imbalance``,
         ``method``, ``seconds``, and ``axis`` (its name), ``voxel_size``, ``shape``,
-        ``ran_on`` ("driver", "worker" or "cluster": in blocks), ``memory_estimate_bytes``
-        (of the whole solve), ``blocks`` (1 for a whole solve).
+        ``ran_on`` ("driver", "worker", or "cluster": in blocks on the workers),
+        ``memory_estimate_bytes`` (of the whole solve), ``blocks`` (1 for a whole solve).
     """
     axis = check_axis(axis)
     if method is not None and method not in ("distributed", *METHODS):
@@ -115,6 +115,7 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", phase=None, 
             "blocks across the workers, or crop the volume (a representative sub-volume)")
     if where == "cluster":
         result, caught = _in_blocks(source, voxel_size, axis, block_shape, solver_options)
+        where = "cluster" if active_client() is not None else "driver"
     else:
         logger.info("conductivity: per-tomogram solve of %.3gM voxels along %s, ~%s, %s",
                     voxels / 1e6, "zyx"[axis], format_bytes(need),

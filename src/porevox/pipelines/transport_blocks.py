@@ -38,6 +38,8 @@ from ..kernels.conductivity import (
     _dot,
     _Multigrid,
     _xpby,
+    check_stop,
+    effective_conductivity,
     plan_levels,
 )
 
@@ -160,11 +162,11 @@ def _through(axis, *parts):
     return through_labels(parts, axis)
 
 
-def _active(solid, tables, k, fine):
+def _active(solid, table, fine):
     """The block's conducting cells (framed uint8) and its counts: solid, active,
     active in the volume's first layer."""
     labels, _ = ndimage.label(np.asarray(solid) != 0, STRUCTURE)
-    active = kb.framed(tables[k][labels])
+    active = kb.framed(table[labels])
     lo = fine[2]
     first = int(np.count_nonzero(active[lo])) if lo > 0 else 0
     counts = (int(np.count_nonzero(solid)), int(np.count_nonzero(active)), first)
@@ -289,6 +291,10 @@ def _direction(state, fine, z, p, beta, theirs_z, theirs_p):
     return new, kb.faces(new), (pap, s_in, s_out)
 
 
+def _whole(arr, **options):
+    return effective_conductivity(arr, axis=0, **options).to_dict()
+
+
 def _sum(*values):
     return np.sum(np.asarray(values, dtype=np.float64), axis=0)
 
@@ -306,13 +312,21 @@ def conductivity_blocks(source, voxel_size, axis: int, *, rtol: float = 1e-8, ma
     import dask.array as da
 
     from ..engine.blockwise import as_dask
+    from ..engine.placement import solve_task
 
     t0 = time.perf_counter()
+    check_stop(rtol, maxiter)
     moved = da.moveaxis(as_dask(source), axis, 0)
     vs = (voxel_size[axis], *(v for i, v in enumerate(voxel_size) if i != axis))
     g = np.array([vs[1] * vs[2] / vs[0], vs[0] * vs[2] / vs[1], vs[0] * vs[1] / vs[2]])
     gb, scale = 2.0 * g[0], float(g.max())
     shape = tuple(int(n) for n in moved.shape)
+    if not plan_levels(shape, g / scale)[0]:
+        logger.info("conductivity: %s cells, solved directly in this process: too few to decompose",
+                    "x".join(map(str, shape)))
+        result, caught = solve_task(_whole, np.asarray(moved.compute(scheduler="synchronous")),
+                                    {"voxel_size": vs, "rtol": rtol, "maxiter": maxiter})
+        return {**result, "axis": axis, "blocks": 1}, caught
     layout = plan_layout(shape, g / scale, edges or shape, coarse_cells)
     moved = moved.rechunk(layout.edges)
     grid = moved.to_delayed()
@@ -410,8 +424,9 @@ class OnCluster:
         return self.client.gather(list(items))
 
 
-def _item(runner, values, k):
-    return runner.map(operator.getitem, [(v, k) for v in values])
+def _item(runner, values, k=None):
+    """Item `k` of each of `values` (with k None, item i of the i-th)."""
+    return runner.map(operator.getitem, [(v, i if k is None else k) for i, v in enumerate(values)])
 
 
 # --------------------------------------------------------------------------- solver
@@ -448,8 +463,8 @@ def solve(blocks_of, layout: Layout, g, gb, *, runner, rtol=1e-8, maxiter=500,
     solids = [blocks_of(b) for b in blocks]
     parts = [sub(_components, s, tuple(c.start for c in layout.core(b)), layout.shape)
              for s, b in zip(solids, blocks)]
-    tables = sub(_through, 0, *parts)
-    active, faces, counts = step(_active, [(solids[k], tables, k, fines[k]) for k in range(n)],
+    tables = _item(runner, [sub(_through, 0, *parts)] * n)   # each block its own table
+    active, faces, counts = step(_active, [(solids[k], tables[k], fines[k]) for k in range(n)],
                                  faces=1, stats=2)
     del solids, parts, tables
     n_solid, n_active, n_first = (int(v) for v in total(counts))
