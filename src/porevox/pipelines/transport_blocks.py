@@ -52,6 +52,8 @@ COARSE_CELLS = 64**3
 #: copies with the neighbours' faces and its outputs).
 HELD_BYTES_PER_VOXEL = 34.0
 STEP_BYTES_PER_VOXEL = 56.0
+#: The fraction of a worker's memory limit one step may use (see :func:`step_budget`).
+SPILL_MARGIN = 0.15
 
 
 # --------------------------------------------------------------------------- layout
@@ -132,10 +134,11 @@ def step_budget(limit: int | None, share: float | None, threads: int) -> int | N
     Where the blocks outgrow the workers, Dask keeps each worker's memory near its
     spill threshold (70 % of the limit) by writing blocks to disk, and a step's own
     arrays arrive faster than it spills: they must fit in the margin up to the
-    termination threshold (95 %), or the worker is restarted mid-solve."""
+    termination threshold (95 %), with room for the spilling's own buffers, or the
+    worker is restarted mid-solve."""
     if not limit or not share:
         return None
-    return int(min(share, 0.25 * limit / max(threads, 1)) / STEP_BYTES_PER_VOXEL)
+    return int(min(share, SPILL_MARGIN * limit / max(threads, 1)) / STEP_BYTES_PER_VOXEL)
 
 
 def block_edges(shape, budget_voxels: int, at_least: int = 1) -> tuple:
