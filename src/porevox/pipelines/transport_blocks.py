@@ -53,7 +53,7 @@ COARSE_CELLS = 64**3
 HELD_BYTES_PER_VOXEL = 34.0
 STEP_BYTES_PER_VOXEL = 56.0
 #: The fraction of a worker's memory limit one step may use (see :func:`step_budget`).
-SPILL_MARGIN = 0.15
+SPILL_MARGIN = 0.25
 
 
 # --------------------------------------------------------------------------- layout
