@@ -37,12 +37,13 @@ from ..engine.cluster import (
 )
 from ..engine.placement import WORKER_FRACTION, free_memory, place, resolve_source, run_whole
 from ..errors import InvalidVolumeError, StageError
-from ..kernels.conductivity import METHODS, check_axis, effective_conductivity, memory_estimate
+from ..kernels.conductivity import METHODS, check_axis, memory_estimate
 from .transport_blocks import (
     HELD_BYTES_PER_VOXEL,
     STEP_BYTES_PER_VOXEL,
     block_edges,
     conductivity_blocks,
+    solve_whole,
     step_budget,
 )
 
@@ -121,7 +122,7 @@ def conductivity(solid, *, voxel_size=None, axis=1, labels="truth", phase=None, 
                     voxels / 1e6, "zyx"[axis], format_bytes(need),
                     "as one task on a Dask worker" if where == "worker" else "in this process")
         options = {"voxel_size": voxel_size, "axis": axis, "method": method or "mg", **solver_options}
-        [(result, caught)] = run_whole(_solve, source, [options], where, need=need)
+        [(result, caught)] = run_whole(solve_whole, source, [options], where, need=need)
         result["blocks"] = 1
     for category, message in caught:  # the solver's warnings, raised at the caller
         warnings.warn(message, category, stacklevel=2)
@@ -151,15 +152,14 @@ def _in_blocks(source, voxel_size, axis: int, block_shape, options: dict):
                 f"a block of the conductivity solve; give the workers more memory (at least "
                 f"{format_bytes(2 * WORKER_BASELINE)}) or fewer threads each")
         edges = block_edges(shape, budget, at_least=total_threads() if client is not None else 1)
+    held = HELD_BYTES_PER_VOXEL * math.prod(shape)
     if client is None:
-        held = HELD_BYTES_PER_VOXEL * math.prod(shape)
         if held > free_memory():
             raise StageError(
                 f"the conductivity solve in blocks needs ~{format_bytes(held)} and there is no Dask "
                 "cluster to spread it over; run it on one (porevox.cluster(), or --scheduler)")
     else:
         total = sum(w.get("memory_limit") or 0 for w in cluster_workers().values())
-        held = HELD_BYTES_PER_VOXEL * math.prod(shape)
         if total and held > 0.6 * total:
             logger.info("conductivity: the blocks hold ~%s, more than the workers' memory (%s in all): "
                         "Dask spills them to the workers' disks", format_bytes(held), format_bytes(total))
@@ -168,9 +168,6 @@ def _in_blocks(source, voxel_size, axis: int, block_shape, options: dict):
                                progress=bool(dask.config.get("porevox.progress", False)), **options)
 
 
-def _solve(arr: np.ndarray, **options) -> dict:
-    """The solve on the whole array (in this process or as a Dask task)."""
-    return effective_conductivity(arr, **options).to_dict()
 
 
 __all__ = ["WORKER_FRACTION", "conductivity"]

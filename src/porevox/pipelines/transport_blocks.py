@@ -294,8 +294,9 @@ def _direction(state, fine, z, p, beta, theirs_z, theirs_p):
     return new, kb.faces(new), (pap, s_in, s_out)
 
 
-def _whole(arr, **options):
-    return effective_conductivity(arr, axis=0, **options).to_dict()
+def solve_whole(arr: np.ndarray, **options) -> dict:
+    """The whole-volume solve of `arr` (in this process or as a Dask task)."""
+    return effective_conductivity(arr, **options).to_dict()
 
 
 def _sum(*values):
@@ -327,8 +328,8 @@ def conductivity_blocks(source, voxel_size, axis: int, *, rtol: float = 1e-8, ma
     if not plan_levels(shape, g / scale)[0]:
         logger.info("conductivity: %s cells, solved directly in this process: too few to decompose",
                     "x".join(map(str, shape)))
-        result, caught = solve_task(_whole, np.asarray(moved.compute(scheduler="synchronous")),
-                                    {"voxel_size": vs, "rtol": rtol, "maxiter": maxiter})
+        result, caught = solve_task(solve_whole, np.asarray(moved.compute(scheduler="synchronous")),
+                                    {"voxel_size": vs, "axis": 0, "rtol": rtol, "maxiter": maxiter})
         return {**result, "axis": axis, "blocks": 1}, caught
     layout = plan_layout(shape, g / scale, edges or shape, coarse_cells)
     moved = moved.rechunk(layout.edges)
@@ -542,4 +543,4 @@ def _report(it, residual, t0, progress):
 
 
 __all__ = ["COARSE_CELLS", "Here", "Layout", "OnCluster", "block_edges", "conductivity_blocks",
-           "plan_layout", "solve", "step_budget"]
+           "plan_layout", "solve", "solve_whole", "step_budget"]
