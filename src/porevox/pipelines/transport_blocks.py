@@ -92,6 +92,14 @@ class Layout:
     def level_shape(self, level: int) -> tuple:
         return tuple(-(-n // s) for n, s in zip(self.shape, self.scale(level)))
 
+    def top_slot(self, block) -> tuple:
+        """Where the block's cells of the gathered level sit in that level's framed array."""
+        return tuple(slice(s.start + 1, s.stop + 1) for s in self.core(block, len(self.factors)))
+
+    def top_shape(self) -> tuple:
+        """The gathered level's framed shape."""
+        return tuple(n + 2 for n in self.level_shape(len(self.factors)))
+
     def framed_shape(self, block, level: int) -> tuple:
         return tuple(s.stop - s.start + 2 for s in self.core(block, level))
 
@@ -192,13 +200,10 @@ def _state(mine, below):
 
 def _tail(layout, *tops):
     """The V-cycle of the gathered level and those below it."""
-    level = len(layout.factors)
-    shape = tuple(n + 2 for n in layout.level_shape(level))
-    ops = [np.zeros(shape) for _ in range(4)]
+    ops = [np.zeros(layout.top_shape()) for _ in range(4)]
     for block, top in zip(layout.blocks, tops):
-        where = tuple(slice(s.start + 1, s.stop + 1) for s in layout.core(block, level))
         for whole, part in zip(ops, top):
-            whole[where] = part[1:-1, 1:-1, 1:-1]
+            whole[layout.top_slot(block)] = part[1:-1, 1:-1, 1:-1]
     return _Multigrid.from_operator(tuple(ops), list(layout.tail))
 
 
@@ -234,11 +239,9 @@ def _down(layout, level, block, state, fine, mine, theirs):
 
 
 def _cycle_tail(layout, tail, *tops):
-    level = len(layout.factors)
-    b = np.zeros(tuple(n + 2 for n in layout.level_shape(level)))
+    b = np.zeros(layout.top_shape())
     for block, top in zip(layout.blocks, tops):
-        where = tuple(slice(s.start + 1, s.stop + 1) for s in layout.core(block, level))
-        b[where] = top[0][1:-1, 1:-1, 1:-1]
+        b[layout.top_slot(block)] = top[0][1:-1, 1:-1, 1:-1]
     return tail.solve(b)
 
 
@@ -255,9 +258,8 @@ def _prolong_from(layout, level, state, coarse, below):
 
 def _from_gathered(layout, block, state, x_top, below):
     level = len(layout.factors)
-    core = layout.core(block, level)
     e = np.zeros(layout.framed_shape(block, level))
-    e[1:-1, 1:-1, 1:-1] = x_top[tuple(slice(s.start + 1, s.stop + 1) for s in core)]
+    e[1:-1, 1:-1, 1:-1] = x_top[layout.top_slot(block)]
     return _prolong_from(layout, level - 1, state, e, below)
 
 
